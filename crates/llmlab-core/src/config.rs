@@ -1,0 +1,66 @@
+//! Every default of llmlab, defined once. Other modules refer to these
+//! constants instead of repeating numbers.
+
+use std::path::PathBuf;
+
+use crate::SamplingParams;
+
+/// Environment variable naming the registry file.
+pub const ENV_REGISTRY: &str = "LLMLAB_REGISTRY";
+/// Environment variable naming the folder that holds model files.
+pub const ENV_MODELS_DIR: &str = "LLMLAB_MODELS_DIR";
+/// Environment variable that sets the default thread count of every model.
+pub const ENV_THREADS: &str = "LLMLAB_THREADS";
+/// Prefix of per-model overrides: `LLMLAB_MODEL__<ID>__<FIELD>`.
+pub const ENV_MODEL_PREFIX: &str = "LLMLAB_MODEL__";
+
+/// Registry file used when neither a flag nor [`ENV_REGISTRY`] names one.
+pub const DEFAULT_REGISTRY_PATH: &str = "models/models.yaml";
+pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
+pub const DEFAULT_BATCH_SIZE: u32 = 512;
+pub const MIN_CONTEXT_SIZE: u32 = 64;
+
+/// Sampling used when neither the request nor the model sets a value.
+/// These match llama-server's defaults so that answers are comparable.
+pub fn default_sampling() -> SamplingParams {
+    SamplingParams {
+        temperature: Some(0.8),
+        top_p: Some(0.95),
+        top_k: Some(40),
+        min_p: Some(0.05),
+        repeat_penalty: Some(1.0),
+        presence_penalty: Some(0.0),
+        frequency_penalty: Some(0.0),
+        penalty_last_n: Some(64),
+        seed: None,
+    }
+}
+
+/// Threads per model when nothing else is configured.
+///
+/// Measured on the 2-core development machine (bench/RESULTS.md): with
+/// OpenMP's default spinning, decode collapses as soon as another process
+/// takes a core, while `cores - 0` threads with passive waiting stays close to
+/// the best figure in both cases. We use every core but never more than 8
+/// (beyond that decode is memory bound and extra threads only add spinning).
+pub fn default_threads() -> u32 {
+    if let Some(n) = std::env::var(ENV_THREADS).ok().and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    cores.clamp(1, 8)
+}
+
+/// Folder where model files live: `$LLMLAB_MODELS_DIR`, else
+/// `$XDG_CACHE_HOME/llmlab/models`, else `~/.cache/llmlab/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(ENV_MODELS_DIR).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("llmlab").join("models")
+}

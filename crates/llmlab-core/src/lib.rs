@@ -1,0 +1,15 @@
+//! llmlab-core: the backend- and transport-agnostic heart of llmlab.
+//!
+//! Transports call pipelines through the types defined here; backends
+//! implement the pipeline traits. This crate stays free of heavy
+//! dependencies so that it compiles in seconds.
+
+pub mod config;
+mod error;
+pub mod pipeline;
+pub mod registry;
+pub mod text;
+mod types;
+
+pub use error::{Error, ErrorKind, Result};
+pub use types::*;

@@ -1,0 +1,54 @@
+//! Per-model environment overrides: `LLMLAB_MODEL__<ID>__<FIELD>=value`,
+//! where `<ID>` is the model id upper-cased with every character other than a
+//! letter or digit replaced by `_` (`qwen2.5-coder` -> `QWEN2_5_CODER`).
+
+use super::file::ModelEntry;
+use crate::config::ENV_MODEL_PREFIX;
+
+/// The environment key for `field` of model `id`.
+pub fn override_key(id: &str, field: &str) -> String {
+    let id: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("{ENV_MODEL_PREFIX}{id}__{}", field.to_ascii_uppercase())
+}
+
+/// Apply every override present. On a bad value, returns (env key, message).
+pub(super) fn apply_env_overrides(
+    mut entry: ModelEntry,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<ModelEntry, (String, String)> {
+    let id = entry.id.clone();
+    let get = |field: &str| {
+        let key = override_key(&id, field);
+        env(&key).map(|value| (key, value))
+    };
+    let number = |field: &str| -> Result<Option<u32>, (String, String)> {
+        match get(field) {
+            None => Ok(None),
+            Some((key, value)) => value
+                .trim()
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| (key, format!("expected a non-negative integer, got '{value}'"))),
+        }
+    };
+    if let Some((_, path)) = get("path") {
+        entry.path = path;
+    }
+    if let Some(n) = number("context_size")? {
+        entry.context_size = Some(n);
+    }
+    if let Some(n) = number("threads")? {
+        entry.threads = Some(n);
+    }
+    if let Some(n) = number("batch_size")? {
+        entry.batch_size = Some(n);
+    }
+    if let Some(n) = number("gpu_layers")? {
+        entry.gpu_layers = Some(n);
+    }
+    if let Some((_, file)) = get("chat_template_file") {
+        entry.chat_template_file = Some(file);
+        entry.chat_template = None;
+    }
+    Ok(entry)
+}

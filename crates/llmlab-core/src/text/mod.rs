@@ -1,0 +1,7 @@
+//! Incremental text helpers used while detokenizing a stream of tokens.
+
+mod stop_strings;
+mod utf8_stream;
+
+pub use stop_strings::{StopMatcher, StopScan};
+pub use utf8_stream::Utf8Stream;

@@ -1,0 +1,156 @@
+//! The stream of events a chat or completion produces, and the stream type
+//! that carries them from a pipeline to a transport.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::Error;
+
+/// Why generation ended. Serialises to OpenAI's values; `cancelled` never
+/// reaches an OpenAI client because a cancelled request has no client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context is full.
+    Length,
+    /// The reply is one or more tool calls.
+    ToolCalls,
+    /// The caller cancelled or went away.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Token counts, OpenAI shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
+/// Where the time of one request went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Waiting for the engine.
+    pub queue_ms: f64,
+    /// Processing the prompt, up to and including the first sampled token.
+    pub prompt_ms: f64,
+    /// Generating the remaining tokens.
+    pub generation_ms: f64,
+    pub prompt_tokens_per_second: f64,
+    /// Tokens decoded after the first one, per second of `generation_ms`.
+    pub generation_tokens_per_second: f64,
+}
+
+impl Timings {
+    pub fn total_ms(&self) -> f64 {
+        self.queue_ms + self.prompt_ms + self.generation_ms
+    }
+}
+
+/// A fragment of a tool call; `id` and `name` come with the first fragment of
+/// each call, `arguments` arrive as pieces of a JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// One event of a generation stream, in order: deltas, then `Usage`, then
+/// exactly one `Done` or `Error` as the last event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Content(String),
+    Reasoning(String),
+    ToolCall(ToolCallDelta),
+    Usage { usage: Usage, timings: Timings },
+    Done { finish_reason: FinishReason },
+    Error(Error),
+}
+
+impl ChatEvent {
+    /// True for the event that ends a stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Done { .. } | Self::Error(_))
+    }
+}
+
+/// Receiving end of a generation. Dropping it tells the producer that nobody
+/// listens any more, which cancels the generation.
+#[derive(Debug)]
+pub struct ChatStream {
+    rx: mpsc::UnboundedReceiver<ChatEvent>,
+}
+
+/// Sending end used by pipelines. Unbounded on purpose: the engine thread
+/// must never block on one slow consumer while it decodes for everyone else;
+/// generation length bounds the buffer.
+pub type ChatEventSender = mpsc::UnboundedSender<ChatEvent>;
+
+impl ChatStream {
+    pub fn channel() -> (ChatEventSender, ChatStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, ChatStream { rx })
+    }
+
+    /// A stream that yields the given events (used by tests and fakes).
+    pub fn from_events(events: impl IntoIterator<Item = ChatEvent>) -> Self {
+        let (tx, stream) = Self::channel();
+        for event in events {
+            let _ = tx.send(event);
+        }
+        stream
+    }
+
+    pub async fn next_event(&mut self) -> Option<ChatEvent> {
+        self.rx.recv().await
+    }
+
+    /// Blocking receive for synchronous callers (CLI, tests outside a runtime).
+    pub fn blocking_next(&mut self) -> Option<ChatEvent> {
+        self.rx.blocking_recv()
+    }
+
+    /// Drain the stream into one response.
+    pub async fn collect_response(mut self) -> crate::Result<super::ChatResponse> {
+        let mut builder = super::ChatResponseBuilder::default();
+        while let Some(event) = self.next_event().await {
+            builder.push(event);
+        }
+        builder.finish()
+    }
+}
+
+impl futures_core::Stream for ChatStream {
+    type Item = ChatEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChatEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
