@@ -137,6 +137,16 @@ impl ChatStream {
         self.rx.blocking_recv()
     }
 
+    /// Drain the stream into one response, blocking the current thread
+    /// (never call this inside an async runtime).
+    pub fn collect_blocking(mut self) -> crate::Result<super::ChatResponse> {
+        let mut builder = super::ChatResponseBuilder::default();
+        while let Some(event) = self.blocking_next() {
+            builder.push(event);
+        }
+        builder.finish()
+    }
+
     /// Drain the stream into one response.
     pub async fn collect_response(mut self) -> crate::Result<super::ChatResponse> {
         let mut builder = super::ChatResponseBuilder::default();

@@ -1,0 +1,96 @@
+//! `LlamaChatPipeline`: the `ChatPipeline` of a GGUF model.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::pipeline::ChatPipeline;
+use llmlab_core::registry::ModelSpec;
+use llmlab_core::{config, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result};
+
+use crate::engine::{Engine, Job, ModelInfo};
+use crate::template::ChatTemplate;
+
+pub struct LlamaChatPipeline {
+    spec: ModelSpec,
+    info: ModelInfo,
+    template: Option<ChatTemplate>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for LlamaChatPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaChatPipeline").field("model", &self.spec.id).finish_non_exhaustive()
+    }
+}
+
+impl LlamaChatPipeline {
+    /// Load the model (blocking: call from a blocking task or thread).
+    /// The registry's template wins over the one in the GGUF file.
+    pub fn load(spec: &ModelSpec) -> Result<Self> {
+        let (engine, info) = Engine::start(spec)?;
+        let template = spec
+            .chat_template
+            .as_deref()
+            .or(info.chat_template.as_deref())
+            .map(|source| ChatTemplate::new(source, &info.bos_token, &info.eos_token))
+            .transpose()
+            .map_err(|e| Error::unavailable(format!("model '{}': {}", spec.id, e.message)))?;
+        Ok(Self { spec: spec.clone(), info, template, engine })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Tokens the context holds.
+    pub fn context_size(&self) -> u32 {
+        self.info.context_size
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    fn submit(&self, prompt: String, mut params: GenerationParams, cancel: CancellationToken) -> Result<ChatStream> {
+        params.sampling = params.sampling.or(&self.spec.sampling).or(&config::default_sampling());
+        let (events, stream) = ChatStream::channel();
+        let span = tracing::info_span!("generate", model = %self.spec.id);
+        tracing::debug!(parent: &span, %prompt, "prompt");
+        self.engine.submit(Job { prompt, params, cancel, events, span, enqueued_at: Instant::now() })?;
+        Ok(stream)
+    }
+}
+
+impl ChatPipeline for LlamaChatPipeline {
+    fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        let prompt = self.render_prompt(&request)?;
+        self.submit(prompt, request.params, cancel)
+    }
+
+    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        self.submit(request.prompt, request.params, cancel)
+    }
+
+    fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
+        if let Some(i) = request.messages.iter().position(|m| m.content.has_images()) {
+            return Err(Error::invalid_param(
+                format!("messages[{i}].content"),
+                format!("model '{}' does not accept images", self.spec.id),
+            ));
+        }
+        let template = self.template.as_ref().ok_or_else(|| {
+            Error::invalid_param(
+                "model",
+                format!(
+                    "model '{}' has no chat template in its file and the registry names none \
+                     (set chat_template or chat_template_file for it, or use plain completion)",
+                    self.spec.id
+                ),
+            )
+        })?;
+        template.render(&request.messages, &request.tools)
+    }
+}

@@ -1,0 +1,41 @@
+//! Builds llama.cpp's sampler chain from request sampling settings, in the
+//! same order llama-server uses: penalties, top-k, top-p, min-p, temperature,
+//! then a seeded draw (or greedy when the temperature is 0).
+
+use llama_cpp_2::sampling::LlamaSampler;
+use llmlab_core::SamplingParams;
+
+/// llama.cpp's "pick a random seed" value.
+const RANDOM_SEED: u32 = u32::MAX;
+
+/// `params` must be fully resolved (every field set); missing values fall
+/// back to "off".
+pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
+    let mut chain = Vec::new();
+    let repeat = params.repeat_penalty.unwrap_or(1.0);
+    let presence = params.presence_penalty.unwrap_or(0.0);
+    let frequency = params.frequency_penalty.unwrap_or(0.0);
+    if repeat != 1.0 || presence != 0.0 || frequency != 0.0 {
+        let last_n = params.penalty_last_n.unwrap_or(64);
+        chain.push(LlamaSampler::penalties(n_vocab, last_n, repeat, frequency, presence));
+    }
+    let temperature = params.temperature.unwrap_or(0.0);
+    if temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if let Some(k) = params.top_k.filter(|k| *k > 0) {
+            chain.push(LlamaSampler::top_k(k));
+        }
+        if let Some(p) = params.top_p.filter(|p| *p < 1.0) {
+            chain.push(LlamaSampler::top_p(p, 1));
+        }
+        if let Some(p) = params.min_p.filter(|p| *p > 0.0) {
+            chain.push(LlamaSampler::min_p(p, 1));
+        }
+        chain.push(LlamaSampler::temp(temperature));
+        // Seeds are u64 on the wire; llama.cpp takes 32 bits.
+        let seed = params.seed.map_or(RANDOM_SEED, |s| (s & u64::from(u32::MAX)) as u32);
+        chain.push(LlamaSampler::dist(seed));
+    }
+    LlamaSampler::chain_simple(chain)
+}

@@ -1,0 +1,131 @@
+//! `llmlab chat`: stream a model's answer to the terminal.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::pipeline::ChatPipeline;
+use llmlab_core::{ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, Timings, Usage};
+use llmlab_llama::LlamaChatPipeline;
+
+use super::CommonArgs;
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Model id [default: the registry's default model]
+    #[arg(short, long, env = "LLMLAB_MODEL")]
+    pub model: Option<String>,
+    /// The prompt; without one, an interactive session starts.
+    pub prompt: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Complete the prompt as plain text, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<i32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print token counts and speeds to stderr after each answer.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+impl ChatArgs {
+    fn params(&self) -> GenerationParams {
+        GenerationParams {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
+    let registry = common.registry()?;
+    let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
+    let spec = registry.require(&id)?;
+    let pipeline = LlamaChatPipeline::load(spec)?;
+    let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
+
+    if let Some(prompt) = &args.prompt {
+        answer(&pipeline, &args, &mut history, prompt)?;
+        return Ok(());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("Chatting with {id}. Empty line or Ctrl-D ends the session.");
+    }
+    let stdin = std::io::stdin();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        answer(&pipeline, &args, &mut history, line.trim_end())?;
+    }
+}
+
+/// Generate one answer, stream it to stdout and add the turn to `history`.
+fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatMessage>, prompt: &str) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let mut stream = if args.raw {
+        let request = CompletionRequest { model: String::new(), prompt: prompt.to_owned(), params: args.params() };
+        pipeline.complete(request, cancel)?
+    } else {
+        history.push(ChatMessage::user(prompt));
+        let request = ChatRequest { model: String::new(), messages: history.clone(), tools: Vec::new(), params: args.params() };
+        pipeline.chat(request, cancel)?
+    };
+    let mut out = std::io::stdout().lock();
+    let dim = std::io::stdout().is_terminal();
+    let mut reply = String::new();
+    let mut stats: Option<(Usage, Timings)> = None;
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            ChatEvent::Content(text) => {
+                reply.push_str(&text);
+                write!(out, "{text}")?;
+            }
+            ChatEvent::Reasoning(text) if dim => write!(out, "\x1b[2m{text}\x1b[0m")?,
+            ChatEvent::Reasoning(text) => write!(out, "{text}")?,
+            ChatEvent::ToolCall(delta) => write!(out, "{}{}", delta.name.map(|n| format!("\n[tool call {n}] ")).unwrap_or_default(), delta.arguments)?,
+            ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
+            ChatEvent::Done { .. } => break,
+            ChatEvent::Error(e) => return Err(e.into()),
+        }
+        out.flush()?;
+    }
+    writeln!(out)?;
+    if !args.raw {
+        history.push(ChatMessage::assistant(reply));
+    }
+    if let (true, Some((usage, t))) = (args.stats, stats) {
+        eprintln!(
+            "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s]",
+            usage.prompt_tokens, t.prompt_tokens_per_second, usage.completion_tokens, t.generation_tokens_per_second
+        );
+    }
+    Ok(())
+}
