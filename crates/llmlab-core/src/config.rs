@@ -36,19 +36,22 @@ pub fn default_sampling() -> SamplingParams {
     }
 }
 
-/// Threads per model when nothing else is configured.
+/// Threads per model when nothing else is configured: one core less than
+/// the machine has (at least 1, at most 8).
 ///
-/// Measured on the 2-core development machine (bench/RESULTS.md): with
-/// OpenMP's default spinning, decode collapses as soon as another process
-/// takes a core, while `cores - 0` threads with passive waiting stays close to
-/// the best figure in both cases. We use every core but never more than 8
-/// (beyond that decode is memory bound and extra threads only add spinning).
+/// Measured on the 2-core development machine (bench/RESULTS.md, "Threads"):
+/// with every core busy-waiting in OpenMP, decode drops from 45 to 18 t/s as
+/// soon as another process takes one core; passive waiting or spin-then-sleep
+/// (`GOMP_SPINCOUNT`) are worse still (30 and 9 t/s). Leaving one core free
+/// gives ~30 t/s whether or not something else runs, and keeps the HTTP
+/// threads responsive. On an idle machine `LLMLAB_THREADS=<cores>` is faster.
+/// Past 8 threads decode is memory bound and more threads only add spinning.
 pub fn default_threads() -> u32 {
     if let Some(n) = std::env::var(ENV_THREADS).ok().and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
         return n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    cores.clamp(1, 8)
+    cores.saturating_sub(1).clamp(1, 8)
 }
 
 /// Folder where model files live: `$LLMLAB_MODELS_DIR`, else

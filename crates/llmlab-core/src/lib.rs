@@ -8,7 +8,10 @@ pub mod config;
 mod error;
 pub mod pipeline;
 pub mod registry;
+pub mod service;
 pub mod text;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod types;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,10 +1,8 @@
 //! `llmlab`: a model runner. See `llmlab --help`.
 
-mod cli;
-mod logging;
-mod pull;
-
 use clap::Parser;
+
+use llmlab_server::{cli, logging};
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

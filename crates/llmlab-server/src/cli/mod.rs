@@ -3,6 +3,7 @@
 mod bench_engine;
 mod chat;
 mod models;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,8 @@ impl CommonArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Chat with a model in the terminal (interactive when no prompt is given).
     Chat(chat::ChatArgs),
     /// Inspect the model registry.
@@ -73,6 +76,7 @@ pub struct PullArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(&cli.common, args),
         Command::Chat(args) => chat::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),
         Command::Pull(args) => pull(&cli.common, args),

@@ -1,0 +1,214 @@
+//! The facade every transport calls: validate, find the model in the
+//! registry, get (or load) its pipeline, run the request.
+//!
+//! Loading is lazy and single-flight: concurrent first requests for a model
+//! wait for one load. A failed load is reported to the requests waiting for
+//! it and tried again by the next request. (Eviction, leases and memory
+//! budgets belong to the pipeline cache, a later layer behind this facade.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::ChatPipeline;
+use crate::registry::{ModelKind, ModelSpec, Registry};
+use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
+
+/// Creates pipelines for model specs; implemented once per binary over the
+/// compiled-in backends (and by fakes in tests).
+pub trait PipelineFactory: Send + Sync + 'static {
+    /// Load a chat model. Blocking: the service calls it on a blocking thread.
+    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
+}
+
+/// Whether a model is in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Unloaded,
+    Loaded,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub id: String,
+    pub kind: ModelKind,
+    pub state: ModelState,
+}
+
+type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
+
+pub struct Service {
+    registry: Registry,
+    factory: Arc<dyn PipelineFactory>,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("registry", &self.registry.file).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub fn new(registry: Registry, factory: Arc<dyn PipelineFactory>) -> Self {
+        Self { registry, factory, slots: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn default_model(&self) -> &str {
+        &self.registry.default_model
+    }
+
+    /// Chat with the model the request names (the default one when empty).
+    pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        let pipeline = self.chat_pipeline(&mut request.model).await?;
+        pipeline.chat(request, cancel)
+    }
+
+    /// Plain completion with the model the request names.
+    pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        let pipeline = self.chat_pipeline(&mut request.model).await?;
+        pipeline.complete(request, cancel)
+    }
+
+    /// Load a model now (start-up preloading, admin endpoints).
+    pub async fn load(&self, id: &str) -> Result<()> {
+        let mut id = id.to_owned();
+        self.chat_pipeline(&mut id).await.map(|_| ())
+    }
+
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.slot_if_present(id).is_some_and(|slot| slot.initialized())
+    }
+
+    pub fn models(&self) -> Vec<ModelStatus> {
+        self.registry
+            .models
+            .iter()
+            .map(|m| ModelStatus {
+                id: m.id.clone(),
+                kind: m.kind,
+                state: if self.is_loaded(&m.id) { ModelState::Loaded } else { ModelState::Unloaded },
+            })
+            .collect()
+    }
+
+    /// Resolve the model id (filling in the default) and get its pipeline.
+    async fn chat_pipeline(&self, model: &mut String) -> Result<Arc<dyn ChatPipeline>> {
+        if model.is_empty() {
+            model.clone_from(&self.registry.default_model);
+        }
+        let spec = self.registry.require(model)?.clone();
+        if !matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage) {
+            return Err(Error::invalid_param(
+                "model",
+                format!("model '{}' is a {} model and cannot chat", spec.id, spec.kind.as_str()),
+            ));
+        }
+        let slot = self.slot(&spec.id);
+        let factory = Arc::clone(&self.factory);
+        let pipeline = slot
+            .get_or_try_init(|| async move {
+                let id = spec.id.clone();
+                tracing::info!(model = %id, "loading model");
+                tokio::task::spawn_blocking(move || factory.load_chat(&spec))
+                    .await
+                    .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))?
+            })
+            .await?;
+        Ok(Arc::clone(pipeline))
+    }
+
+    fn slot(&self, id: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(slots.entry(id.to_owned()).or_default())
+    }
+
+    fn slot_if_present(&self, id: &str) -> Option<Slot> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::{fake_registry, FakeFactory, Script};
+    use crate::{ChatMessage, ErrorKind};
+
+    fn chat_request(model: &str) -> ChatRequest {
+        ChatRequest { model: model.into(), messages: vec![ChatMessage::user("hi")], ..ChatRequest::default() }
+    }
+
+    fn service(factory: Arc<FakeFactory>) -> Arc<Service> {
+        Arc::new(Service::new(fake_registry(), factory))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_requests_load_once() {
+        let mut factory = FakeFactory::new(Script::text(&["ok"]));
+        factory.load_delay = Duration::from_millis(100);
+        let factory = Arc::new(factory);
+        let svc = service(Arc::clone(&factory));
+        let requests = (0..5).map(|_| {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { svc.chat(chat_request("fake-a"), CancellationToken::new()).await?.collect_response().await })
+        });
+        for handle in requests {
+            assert_eq!(handle.await.unwrap().unwrap().content, "ok");
+        }
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
+        assert!(svc.is_loaded("fake-a"));
+        assert!(!svc.is_loaded("fake-b"));
+    }
+
+    #[tokio::test]
+    async fn empty_model_means_the_default_one() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        let svc = service(Arc::clone(&factory));
+        svc.chat(chat_request(""), CancellationToken::new()).await.unwrap();
+        assert!(svc.is_loaded("fake-a"));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_wrong_kind_models_are_rejected() {
+        let svc = service(Arc::new(FakeFactory::new(Script::text(&["ok"]))));
+        let err = svc.chat(chat_request("nope"), CancellationToken::new()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(err.message.contains("fake-a, fake-b"), "{}", err.message);
+        let err = svc.chat(chat_request("fake-embed"), CancellationToken::new()).await.unwrap_err();
+        assert_eq!((err.kind, err.param.as_deref()), (ErrorKind::InvalidRequest, Some("model")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_reported_and_retried_by_the_next_request() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("disk on fire"));
+        let svc = service(Arc::clone(&factory));
+        let err = svc.chat(chat_request("fake-a"), CancellationToken::new()).await.unwrap_err();
+        assert_eq!((err.kind, err.message.as_str()), (ErrorKind::Unavailable, "disk on fire"));
+        *factory.fail_loads.lock().unwrap() = None;
+        svc.chat(chat_request("fake-a"), CancellationToken::new()).await.unwrap();
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_never_load_a_model() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        let svc = service(Arc::clone(&factory));
+        let err = svc.chat(ChatRequest { model: "fake-a".into(), ..ChatRequest::default() }, CancellationToken::new()).await.unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 0);
+    }
+}

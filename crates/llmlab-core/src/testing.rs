@@ -1,0 +1,152 @@
+//! Scripted fake pipelines for tests of core logic and transports (feature
+//! `testing`). They never touch a real model and are named as fakes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::ChatPipeline;
+use crate::registry::ModelSpec;
+use crate::service::PipelineFactory;
+use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
+
+/// What a fake pipeline answers to every request.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Events sent in order (a terminal event ends the script early).
+    pub events: Vec<ChatEvent>,
+    /// Pause before each event, to exercise keep-alives and cancellation.
+    pub delay: Duration,
+    /// Error returned before the stream starts (validation-time failure).
+    pub reject: Option<Error>,
+}
+
+impl Script {
+    /// Content pieces followed by usage and `Done{stop}`.
+    pub fn text(pieces: &[&str]) -> Self {
+        let mut events: Vec<ChatEvent> = pieces.iter().map(|p| ChatEvent::Content((*p).to_owned())).collect();
+        events.push(ChatEvent::Usage { usage: Usage::new(7, pieces.len() as u32), timings: Timings::default() });
+        events.push(ChatEvent::Done { finish_reason: FinishReason::Stop });
+        Self { events, delay: Duration::ZERO, reject: None }
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A fake chat pipeline that plays a [`Script`] and records its requests.
+#[derive(Debug)]
+pub struct FakeChatPipeline {
+    script: Mutex<Script>,
+    pub chats: Mutex<Vec<ChatRequest>>,
+    pub completions: Mutex<Vec<CompletionRequest>>,
+    /// Requests whose stream ended by cancellation or a dropped receiver.
+    pub cancelled: Arc<AtomicUsize>,
+}
+
+impl FakeChatPipeline {
+    pub fn new(script: Script) -> Self {
+        Self {
+            script: Mutex::new(script),
+            chats: Mutex::new(Vec::new()),
+            completions: Mutex::new(Vec::new()),
+            cancelled: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn set_script(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+
+    fn play(&self, cancel: CancellationToken) -> Result<ChatStream> {
+        let script = self.script.lock().unwrap().clone();
+        if let Some(error) = script.reject {
+            return Err(error);
+        }
+        let (tx, stream) = ChatStream::channel();
+        let cancelled = Arc::clone(&self.cancelled);
+        tokio::spawn(async move {
+            for event in script.events {
+                if !script.delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(script.delay) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                }
+                if cancel.is_cancelled() || tx.is_closed() {
+                    cancelled.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send(ChatEvent::Done { finish_reason: FinishReason::Cancelled });
+                    return;
+                }
+                let terminal = event.is_terminal();
+                let _ = tx.send(event);
+                if terminal {
+                    return;
+                }
+            }
+        });
+        Ok(stream)
+    }
+}
+
+impl ChatPipeline for FakeChatPipeline {
+    fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        self.chats.lock().unwrap().push(request);
+        self.play(cancel)
+    }
+
+    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        self.completions.lock().unwrap().push(request);
+        self.play(cancel)
+    }
+
+    fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
+        Ok(request.messages.iter().map(|m| m.content.joined_text()).collect::<Vec<_>>().join("\n"))
+    }
+}
+
+/// A factory handing out one shared [`FakeChatPipeline`] for every model,
+/// counting loads; `fail_loads` makes loading fail.
+#[derive(Debug)]
+pub struct FakeFactory {
+    pub pipeline: Arc<FakeChatPipeline>,
+    pub loads: AtomicUsize,
+    pub load_delay: Duration,
+    pub fail_loads: Mutex<Option<Error>>,
+}
+
+impl FakeFactory {
+    pub fn new(script: Script) -> Self {
+        Self {
+            pipeline: Arc::new(FakeChatPipeline::new(script)),
+            loads: AtomicUsize::new(0),
+            load_delay: Duration::ZERO,
+            fail_loads: Mutex::new(None),
+        }
+    }
+}
+
+impl PipelineFactory for FakeFactory {
+    fn load_chat(&self, _spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if !self.load_delay.is_zero() {
+            std::thread::sleep(self.load_delay);
+        }
+        if let Some(error) = self.fail_loads.lock().unwrap().clone() {
+            return Err(error);
+        }
+        Ok(Arc::clone(&self.pipeline) as Arc<dyn ChatPipeline>)
+    }
+}
+
+/// A small registry with two chat models (`fake-a`, the default, and
+/// `fake-b`) and an embedding model (`fake-embed`), files not required.
+pub fn fake_registry() -> crate::registry::Registry {
+    let text = "default_model: fake-a\nmodels:\n  - {id: fake-a, kind: chat, backend: llama, path: a.gguf}\n  - {id: fake-b, kind: chat, backend: llama, path: b.gguf}\n  - {id: fake-embed, kind: embedding, backend: candle, path: e}\n";
+    crate::registry::Registry::parse(text, std::path::Path::new("fake.yaml"), std::path::Path::new("/fake"), |_| None)
+        .expect("fake registry is valid")
+}

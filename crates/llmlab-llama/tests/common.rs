@@ -1,0 +1,30 @@
+//! Shared set-up for tests on real GGUF models: the registry of the repo,
+//! resolved against the models folder, and one loaded pipeline per model
+//! for the whole test binary (loading is slow, and two models decoding at
+//! once on a small machine would measure nothing).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use llmlab_core::config;
+use llmlab_core::registry::{ModelSpec, Registry};
+use llmlab_llama::LlamaChatPipeline;
+
+pub fn spec(id: &str) -> ModelSpec {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/models.yaml");
+    let registry = Registry::load(&file, &config::models_dir()).expect("registry loads");
+    let spec = registry.require(id).expect("model in registry").clone();
+    assert!(
+        spec.path.is_file(),
+        "model file {} is missing: run `cargo run -p llmlab-server -- pull {id}` (scripts/test.sh does)",
+        spec.path.display()
+    );
+    spec
+}
+
+/// The one loaded instance of `id` in this test binary.
+pub fn pipeline(cell: &'static OnceLock<LlamaChatPipeline>, id: &str) -> &'static LlamaChatPipeline {
+    cell.get_or_init(|| LlamaChatPipeline::load(&spec(id)).expect("model loads"))
+}

@@ -1,0 +1,230 @@
+//! Behaviour of the engine on the real default model
+//! (Qwen2.5-Coder-0.5B-Instruct Q4_K_M). All tests share one loaded model;
+//! the engine thread runs their requests one after another.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::pipeline::ChatPipeline;
+use llmlab_core::{
+    ChatEvent, ChatMessage, ChatRequest, ChatResponse, CompletionRequest, ErrorKind, FinishReason, GenerationParams,
+    SamplingParams,
+};
+use llmlab_llama::LlamaChatPipeline;
+
+const MODEL: &str = "qwen2.5-coder-0.5b";
+static PIPELINE: OnceLock<LlamaChatPipeline> = OnceLock::new();
+
+fn model() -> &'static LlamaChatPipeline {
+    common::pipeline(&PIPELINE, MODEL)
+}
+
+fn greedy(max_tokens: u32) -> GenerationParams {
+    GenerationParams {
+        sampling: SamplingParams { temperature: Some(0.0), ..SamplingParams::default() },
+        max_tokens: Some(max_tokens),
+        ..GenerationParams::default()
+    }
+}
+
+fn ask(question: &str, params: GenerationParams) -> ChatResponse {
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![ChatMessage::user(question)],
+        tools: Vec::new(),
+        params,
+    };
+    model().chat(request, CancellationToken::new()).expect("request accepted").collect_blocking().expect("generation succeeds")
+}
+
+#[test]
+fn greedy_generation_is_deterministic() {
+    let a = ask("Name three prime numbers.", greedy(24));
+    let b = ask("Name three prime numbers.", greedy(24));
+    assert!(!a.content.is_empty());
+    assert_eq!(a.content, b.content);
+
+    let seeded = |seed| GenerationParams {
+        sampling: SamplingParams { temperature: Some(0.9), seed: Some(seed), ..SamplingParams::default() },
+        max_tokens: Some(24),
+        ..GenerationParams::default()
+    };
+    assert_eq!(ask("Invent a name for a cat.", seeded(7)).content, ask("Invent a name for a cat.", seeded(7)).content);
+}
+
+#[test]
+fn stop_string_is_honoured_and_never_emitted() {
+    let question = "Count from 1 to 20, separated by commas.";
+    let full = ask(question, greedy(60)).content;
+    // A stop string taken from the middle of the greedy answer: generation
+    // must end right before its first occurrence.
+    let stop = "7,";
+    let cut = full.find(stop).unwrap_or_else(|| panic!("fixture answer should contain {stop:?}: {full:?}"));
+    let mut params = greedy(60);
+    params.stop = vec![stop.into(), "never-appears-xyz".into()];
+    let stopped = ask(question, params);
+    assert_eq!(stopped.content, full[..cut]);
+    assert!(!stopped.content.contains(stop));
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+}
+
+#[test]
+fn max_tokens_gives_length() {
+    let r = ask("Write a long story about a lighthouse keeper.", greedy(5));
+    assert_eq!(r.finish_reason, FinishReason::Length);
+    assert_eq!(r.usage.completion_tokens, 5);
+    assert!(r.usage.prompt_tokens > 10);
+    assert_eq!(r.usage.total_tokens, r.usage.prompt_tokens + 5);
+}
+
+#[test]
+fn natural_end_gives_stop() {
+    let r = ask("Reply with the single word: yes", greedy(32));
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+    assert!(r.usage.completion_tokens < 32);
+}
+
+#[test]
+fn cancelling_ends_generation_within_one_decode_step() {
+    let cancel = CancellationToken::new();
+    let request = CompletionRequest {
+        model: MODEL.into(),
+        prompt: "Once upon a time".into(),
+        params: GenerationParams { ignore_eos: true, ..greedy(400) },
+    };
+    let mut stream = model().complete(request, cancel.clone()).unwrap();
+    let mut before = 0;
+    while before < 3 {
+        match stream.blocking_next().expect("stream open") {
+            ChatEvent::Content(_) => before += 1,
+            other => panic!("unexpected event before cancelling: {other:?}"),
+        }
+    }
+    cancel.cancel();
+    let mut after = 0;
+    let mut finish = None;
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            ChatEvent::Content(_) => after += 1,
+            ChatEvent::Done { finish_reason } => finish = Some(finish_reason),
+            ChatEvent::Usage { .. } => {}
+            other => panic!("unexpected event after cancelling: {other:?}"),
+        }
+    }
+    // At most the token being decoded when we cancelled, plus one that was
+    // already on its way to us.
+    assert!(after <= 2, "{after} tokens arrived after cancelling");
+    assert_eq!(finish, Some(FinishReason::Cancelled));
+    // The engine is free again.
+    assert!(!ask("Say hi.", greedy(4)).content.is_empty());
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_frees_the_engine() {
+    let request = CompletionRequest {
+        model: MODEL.into(),
+        prompt: "The history of the Roman empire".into(),
+        params: GenerationParams { ignore_eos: true, ..greedy(2000) },
+    };
+    let mut stream = model().complete(request, CancellationToken::new()).unwrap();
+    assert!(matches!(stream.blocking_next(), Some(ChatEvent::Content(_))));
+    drop(stream);
+    // If the dropped request were still decoding 2000 tokens, this would
+    // wait a minute; it returns after a handful of tokens.
+    let started = std::time::Instant::now();
+    assert_eq!(ask("Say hi.", greedy(3)).usage.completion_tokens, 3);
+    assert!(started.elapsed().as_secs() < 30, "engine was still busy with the dropped request");
+}
+
+#[test]
+fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![
+            ChatMessage::system("You are terse."),
+            ChatMessage::user("Hi!"),
+            ChatMessage::assistant("Hello."),
+            ChatMessage::user("What is 2+2?"),
+        ],
+        tools: Vec::new(),
+        params: GenerationParams::default(),
+    };
+    assert_eq!(
+        model().render_prompt(&request).unwrap(),
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // Without a system message, Qwen's template inserts its default one
+    // (llama.cpp's built-in template matcher drops it).
+    let request = ChatRequest { messages: vec![ChatMessage::user("Hi!")], ..request };
+    assert_eq!(
+        model().render_prompt(&request).unwrap(),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn tools_are_rendered_into_the_prompt() {
+    let tool: llmlab_core::ToolDefinition = serde_json::from_value(serde_json::json!({
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    }))
+    .unwrap();
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![ChatMessage::user("Weather in Paris?")],
+        tools: vec![tool],
+        params: GenerationParams::default(),
+    };
+    let prompt = model().render_prompt(&request).unwrap();
+    assert!(prompt.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{prompt}");
+    assert!(prompt.contains("<tool_call>"), "{prompt}");
+}
+
+#[test]
+fn invalid_requests_are_rejected_with_the_field_named() {
+    let too_long = "word ".repeat(6000);
+    let err = model()
+        .chat(
+            ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user(too_long)], tools: Vec::new(), params: greedy(4) },
+            CancellationToken::new(),
+        )
+        .unwrap()
+        .collect_blocking()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    assert!(err.message.contains("context holds 4096"), "{}", err.message);
+
+    let err = model()
+        .chat(ChatRequest { model: MODEL.into(), messages: Vec::new(), ..ChatRequest::default() }, CancellationToken::new())
+        .unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("messages"));
+
+    let mut params = greedy(4);
+    params.sampling.top_p = Some(1.5);
+    let err = model()
+        .chat(ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user("x")], tools: Vec::new(), params }, CancellationToken::new())
+        .unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("top_p"));
+}
+
+#[test]
+fn multibyte_output_streams_as_whole_characters() {
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![ChatMessage::user("Translate 'good morning' into Japanese and add a sun emoji.")],
+        tools: Vec::new(),
+        params: greedy(24),
+    };
+    let mut stream = model().chat(request, CancellationToken::new()).unwrap();
+    let mut text = String::new();
+    while let Some(event) = stream.blocking_next() {
+        if let ChatEvent::Content(piece) = event {
+            assert!(!piece.contains('\u{fffd}'), "a character was split: {piece:?}");
+            text.push_str(&piece);
+        }
+    }
+    assert!(text.chars().any(|c| !c.is_ascii()), "expected non-ASCII output, got {text:?}");
+}

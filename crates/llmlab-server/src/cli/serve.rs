@@ -1,0 +1,68 @@
+//! `llmlab serve`: the OpenAI-compatible HTTP server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::service::Service;
+
+use super::CommonArgs;
+use crate::factory::BackendFactory;
+use crate::http::{self, AppState, HttpConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "LLMLAB_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, env = "LLMLAB_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    #[arg(long, env = "LLMLAB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "LLMLAB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds between SSE keep-alive comments.
+    #[arg(long, env = "LLMLAB_SSE_KEEP_ALIVE_SECS", default_value_t = 5)]
+    pub sse_keep_alive_secs: u64,
+    /// Send the usage chunk on every stream, even without stream_options.include_usage.
+    #[arg(long, env = "LLMLAB_ALWAYS_INCLUDE_USAGE")]
+    pub always_include_usage: bool,
+    /// Seconds in-flight requests get to finish on shutdown before they are cancelled.
+    #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Do not load the default model at start-up (it loads on first use).
+    #[arg(long, env = "LLMLAB_NO_PRELOAD")]
+    pub no_preload: bool,
+}
+
+pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let registry = common.registry()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let service = Arc::new(Service::new(registry, Arc::new(BackendFactory)));
+        if !args.no_preload {
+            let preload = Arc::clone(&service);
+            tokio::spawn(async move {
+                let model = preload.default_model().to_owned();
+                if let Err(e) = preload.load(&model).await {
+                    tracing::error!(%model, error = %e, "default model failed to load; /health stays 503");
+                }
+            });
+        }
+        let state = AppState {
+            service,
+            config: Arc::new(HttpConfig {
+                api_key: args.api_key.filter(|k| !k.is_empty()),
+                max_body_bytes: args.max_body_bytes,
+                sse_keep_alive: Duration::from_secs(args.sse_keep_alive_secs.max(1)),
+                always_include_usage: args.always_include_usage,
+            }),
+            shutdown: CancellationToken::new(),
+        };
+        http::serve(SocketAddr::new(args.host, args.port), state, Duration::from_secs(args.shutdown_grace_secs)).await
+    })
+}

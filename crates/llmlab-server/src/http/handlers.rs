@@ -1,0 +1,129 @@
+//! Endpoint handlers: decode, call the core service, encode. Nothing here
+//! validates generation settings or maps errors by itself.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use llmlab_core::{ChatStream, Timings};
+
+use super::errors::ApiError;
+use super::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
+use super::responses::{full_response, ChunkBuilder, Endpoint};
+use super::sse::sse_events;
+use super::AppState;
+
+type ApiResult = Result<Response, ApiError>;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"))
+        } else {
+            ApiError::http(StatusCode::BAD_REQUEST, format!("cannot read request body: {rejection}"))
+        }
+    })
+}
+
+pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = body_bytes(body, state.config.max_body_bytes)?;
+    let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_chat()?;
+    if request.model.is_empty() {
+        request.model = state.service.default_model().to_owned();
+    }
+    let meta = ResponseMeta::new(Endpoint::Chat.id_prefix(), &request.model);
+    let events = state.service.chat(request, state.shutdown.child_token()).await?;
+    answer(&state, Endpoint::Chat, meta, events, delivery).await
+}
+
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = body_bytes(body, state.config.max_body_bytes)?;
+    let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_completion()?;
+    if request.model.is_empty() {
+        request.model = state.service.default_model().to_owned();
+    }
+    let meta = ResponseMeta::new(Endpoint::Completion.id_prefix(), &request.model);
+    let events = state.service.complete(request, state.shutdown.child_token()).await?;
+    answer(&state, Endpoint::Completion, meta, events, delivery).await
+}
+
+async fn answer(state: &AppState, endpoint: Endpoint, meta: ResponseMeta, events: ChatStream, delivery: Delivery) -> ApiResult {
+    if delivery.stream {
+        let include_usage = delivery.include_usage || state.config.always_include_usage;
+        let stream = sse_events(events, ChunkBuilder { endpoint, meta }, include_usage);
+        // Comment lines keep proxies and clients from timing out while a
+        // long prompt is processed.
+        let keep_alive = KeepAlive::new().interval(state.config.sse_keep_alive);
+        return Ok(Sse::new(stream).keep_alive(keep_alive).into_response());
+    }
+    let response = events.collect_response().await?;
+    let mut http = Json(full_response(endpoint, &meta, &response)).into_response();
+    add_timing_headers(http.headers_mut(), &response.timings);
+    Ok(http)
+}
+
+/// `x-llmlab-*-ms` headers and a standard `Server-Timing` header.
+fn add_timing_headers(headers: &mut HeaderMap, t: &Timings) {
+    let pairs = [
+        ("x-llmlab-queue-ms", t.queue_ms),
+        ("x-llmlab-prompt-ms", t.prompt_ms),
+        ("x-llmlab-generation-ms", t.generation_ms),
+        ("x-llmlab-total-ms", t.total_ms()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&format!("{value:.1}")) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    let server_timing = format!("queue;dur={:.1}, prompt;dur={:.1}, generation;dur={:.1}", t.queue_ms, t.prompt_ms, t.generation_ms);
+    if let Ok(v) = HeaderValue::from_str(&server_timing) {
+        headers.insert(HeaderName::from_static("server-timing"), v);
+    }
+}
+
+fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
+    json!({
+        "id": status.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "llmlab",
+        "kind": status.kind.as_str(),
+        "state": status.state,
+    })
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let data: Vec<_> = state.service.models().iter().map(model_json).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    state.service.registry().require(&id)?;
+    let status = state.service.models().into_iter().find(|m| m.id == id);
+    Ok(Json(status.as_ref().map(model_json)).into_response())
+}
+
+/// 200 once the default model is loaded; 503 while it loads (or failed).
+pub async fn health(State(state): State<AppState>) -> Response {
+    let model = state.service.default_model();
+    if state.service.is_loaded(model) {
+        (StatusCode::OK, Json(json!({"status": "ok", "model": model}))).into_response()
+    } else {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading", "model": model}))).into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+}
+
+pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
+    ApiError::http(StatusCode::NOT_FOUND, format!("unknown route: {method} {}", uri.path()))
+}
+
+pub async fn method_not_allowed(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
+    ApiError::http(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on {}", uri.path()))
+}

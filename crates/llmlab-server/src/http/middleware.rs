@@ -1,0 +1,54 @@
+//! Request ids, tracing spans and API-key checks.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use super::errors::ApiError;
+use super::AppState;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Accept the client's `x-request-id` (or make one), run the request inside
+/// a span carrying it, and return it on the response.
+pub async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request done"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// With an API key configured, `/v1/*` requires `Authorization: Bearer <key>`.
+pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.config.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::http(StatusCode::UNAUTHORIZED, "invalid API key").into_response(),
+        None => ApiError::http(StatusCode::UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'").into_response(),
+    }
+}
+
+/// Compare without leaking the position of the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,172 @@
+//! OpenAI wire types for chat and text completions, and their conversion to
+//! core requests. Unknown fields are ignored (clients send many); fields we
+//! know are type-checked, and the error names the field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use llmlab_core::{
+    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, ToolDefinition,
+    Usage,
+};
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The body of `/v1/chat/completions` and `/v1/completions`: one struct
+/// without `#[serde(flatten)]`, so that type errors carry the exact field
+/// path. Each endpoint requires its own input field.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Option<Vec<ChatMessage>>,
+    pub prompt: Option<PromptField>,
+    pub tools: Option<Vec<ToolDefinition>>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub n: Option<u32>,
+    /// llmlab extension (as in vLLM): keep going past end-of-generation.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// How the client wants the answer delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl OpenAiRequest {
+    fn params(&self) -> Result<GenerationParams> {
+        if let Some(n) = self.n.filter(|n| *n != 1) {
+            return Err(Error::invalid_param("n", format!("only n=1 is supported, got {n}")));
+        }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(Error::invalid_param("stream_options", "'stream_options' is only allowed when 'stream' is true"));
+        }
+        let seed = match self.seed {
+            Some(s) if s < 0 => return Err(Error::invalid_param("seed", "'seed' must not be negative")),
+            other => other.map(|s| s as u64),
+        };
+        Ok(GenerationParams {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                penalty_last_n: None,
+                seed,
+            },
+            // max_completion_tokens is the newer name; it wins when both are set.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(StopField::One(s)) => vec![s.clone()],
+                Some(StopField::Many(v)) => v.clone(),
+            },
+            ignore_eos: self.ignore_eos,
+        })
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery { stream: self.stream, include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage) }
+    }
+
+    pub fn into_chat(self) -> Result<(ChatRequest, Delivery)> {
+        let params = self.params()?;
+        let delivery = self.delivery();
+        let messages = self.messages.ok_or_else(|| Error::invalid_param("messages", "'messages' is required"))?;
+        let request = ChatRequest { model: self.model, messages, tools: self.tools.unwrap_or_default(), params };
+        Ok((request, delivery))
+    }
+
+    pub fn into_completion(self) -> Result<(CompletionRequest, Delivery)> {
+        let params = self.params()?;
+        let delivery = self.delivery();
+        let prompt = match self.prompt {
+            None => return Err(Error::invalid_param("prompt", "'prompt' is required")),
+            Some(PromptField::One(p)) => p,
+            Some(PromptField::Many(mut v)) if v.len() == 1 => v.remove(0),
+            Some(PromptField::Many(v)) => {
+                return Err(Error::invalid_param("prompt", format!("exactly one prompt is supported, got {}", v.len())))
+            }
+        };
+        Ok((CompletionRequest { model: self.model, prompt, params }, delivery))
+    }
+}
+
+/// `prompt` of the completions endpoint: a string or a one-element list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Parse a JSON body; errors name the field path (`messages[0].role`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
+        if syntax || path == "." || path == "?" || path.is_empty() {
+            Error::invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            Error::invalid_param(path.clone(), format!("invalid value for '{path}': {inner}"))
+        }
+    })
+}
+
+pub fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    })
+}
+
+/// Identity of one response: id, creation time, model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    pub fn new(prefix: &str, model: &str) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self { id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
+    }
+}

@@ -1,0 +1,144 @@
+//! JSON shapes of answers: whole responses and stream chunks, for chat
+//! (`chat.completion[.chunk]`) and text completion (`text_completion`).
+
+use serde_json::{json, Map, Value};
+
+use llmlab_core::{ChatResponse, FinishReason, ToolCallDelta, Usage};
+
+use super::openai::{usage_json, ResponseMeta};
+
+/// Which OpenAI endpoint the answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Chat => "chatcmpl",
+            Self::Completion => "cmpl",
+        }
+    }
+
+    fn chunk_object(self) -> &'static str {
+        match self {
+            Self::Chat => "chat.completion.chunk",
+            Self::Completion => "text_completion",
+        }
+    }
+}
+
+/// The whole (non-streaming) answer.
+pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatResponse) -> Value {
+    let finish_reason = response.finish_reason.as_str();
+    let choice = match endpoint {
+        Endpoint::Chat => {
+            let mut message = Map::new();
+            message.insert("role".into(), json!("assistant"));
+            let content = if response.content.is_empty() && !response.tool_calls.is_empty() {
+                Value::Null
+            } else {
+                json!(response.content)
+            };
+            message.insert("content".into(), content);
+            if let Some(reasoning) = &response.reasoning {
+                message.insert("reasoning_content".into(), json!(reasoning));
+            }
+            if !response.tool_calls.is_empty() {
+                message.insert("tool_calls".into(), json!(response.tool_calls));
+            }
+            json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason})
+        }
+        Endpoint::Completion => {
+            json!({"index": 0, "text": response.content, "logprobs": null, "finish_reason": finish_reason})
+        }
+    };
+    let object = match endpoint {
+        Endpoint::Chat => "chat.completion",
+        Endpoint::Completion => "text_completion",
+    };
+    json!({
+        "id": meta.id,
+        "object": object,
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+        "usage": usage_json(&response.usage),
+    })
+}
+
+/// Builds the chunks of one streamed answer.
+#[derive(Debug, Clone)]
+pub struct ChunkBuilder {
+    pub endpoint: Endpoint,
+    pub meta: ResponseMeta,
+}
+
+impl ChunkBuilder {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.meta.id,
+            "object": self.endpoint.chunk_object(),
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "choices": choices,
+        })
+    }
+
+    fn delta(&self, delta: Value, finish_reason: Option<FinishReason>) -> Value {
+        let finish = finish_reason.map(FinishReason::as_str);
+        match self.endpoint {
+            Endpoint::Chat => self.chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])),
+            Endpoint::Completion => {
+                let text = delta.get("content").cloned().unwrap_or(json!(""));
+                self.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]))
+            }
+        }
+    }
+
+    /// The first chat chunk carries the role (completions have none).
+    pub fn role(&self) -> Option<Value> {
+        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
+    }
+
+    pub fn content(&self, text: &str) -> Value {
+        self.delta(json!({"content": text}), None)
+    }
+
+    /// Reasoning has no place in a text completion; it is dropped there.
+    pub fn reasoning(&self, text: &str) -> Option<Value> {
+        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"reasoning_content": text}), None))
+    }
+
+    pub fn tool_call(&self, delta: &ToolCallDelta) -> Option<Value> {
+        if self.endpoint != Endpoint::Chat {
+            return None;
+        }
+        let mut call = Map::new();
+        call.insert("index".into(), json!(delta.index));
+        if let Some(id) = &delta.id {
+            call.insert("id".into(), json!(id));
+            call.insert("type".into(), json!("function"));
+        }
+        let mut function = Map::new();
+        if let Some(name) = &delta.name {
+            function.insert("name".into(), json!(name));
+        }
+        function.insert("arguments".into(), json!(delta.arguments));
+        call.insert("function".into(), Value::Object(function));
+        Some(self.delta(json!({"tool_calls": [call]}), None))
+    }
+
+    pub fn finish(&self, reason: FinishReason) -> Value {
+        self.delta(json!({}), Some(reason))
+    }
+
+    /// The usage chunk (`choices: []`) sent when `include_usage` is set.
+    pub fn usage(&self, usage: &Usage) -> Value {
+        let mut chunk = self.chunk(json!([]));
+        chunk["usage"] = usage_json(usage);
+        chunk
+    }
+}

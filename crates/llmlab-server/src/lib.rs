@@ -1,0 +1,8 @@
+//! The `llmlab` binary's library: CLI, HTTP door, model fetching. Exposed as
+//! a library so integration tests can drive the router in process.
+
+pub mod cli;
+pub mod factory;
+pub mod http;
+pub mod logging;
+pub mod pull;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: installs system and Python test packages, fetches the test
+# models when missing (verified by size and sha256), runs the workspace
+# suite, then the end-to-end suite with the official `openai` client against
+# a real `llmlab serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+python3 -c 'import openai, pytest' 2>/dev/null || python3 -m pip install --quiet openai pytest
+cargo build -p llmlab-server --quiet
+cargo run -p llmlab-server --quiet -- pull qwen2.5-coder-0.5b gemma-3-270m
+# Test binaries run one after another; inside each, tests that use a real
+# model share one loaded instance.
+cargo test --workspace "$@"
+LLMLAB_BIN="${CARGO_TARGET_DIR:-target}/debug/llmlab" python3 -m pytest -q tests/e2e

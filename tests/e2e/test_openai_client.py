@@ -1,0 +1,89 @@
+"""Compatibility proof: the official `openai` package against `llmlab serve`
+on the real default model (Qwen2.5-Coder-0.5B-Instruct)."""
+import openai
+import pytest
+
+MODEL = "qwen2.5-coder-0.5b"
+GREEDY = dict(temperature=0, seed=1)
+
+
+def test_non_stream_chat(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the capital of France? One word."}], max_tokens=16, **GREEDY
+    )
+    assert r.object == "chat.completion"
+    assert r.model == MODEL
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_stream_chat_with_usage_chunk(client):
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from 1 to 5."}],
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "1" in text and "5" in text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    usage = chunks[-1]
+    assert usage.choices == []
+    assert usage.usage.completion_tokens > 0
+
+
+def test_stream_matches_non_stream(client):
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Name two colors."}], max_tokens=20, **GREEDY)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == whole
+
+
+def test_stop_string(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}], max_tokens=60, stop=["5"], **GREEDY
+    )
+    text = r.choices[0].message.content
+    assert "5" not in text and "4" in text
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_max_tokens_gives_length(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a long essay about the sea."}], max_tokens=5, **GREEDY
+    )
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 5
+
+
+def test_text_completion(client):
+    r = client.completions.create(model=MODEL, prompt="def fibonacci(n):", max_tokens=12, **GREEDY)
+    assert r.object == "text_completion"
+    assert r.choices[0].text
+    assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list().data]
+    assert MODEL in ids
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert "no-such-model" in str(e.value)
+
+
+def test_bad_parameter_is_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3)
+    assert e.value.body["param"] == "n"
