@@ -8,5 +8,5 @@ scripts/setup.sh
 cargo build -p llmlab-server --quiet
 llmlab() { cargo run -p llmlab-server --quiet -- "$@"; }
 llmlab pull
-if [ $# -eq 0 ]; then set -- chat; fi
+if [ $# -eq 0 ]; then set -- serve; fi
 llmlab "$@"
