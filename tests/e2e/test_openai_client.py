@@ -87,3 +87,12 @@ def test_bad_parameter_is_bad_request(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3)
     assert e.value.body["param"] == "n"
+
+
+def test_logprobs(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5, logprobs=True, top_logprobs=2, **GREEDY
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)

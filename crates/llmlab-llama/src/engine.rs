@@ -17,9 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::text::{StopScan, TokenTextAssembler};
-use llmlab_core::{ChatEvent, ChatEventSender, Error, FinishReason, GenerationParams, Result, Timings, Usage};
+use llmlab_core::{
+    ChatEvent, ChatEventSender, Error, FinishReason, GenerationParams, Result, Timings, TokenLogprob, TopLogprob, Usage,
+};
 
 use crate::backend::backend;
+use crate::logprobs::logprobs;
 use crate::sampler::build_sampler;
 
 /// What the rest of the crate learns about a model once it is loaded.
@@ -237,6 +240,12 @@ fn generate(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBat
         generated += 1;
         piece.clear();
         vocab.token_to_piece_into(token, &mut piece, false, None);
+        if let Some(top_n) = job.params.logprobs {
+            let item = token_logprob(model, ctx, logits_index, token, &piece, top_n as usize);
+            if job.events.send(ChatEvent::Logprobs(vec![item])).is_err() {
+                break FinishReason::Cancelled;
+            }
+        }
         match text.push(&piece) {
             StopScan::Continue(chunk) => {
                 if !chunk.is_empty() && job.events.send(ChatEvent::Content(chunk)).is_err() {
@@ -280,6 +289,19 @@ fn generate(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBat
         let _ = job.events.send(ChatEvent::Usage { usage, timings });
     }
     Ok(finish_reason)
+}
+
+fn token_logprob(model: &LlamaModel, ctx: &LlamaContext<'_>, index: i32, token: LlamaToken, piece: &[u8], top_n: usize) -> TokenLogprob {
+    let vocab = model.vocab();
+    let (logprob, top) = logprobs(ctx.get_logits_ith(index), token.0 as usize, top_n);
+    let top_logprobs = top
+        .into_iter()
+        .map(|(id, logprob)| {
+            let bytes = vocab.token_to_piece(LlamaToken(id as i32), false, None);
+            TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), logprob, bytes }
+        })
+        .collect();
+    TokenLogprob { token: String::from_utf8_lossy(piece).into_owned(), logprob, bytes: piece.to_vec(), top_logprobs }
 }
 
 /// Release text held back by the stop matcher and return `reason`.

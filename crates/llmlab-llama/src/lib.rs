@@ -5,6 +5,7 @@
 
 mod backend;
 mod engine;
+mod logprobs;
 mod pipeline;
 mod sampler;
 mod template;

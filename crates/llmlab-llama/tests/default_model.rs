@@ -228,3 +228,22 @@ fn multibyte_output_streams_as_whole_characters() {
     }
     assert!(text.chars().any(|c| !c.is_ascii()), "expected non-ASCII output, got {text:?}");
 }
+
+#[test]
+fn logprobs_describe_the_sampled_tokens() {
+    let params = GenerationParams { logprobs: Some(3), ..greedy(6) };
+    let r = ask("Say hello.", params);
+    let logprobs = r.logprobs.expect("logprobs were requested");
+    assert_eq!(logprobs.len(), r.usage.completion_tokens as usize);
+    let text: String = logprobs.iter().map(|l| l.token.as_str()).collect();
+    assert_eq!(text, r.content);
+    for item in &logprobs {
+        assert!(item.logprob <= 0.0);
+        assert_eq!(item.top_logprobs.len(), 3);
+        // Greedy decoding picks the most likely token.
+        assert_eq!(item.top_logprobs[0].token, item.token);
+        assert!((item.top_logprobs[0].logprob - item.logprob).abs() < 1e-6);
+        assert!(item.top_logprobs.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+    }
+    assert!(ask("Say hello.", greedy(6)).logprobs.is_none());
+}

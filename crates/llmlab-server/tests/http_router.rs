@@ -314,3 +314,53 @@ fn openapi_document_lists_every_route() {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
     }
 }
+
+fn logprob(token: &str, lp: f32) -> llmlab_core::TokenLogprob {
+    llmlab_core::TokenLogprob {
+        token: token.into(),
+        logprob: lp,
+        bytes: token.as_bytes().to_vec(),
+        top_logprobs: vec![llmlab_core::TopLogprob { token: token.into(), logprob: lp, bytes: token.as_bytes().to_vec() }],
+    }
+}
+
+fn logprob_script() -> Script {
+    Script {
+        events: vec![
+            ChatEvent::Logprobs(vec![logprob("Hi", -0.5)]),
+            ChatEvent::Content("Hi".into()),
+            ChatEvent::Logprobs(vec![logprob("!", -1.5)]),
+            ChatEvent::Content("!".into()),
+            ChatEvent::Usage { usage: Usage::new(1, 2), timings: Timings::default() },
+            ChatEvent::Done { finish_reason: FinishReason::Stop },
+        ],
+        delay: Duration::ZERO,
+        reject: None,
+    }
+}
+
+#[tokio::test]
+async fn logprobs_are_returned_in_both_formats() {
+    let h = harness(logprob_script(), None);
+    let reply = send(&h.state, post("/v1/chat/completions", chat_body(json!({"logprobs": true, "top_logprobs": 1})))).await.json();
+    let content = &reply["choices"][0]["logprobs"]["content"];
+    assert_eq!(content[0]["token"], "Hi");
+    assert_eq!(content[1]["logprob"], -1.5);
+    assert_eq!(content[1]["top_logprobs"][0]["token"], "!");
+    assert_eq!(h.factory.pipeline.chats.lock().unwrap()[0].params.logprobs, Some(1));
+
+    let data = send(&h.state, post("/v1/chat/completions", chat_body(json!({"logprobs": true, "stream": true})))).await.sse_data();
+    let chunks: Vec<Value> = data.iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
+    let streamed: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"][0]["token"].as_str()).collect();
+    assert_eq!(streamed, ["Hi", "!"]);
+
+    let body = json!({"prompt": "x", "logprobs": 1}).to_string();
+    let reply = send(&h.state, post("/v1/completions", body)).await.json();
+    let lp = &reply["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"], json!(["Hi", "!"]));
+    assert_eq!(lp["text_offset"], json!([0, 2]));
+    assert_eq!(lp["top_logprobs"][1]["!"], -1.5);
+
+    send(&h.state, post("/v1/chat/completions", chat_body(json!({"top_logprobs": 2})))).await.assert_error(400, Some("top_logprobs"));
+    send(&h.state, post("/v1/chat/completions", chat_body(json!({"logprobs": true, "top_logprobs": 50})))).await.assert_error(400, Some("top_logprobs"));
+}

@@ -244,7 +244,13 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Report each token's log-probability with this many alternatives
+    /// (`Some(0)`: the sampled token only); `None`: no log-probabilities.
+    pub logprobs: Option<u32>,
 }
+
+/// Most alternatives reported per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// Longest accepted stop string, in bytes, and most stop strings per request.
 pub const MAX_STOP_STRING_BYTES: usize = 256;
@@ -256,6 +262,9 @@ impl GenerationParams {
         self.sampling.validate()?;
         if self.max_tokens == Some(0) {
             return Err(Error::invalid_param("max_tokens", "'max_tokens' must be at least 1"));
+        }
+        if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
+            return Err(Error::invalid_param("top_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives per token, got {n}")));
         }
         if self.stop.len() > MAX_STOP_STRINGS {
             return Err(Error::invalid_param("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));

@@ -82,6 +82,24 @@ pub struct ToolCallDelta {
     pub arguments: String,
 }
 
+/// Log-probability of one generated token and, when asked, of the most
+/// likely alternatives at that position (from the model's raw distribution).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's bytes: a token may hold part of a UTF-8 character.
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
 /// One event of a generation stream, in order: deltas, then `Usage`, then
 /// exactly one `Done` or `Error` as the last event.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +107,9 @@ pub enum ChatEvent {
     Content(String),
     Reasoning(String),
     ToolCall(ToolCallDelta),
+    /// Sent (only when requested) just before the text of the token(s) it
+    /// describes; text held back by stop-string matching comes later.
+    Logprobs(Vec<TokenLogprob>),
     Usage { usage: Usage, timings: Timings },
     Done { finish_reason: FinishReason },
     Error(Error),

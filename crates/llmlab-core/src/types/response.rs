@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatEvent, FinishReason, FunctionCall, Timings, ToolCall, Usage};
+use super::{ChatEvent, FinishReason, FunctionCall, Timings, TokenLogprob, ToolCall, Usage};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +16,9 @@ pub struct ChatResponse {
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub timings: Timings,
+    /// Present when the request asked for log-probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// Folds events into a [`ChatResponse`].
@@ -24,6 +27,7 @@ pub struct ChatResponseBuilder {
     content: String,
     reasoning: String,
     tool_calls: Vec<ToolCall>,
+    logprobs: Option<Vec<TokenLogprob>>,
     usage: Usage,
     timings: Timings,
     finish_reason: Option<FinishReason>,
@@ -53,6 +57,7 @@ impl ChatResponseBuilder {
                 }
                 call.function.arguments.push_str(&delta.arguments);
             }
+            ChatEvent::Logprobs(items) => self.logprobs.get_or_insert_with(Vec::new).extend(items),
             ChatEvent::Usage { usage, timings } => {
                 self.usage = usage;
                 self.timings = timings;
@@ -79,6 +84,7 @@ impl ChatResponseBuilder {
             finish_reason,
             usage: self.usage,
             timings: self.timings,
+            logprobs: self.logprobs,
         })
     }
 }

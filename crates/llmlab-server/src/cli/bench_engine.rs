@@ -39,6 +39,7 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 max_tokens: Some(args.tokens),
                 stop: Vec::new(),
                 ignore_eos: true,
+                logprobs: None,
             },
         };
         let response = pipeline.complete(request, CancellationToken::new())?.collect_blocking()?;

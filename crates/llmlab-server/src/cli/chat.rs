@@ -55,6 +55,7 @@ impl ChatArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -112,6 +113,7 @@ fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatM
             ChatEvent::Reasoning(text) => write!(out, "{text}")?,
             ChatEvent::ToolCall(delta) => write!(out, "{}{}", delta.name.map(|n| format!("\n[tool call {n}] ")).unwrap_or_default(), delta.arguments)?,
             ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
+            ChatEvent::Logprobs(_) => {}
             ChatEvent::Done { .. } => break,
             ChatEvent::Error(e) => return Err(e.into()),
         }

@@ -55,7 +55,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
 async fn answer(state: &AppState, endpoint: Endpoint, meta: ResponseMeta, events: ChatStream, delivery: Delivery) -> ApiResult {
     if delivery.stream {
         let include_usage = delivery.include_usage || state.config.always_include_usage;
-        let stream = sse_events(events, ChunkBuilder { endpoint, meta }, include_usage);
+        let stream = sse_events(events, ChunkBuilder { endpoint, meta, streamed_bytes: 0 }, include_usage);
         // Comment lines keep proxies and clients from timing out while a
         // long prompt is processed.
         let keep_alive = KeepAlive::new().interval(state.config.sse_keep_alive);

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use llmlab_core::{
-    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, ToolDefinition,
-    Usage,
+    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, TokenLogprob,
+    ToolDefinition, Usage,
 };
 
 /// `stop`: one string or a list.
@@ -16,6 +16,14 @@ use llmlab_core::{
 pub enum StopField {
     One(String),
     Many(Vec<String>),
+}
+
+/// `logprobs`: a boolean on chat, a count of alternatives on completions.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum LogprobsField {
+    Enabled(bool),
+    Count(u32),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,6 +54,8 @@ pub struct OpenAiRequest {
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
     pub n: Option<u32>,
+    pub logprobs: Option<LogprobsField>,
+    pub top_logprobs: Option<u32>,
     /// llmlab extension (as in vLLM): keep going past end-of-generation.
     #[serde(default)]
     pub ignore_eos: bool,
@@ -73,6 +83,14 @@ impl OpenAiRequest {
             Some(s) if s < 0 => return Err(Error::invalid_param("seed", "'seed' must not be negative")),
             other => other.map(|s| s as u64),
         };
+        let logprobs = match (self.logprobs, self.top_logprobs) {
+            (None | Some(LogprobsField::Enabled(false)), Some(_)) => {
+                return Err(Error::invalid_param("top_logprobs", "'top_logprobs' requires 'logprobs' to be true"))
+            }
+            (None | Some(LogprobsField::Enabled(false)), None) => None,
+            (Some(LogprobsField::Enabled(true)), top) => Some(top.unwrap_or(0)),
+            (Some(LogprobsField::Count(n)), _) => Some(n),
+        };
         Ok(GenerationParams {
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -93,6 +111,7 @@ impl OpenAiRequest {
                 Some(StopField::Many(v)) => v.clone(),
             },
             ignore_eos: self.ignore_eos,
+            logprobs,
         })
     }
 
@@ -143,6 +162,32 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
         } else {
             Error::invalid_param(path.clone(), format!("invalid value for '{path}': {inner}"))
         }
+    })
+}
+
+/// Chat format: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+pub fn chat_logprobs_json(items: &[TokenLogprob]) -> Value {
+    json!({ "content": items })
+}
+
+/// Legacy completions format: parallel arrays, offsets into the text
+/// generated so far (`offset` is where these tokens start).
+pub fn completion_logprobs_json(items: &[TokenLogprob], offset: usize) -> Value {
+    let mut text_offset = Vec::with_capacity(items.len());
+    let mut at = offset;
+    for item in items {
+        text_offset.push(at);
+        at += item.token.len();
+    }
+    let top: Vec<Value> = items
+        .iter()
+        .map(|i| Value::Object(i.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect()))
+        .collect();
+    json!({
+        "tokens": items.iter().map(|i| i.token.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": items.iter().map(|i| i.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
     })
 }
 

@@ -3,9 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use llmlab_core::{ChatResponse, FinishReason, ToolCallDelta, Usage};
+use llmlab_core::{ChatResponse, FinishReason, TokenLogprob, ToolCallDelta, Usage};
 
-use super::openai::{usage_json, ResponseMeta};
+use super::openai::{chat_logprobs_json, completion_logprobs_json, usage_json, ResponseMeta};
 
 /// Which OpenAI endpoint the answer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +49,12 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
             if !response.tool_calls.is_empty() {
                 message.insert("tool_calls".into(), json!(response.tool_calls));
             }
-            json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason})
+            let logprobs = response.logprobs.as_deref().map_or(Value::Null, chat_logprobs_json);
+            json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason})
         }
         Endpoint::Completion => {
-            json!({"index": 0, "text": response.content, "logprobs": null, "finish_reason": finish_reason})
+            let logprobs = response.logprobs.as_deref().map_or(Value::Null, |l| completion_logprobs_json(l, 0));
+            json!({"index": 0, "text": response.content, "logprobs": logprobs, "finish_reason": finish_reason})
         }
     };
     let object = match endpoint {
@@ -74,6 +76,8 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
 pub struct ChunkBuilder {
     pub endpoint: Endpoint,
     pub meta: ResponseMeta,
+    /// Bytes of text already streamed (for legacy `text_offset`).
+    pub streamed_bytes: usize,
 }
 
 impl ChunkBuilder {
@@ -88,12 +92,21 @@ impl ChunkBuilder {
     }
 
     fn delta(&self, delta: Value, finish_reason: Option<FinishReason>) -> Value {
+        self.delta_with_logprobs(delta, finish_reason, &[])
+    }
+
+    fn delta_with_logprobs(&self, delta: Value, finish_reason: Option<FinishReason>, logprobs: &[TokenLogprob]) -> Value {
         let finish = finish_reason.map(FinishReason::as_str);
         match self.endpoint {
-            Endpoint::Chat => self.chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])),
+            Endpoint::Chat => {
+                let logprobs = if logprobs.is_empty() { Value::Null } else { chat_logprobs_json(logprobs) };
+                self.chunk(json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]))
+            }
             Endpoint::Completion => {
                 let text = delta.get("content").cloned().unwrap_or(json!(""));
-                self.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]))
+                let logprobs =
+                    if logprobs.is_empty() { Value::Null } else { completion_logprobs_json(logprobs, self.streamed_bytes) };
+                self.chunk(json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]))
             }
         }
     }
@@ -103,8 +116,11 @@ impl ChunkBuilder {
         (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
     }
 
-    pub fn content(&self, text: &str) -> Value {
-        self.delta(json!({"content": text}), None)
+    /// A text delta with the log-probabilities of the tokens it came from.
+    pub fn content(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Value {
+        let chunk = self.delta_with_logprobs(json!({"content": text}), None, logprobs);
+        self.streamed_bytes += text.len();
+        chunk
     }
 
     /// Reasoning has no place in a text completion; it is dropped there.
@@ -131,8 +147,10 @@ impl ChunkBuilder {
         Some(self.delta(json!({"tool_calls": [call]}), None))
     }
 
-    pub fn finish(&self, reason: FinishReason) -> Value {
-        self.delta(json!({}), Some(reason))
+    /// The last chunk, carrying log-probabilities of tokens whose text was
+    /// never shown (held back, then cut by a stop string).
+    pub fn finish(&self, reason: FinishReason, logprobs: &[TokenLogprob]) -> Value {
+        self.delta_with_logprobs(json!({}), Some(reason), logprobs)
     }
 
     /// The usage chunk (`choices: []`) sent when `include_usage` is set.

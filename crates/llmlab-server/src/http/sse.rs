@@ -21,15 +21,22 @@ fn error_event(error: &Error) -> Result<Event, Infallible> {
     data(&envelope(status_for(error.kind), error))
 }
 
-pub fn sse_events(mut events: ChatStream, chunks: ChunkBuilder, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
+pub fn sse_events(mut events: ChatStream, mut chunks: ChunkBuilder, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         if let Some(role) = chunks.role() {
             yield data(&role);
         }
         let mut usage = None;
+        // Log-probabilities wait for the text of their tokens.
+        let mut logprobs = Vec::new();
         while let Some(event) = events.next_event().await {
             match event {
-                ChatEvent::Content(text) => yield data(&chunks.content(&text)),
+                ChatEvent::Logprobs(items) => logprobs.extend(items),
+                ChatEvent::Content(text) => {
+                    let chunk = chunks.content(&text, &logprobs);
+                    logprobs.clear();
+                    yield data(&chunk);
+                }
                 ChatEvent::Reasoning(text) => {
                     if let Some(chunk) = chunks.reasoning(&text) {
                         yield data(&chunk);
@@ -48,7 +55,7 @@ pub fn sse_events(mut events: ChatStream, chunks: ChunkBuilder, include_usage: b
                     break;
                 }
                 ChatEvent::Done { finish_reason } => {
-                    yield data(&chunks.finish(finish_reason));
+                    yield data(&chunks.finish(finish_reason, &logprobs));
                     if let (true, Some(u)) = (include_usage, usage.as_ref()) {
                         yield data(&chunks.usage(u));
                     }
