@@ -23,7 +23,7 @@ use llmlab_core::{
 
 use crate::backend::backend;
 use crate::logprobs::logprobs;
-use crate::sampler::build_sampler;
+use crate::sampler::build_request_sampler;
 
 /// What the rest of the crate learns about a model once it is loaded.
 #[derive(Debug, Clone)]
@@ -205,6 +205,10 @@ fn generate(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBat
         ));
     }
 
+    // Built before the prompt is processed: a schema that cannot become a
+    // grammar fails the request without wasting the prompt's compute.
+    let mut sampler = build_request_sampler(model, &job.params)?;
+
     ctx.clear_kv_cache();
     let n_batch = batch_capacity(ctx);
     for (chunk_index, chunk) in prompt.chunks(n_batch).enumerate() {
@@ -221,7 +225,6 @@ fn generate(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBat
         ctx.decode(batch).map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;
     }
 
-    let mut sampler = build_sampler(&job.params.sampling, model.n_vocab());
     let mut text = TokenTextAssembler::new(&job.params.stop);
     let room = (context_size - prompt.len()) as u32;
     let max_new = job.params.max_tokens.map_or(room, |m| m.min(room));

@@ -6,7 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::ModelSpec;
-use llmlab_core::{config, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result};
+use llmlab_core::{
+    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result, ToolChoice,
+};
 
 use crate::engine::{Engine, Job, ModelInfo};
 use crate::template::ChatTemplate;
@@ -63,8 +65,15 @@ impl LlamaChatPipeline {
 }
 
 impl ChatPipeline for LlamaChatPipeline {
-    fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
+        if request.tool_choice == ToolChoice::None {
+            // "none": the model neither sees the tools nor gets its text parsed as calls.
+            request.tools.clear();
+        }
+        if let Some(schema) = forced_tool_call_schema(&request.tools, &request.tool_choice)? {
+            request.params.json_schema = Some(schema);
+        }
         let prompt = self.render_prompt(&request)?;
         self.submit(prompt, request.params, cancel)
     }

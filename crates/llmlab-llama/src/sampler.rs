@@ -2,11 +2,32 @@
 //! same order llama-server uses: penalties, top-k, top-p, min-p, temperature,
 //! then a seeded draw (or greedy when the temperature is 0).
 
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
-use llmlab_core::SamplingParams;
+use llmlab_core::{Error, GenerationParams, Result, SamplingParams};
 
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = u32::MAX;
+
+/// The sampler for a request: an optional grammar (from `json_schema`)
+/// masks impossible tokens first, then the sampling chain picks one.
+pub(crate) fn build_request_sampler(model: &LlamaModel, params: &GenerationParams) -> Result<LlamaSampler> {
+    let mut chain = Vec::new();
+    if let Some(schema) = &params.json_schema {
+        chain.push(grammar_sampler(model, schema)?);
+    }
+    chain.push(build_sampler(&params.sampling, model.n_vocab()));
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// A grammar sampler accepting exactly the JSON texts that match `schema`,
+/// converted by llama.cpp's own JSON-schema-to-GBNF translator.
+fn grammar_sampler(model: &LlamaModel, schema: &serde_json::Value) -> Result<LlamaSampler> {
+    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| Error::invalid(format!("the JSON schema cannot be turned into a grammar: {e}")))?;
+    LlamaSampler::grammar(model, &gbnf, "root")
+        .map_err(|e| Error::internal(format!("llama.cpp rejected the generated grammar: {e}")))
+}
 
 /// `params` must be fully resolved (every field set); missing values fall
 /// back to "off".

@@ -34,7 +34,7 @@ fn ask(question: &str, params: GenerationParams) -> ChatResponse {
     let request = ChatRequest {
         model: MODEL.into(),
         messages: vec![ChatMessage::user(question)],
-        tools: Vec::new(),
+        tools: Vec::new(), tool_choice: Default::default(),
         params,
     };
     model().chat(request, CancellationToken::new()).expect("request accepted").collect_blocking().expect("generation succeeds")
@@ -149,7 +149,7 @@ fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
             ChatMessage::assistant("Hello."),
             ChatMessage::user("What is 2+2?"),
         ],
-        tools: Vec::new(),
+        tools: Vec::new(), tool_choice: Default::default(),
         params: GenerationParams::default(),
     };
     assert_eq!(
@@ -176,6 +176,7 @@ fn tools_are_rendered_into_the_prompt() {
         model: MODEL.into(),
         messages: vec![ChatMessage::user("Weather in Paris?")],
         tools: vec![tool],
+        tool_choice: Default::default(),
         params: GenerationParams::default(),
     };
     let prompt = model().render_prompt(&request).unwrap();
@@ -188,7 +189,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
     let too_long = "word ".repeat(6000);
     let err = model()
         .chat(
-            ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user(too_long)], tools: Vec::new(), params: greedy(4) },
+            ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user(too_long)], tools: Vec::new(), tool_choice: Default::default(), params: greedy(4) },
             CancellationToken::new(),
         )
         .unwrap()
@@ -205,7 +206,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
     let mut params = greedy(4);
     params.sampling.top_p = Some(1.5);
     let err = model()
-        .chat(ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user("x")], tools: Vec::new(), params }, CancellationToken::new())
+        .chat(ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user("x")], tools: Vec::new(), tool_choice: Default::default(), params }, CancellationToken::new())
         .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("top_p"));
 }
@@ -215,7 +216,7 @@ fn multibyte_output_streams_as_whole_characters() {
     let request = ChatRequest {
         model: MODEL.into(),
         messages: vec![ChatMessage::user("Translate 'good morning' into Japanese and add a sun emoji.")],
-        tools: Vec::new(),
+        tools: Vec::new(), tool_choice: Default::default(),
         params: greedy(24),
     };
     let mut stream = model().chat(request, CancellationToken::new()).unwrap();

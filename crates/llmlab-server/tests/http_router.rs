@@ -364,3 +364,28 @@ async fn logprobs_are_returned_in_both_formats() {
     send(&h.state, post("/v1/chat/completions", chat_body(json!({"top_logprobs": 2})))).await.assert_error(400, Some("top_logprobs"));
     send(&h.state, post("/v1/chat/completions", chat_body(json!({"logprobs": true, "top_logprobs": 50})))).await.assert_error(400, Some("top_logprobs"));
 }
+
+#[tokio::test]
+async fn tool_choice_and_response_format_reach_the_pipeline() {
+    let h = harness(Script::text(&["x"]), None);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let body = chat_body(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}));
+    assert_eq!(send(&h.state, post("/v1/chat/completions", body)).await.status, StatusCode::OK);
+    let body = chat_body(json!({"response_format": {"type": "json_object"}}));
+    assert_eq!(send(&h.state, post("/v1/chat/completions", body)).await.status, StatusCode::OK);
+    {
+        let chats = h.factory.pipeline.chats.lock().unwrap();
+        assert_eq!(chats[0].tool_choice, llmlab_core::ToolChoice::Function("get_weather".into()));
+        assert_eq!(chats[1].params.json_schema, Some(json!({"type": "object"})));
+    }
+    let bad = [
+        (chat_body(json!({"tool_choice": "sometimes"})), "tool_choice"),
+        (chat_body(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}})), "tool_choice"),
+        (chat_body(json!({"tool_choice": "required"})), "tool_choice"),
+        (chat_body(json!({"response_format": {"type": "yaml"}})), "response_format"),
+        (chat_body(json!({"tools": tools, "tool_choice": "required", "response_format": {"type": "json_object"}})), "response_format"),
+    ];
+    for (body, param) in bad {
+        send(&h.state, post("/v1/chat/completions", body)).await.assert_error(400, Some(param));
+    }
+}

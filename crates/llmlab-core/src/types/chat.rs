@@ -244,6 +244,9 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Constrain the output to JSON matching this schema (grammar sampling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
     /// Report each token's log-probability with this many alternatives
     /// (`Some(0)`: the sampled token only); `None`: no log-probabilities.
     pub logprobs: Option<u32>,
@@ -289,6 +292,8 @@ pub struct ChatRequest {
     #[serde(default)]
     pub tools: Vec<ToolDefinition>,
     #[serde(default)]
+    pub tool_choice: super::ToolChoice,
+    #[serde(default)]
     pub params: GenerationParams,
 }
 
@@ -303,6 +308,8 @@ impl ChatRequest {
                 return Err(Error::invalid_param(format!("tools[{i}].function.name"), "tool names must not be empty"));
             }
         }
+        // Fails early (naming tool_choice) when the choice is impossible.
+        super::forced_tool_call_schema(&self.tools, &self.tool_choice)?;
         self.params.validate()
     }
 }

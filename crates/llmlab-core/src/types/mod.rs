@@ -3,7 +3,9 @@
 mod chat;
 mod events;
 mod response;
+mod tool_choice;
 
 pub use chat::*;
 pub use events::*;
 pub use response::*;
+pub use tool_choice::*;

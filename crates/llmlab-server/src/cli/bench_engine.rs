@@ -40,6 +40,7 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 stop: Vec::new(),
                 ignore_eos: true,
                 logprobs: None,
+                json_schema: None,
             },
         };
         let response = pipeline.complete(request, CancellationToken::new())?.collect_blocking()?;

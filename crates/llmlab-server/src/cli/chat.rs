@@ -56,6 +56,7 @@ impl ChatArgs {
             stop: self.stop.clone(),
             ignore_eos: false,
             logprobs: None,
+            json_schema: None,
         }
     }
 }
@@ -96,7 +97,7 @@ fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatM
         pipeline.complete(request, cancel)?
     } else {
         history.push(ChatMessage::user(prompt));
-        let request = ChatRequest { model: String::new(), messages: history.clone(), tools: Vec::new(), params: args.params() };
+        let request = ChatRequest { model: String::new(), messages: history.clone(), tools: Vec::new(), tool_choice: Default::default(), params: args.params() };
         pipeline.chat(request, cancel)?
     };
     let mut out = std::io::stdout().lock();

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use llmlab_core::{
     ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, TokenLogprob,
-    ToolDefinition, Usage,
+    ToolChoice, ToolDefinition, Usage,
 };
 
 /// `stop`: one string or a list.
@@ -42,6 +42,8 @@ pub struct OpenAiRequest {
     pub messages: Option<Vec<ChatMessage>>,
     pub prompt: Option<PromptField>,
     pub tools: Option<Vec<ToolDefinition>>,
+    pub tool_choice: Option<Value>,
+    pub response_format: Option<Value>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i32>,
@@ -112,6 +114,7 @@ impl OpenAiRequest {
             },
             ignore_eos: self.ignore_eos,
             logprobs,
+            json_schema: self.response_format.as_ref().map(response_format_schema).transpose()?.flatten(),
         })
     }
 
@@ -123,7 +126,11 @@ impl OpenAiRequest {
         let params = self.params()?;
         let delivery = self.delivery();
         let messages = self.messages.ok_or_else(|| Error::invalid_param("messages", "'messages' is required"))?;
-        let request = ChatRequest { model: self.model, messages, tools: self.tools.unwrap_or_default(), params };
+        let tool_choice = self.tool_choice.as_ref().map(ToolChoice::from_openai).transpose()?.unwrap_or_default();
+        if params.json_schema.is_some() && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
+            return Err(Error::invalid_param("response_format", "'response_format' cannot be combined with a forced 'tool_choice'"));
+        }
+        let request = ChatRequest { model: self.model, messages, tools: self.tools.unwrap_or_default(), tool_choice, params };
         Ok((request, delivery))
     }
 
@@ -148,6 +155,24 @@ impl OpenAiRequest {
 pub enum PromptField {
     One(String),
     Many(Vec<String>),
+}
+
+/// `response_format`: `{"type":"text"}` (free), `{"type":"json_object"}`
+/// (any JSON object) or `{"type":"json_schema","json_schema":{"schema":…}}`.
+fn response_format_schema(format: &Value) -> Result<Option<Value>> {
+    let bad = |why: &str| Error::invalid_param("response_format", format!("invalid 'response_format': {why}"));
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "object"}))),
+        Some("json_schema") => format
+            .get("json_schema")
+            .and_then(|s| s.get("schema"))
+            .filter(|s| s.is_object())
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| bad("'json_schema.schema' must be an object")),
+        _ => Err(bad("'type' must be \"text\", \"json_object\" or \"json_schema\"")),
+    }
 }
 
 /// Parse a JSON body; errors name the field path (`messages[0].role`).
