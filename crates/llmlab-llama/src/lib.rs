@@ -5,6 +5,7 @@
 
 mod backend;
 mod engine;
+mod generate;
 mod logprobs;
 mod pipeline;
 mod sampler;

@@ -10,7 +10,7 @@ use llmlab_core::{
     config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result, ToolChoice,
 };
 
-use crate::engine::{Engine, Job, ModelInfo};
+use crate::engine::{Engine, EngineOptions, Job, ModelInfo};
 use crate::template::ChatTemplate;
 
 pub struct LlamaChatPipeline {
@@ -30,7 +30,7 @@ impl LlamaChatPipeline {
     /// Load the model (blocking: call from a blocking task or thread).
     /// The registry's template wins over the one in the GGUF file.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
-        let (engine, info) = Engine::start(spec)?;
+        let (engine, info) = Engine::start(spec, EngineOptions::default())?;
         let template = spec
             .chat_template
             .as_deref()

@@ -1,0 +1,221 @@
+//! One generation job on the engine thread: prompt processing, the decode
+//! loop, detokenization, stop strings, log-probabilities and timings.
+
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use llmlab_core::text::{StopScan, TokenTextAssembler};
+use llmlab_core::{ChatEvent, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob, Usage};
+
+use crate::engine::{EngineOptions, Job};
+use crate::logprobs::logprobs;
+use crate::sampler::build_request_sampler;
+
+/// Special-token handling resolved to token ids once per model.
+#[derive(Debug, Default)]
+pub(crate) struct TokenPolicy {
+    render_special: bool,
+    continue_after: Vec<LlamaToken>,
+}
+
+impl TokenPolicy {
+    pub fn new(model: &LlamaModel, options: &EngineOptions) -> Self {
+        let vocab = model.vocab();
+        let continue_after = options
+            .continue_after
+            .iter()
+            .filter_map(|text| match vocab.tokenize(text.as_bytes(), false, true).as_slice() {
+                [single] => Some(*single),
+                _ => None,
+            })
+            .collect();
+        Self { render_special: options.render_special_tokens, continue_after }
+    }
+
+    fn ends_generation(&self, model: &LlamaModel, token: LlamaToken) -> bool {
+        model.vocab().is_eog(token) && !self.continue_after.contains(&token)
+    }
+}
+
+/// Runs one job to its end and sends its terminal event.
+pub(crate) fn run_job(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>, policy: &TokenPolicy, job: Job) {
+    let events = job.events.clone();
+    let terminal = match generate(model, ctx, batch, policy, &job) {
+        Ok(finish_reason) => ChatEvent::Done { finish_reason },
+        Err(error) => ChatEvent::Error(error),
+    };
+    let _ = events.send(terminal);
+}
+
+fn is_cancelled(job: &Job) -> bool {
+    job.cancel.is_cancelled() || job.events.is_closed()
+}
+
+fn generate(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch<'_>,
+    policy: &TokenPolicy,
+    job: &Job,
+) -> Result<FinishReason> {
+    let started = Instant::now();
+    let queue_ms = ms(started.duration_since(job.enqueued_at));
+    if is_cancelled(job) {
+        return Ok(FinishReason::Cancelled);
+    }
+    let vocab = model.vocab();
+    let prompt = tokenize_prompt(model, &job.prompt);
+    let context_size = ctx.n_ctx() as usize;
+    if prompt.is_empty() {
+        return Err(Error::invalid_param("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= context_size {
+        return Err(Error::invalid_param(
+            "messages",
+            format!("the prompt is {} tokens but the model's context holds {context_size}", prompt.len()),
+        ));
+    }
+
+    // Built before the prompt is processed: a schema that cannot become a
+    // grammar fails the request without wasting the prompt's compute.
+    let mut sampler = build_request_sampler(model, &job.params)?;
+
+    ctx.clear_kv_cache();
+    let n_batch = batch_capacity(ctx);
+    for (chunk_index, chunk) in prompt.chunks(n_batch).enumerate() {
+        if is_cancelled(job) {
+            return Ok(FinishReason::Cancelled);
+        }
+        batch.clear();
+        let offset = chunk_index * n_batch;
+        for (i, token) in chunk.iter().enumerate() {
+            let pos = offset + i;
+            let wants_logits = pos + 1 == prompt.len();
+            batch.add(*token, pos as i32, &[0], wants_logits).map_err(internal)?;
+        }
+        ctx.decode(batch).map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;
+    }
+
+    let mut text = TokenTextAssembler::new(&job.params.stop);
+    let room = (context_size - prompt.len()) as u32;
+    let max_new = job.params.max_tokens.map_or(room, |m| m.min(room));
+    let mut logits_index = batch.n_tokens() - 1;
+    let mut position = prompt.len() as i32;
+    let mut generated: u32 = 0;
+    let mut first_token_at = None;
+    let mut piece = Vec::with_capacity(32);
+
+    let finish_reason = loop {
+        let token = sampler.sample(ctx, logits_index);
+        first_token_at.get_or_insert_with(Instant::now);
+        if !job.params.ignore_eos && policy.ends_generation(model, token) {
+            break flush(&mut text, job, FinishReason::Stop);
+        }
+        generated += 1;
+        piece.clear();
+        vocab.token_to_piece_into(token, &mut piece, policy.render_special, None);
+        if let Some(top_n) = job.params.logprobs {
+            let item = token_logprob(model, ctx, logits_index, token, &piece, top_n as usize);
+            if job.events.send(ChatEvent::Logprobs(vec![item])).is_err() {
+                break FinishReason::Cancelled;
+            }
+        }
+        match text.push(&piece) {
+            StopScan::Continue(chunk) => {
+                if !chunk.is_empty() && job.events.send(ChatEvent::Content(chunk)).is_err() {
+                    break FinishReason::Cancelled;
+                }
+            }
+            StopScan::Stopped(chunk) => {
+                if !chunk.is_empty() {
+                    let _ = job.events.send(ChatEvent::Content(chunk));
+                }
+                break FinishReason::Stop;
+            }
+        }
+        if generated >= max_new {
+            break flush(&mut text, job, FinishReason::Length);
+        }
+        if is_cancelled(job) {
+            break FinishReason::Cancelled;
+        }
+        batch.clear();
+        batch.add(token, position, &[0], true).map_err(internal)?;
+        position += 1;
+        ctx.decode(batch).map_err(|e| Error::internal(format!("decode failed: {e}")))?;
+        logits_index = 0;
+    };
+
+    if finish_reason != FinishReason::Cancelled {
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        let prompt_ms = ms(first.duration_since(started));
+        let generation_ms = ms(first.elapsed());
+        let decoded_after_first = generated.saturating_sub(1);
+        let timings = Timings {
+            queue_ms,
+            prompt_ms,
+            generation_ms,
+            prompt_tokens_per_second: per_second(prompt.len() as u32, prompt_ms),
+            generation_tokens_per_second: per_second(decoded_after_first, generation_ms),
+        };
+        let usage = Usage::new(prompt.len() as u32, generated);
+        tracing::debug!(?usage, ?timings, "generation finished");
+        let _ = job.events.send(ChatEvent::Usage { usage, timings });
+    }
+    Ok(finish_reason)
+}
+
+fn token_logprob(model: &LlamaModel, ctx: &LlamaContext<'_>, index: i32, token: LlamaToken, piece: &[u8], top_n: usize) -> TokenLogprob {
+    let vocab = model.vocab();
+    let (logprob, top) = logprobs(ctx.get_logits_ith(index), token.0 as usize, top_n);
+    let top_logprobs = top
+        .into_iter()
+        .map(|(id, logprob)| {
+            let bytes = vocab.token_to_piece(LlamaToken(id as i32), false, None);
+            TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), logprob, bytes }
+        })
+        .collect();
+    TokenLogprob { token: String::from_utf8_lossy(piece).into_owned(), logprob, bytes: piece.to_vec(), top_logprobs }
+}
+
+/// Release text held back by the stop matcher and return `reason`.
+fn flush(text: &mut TokenTextAssembler, job: &Job, reason: FinishReason) -> FinishReason {
+    let rest = text.finish();
+    if !rest.is_empty() {
+        let _ = job.events.send(ChatEvent::Content(rest));
+    }
+    reason
+}
+
+/// Tokenize with special tokens parsed (templates write them as text) and
+/// BOS added when the model wants one, without doubling a BOS the template
+/// already wrote.
+fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let bos = vocab.bos();
+    if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+        tokens.remove(0);
+    }
+    tokens
+}
+
+fn batch_capacity(ctx: &LlamaContext<'_>) -> usize {
+    ctx.n_batch().max(1) as usize
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e.to_string())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn per_second(tokens: u32, millis: f64) -> f64 {
+    if millis > 0.0 { f64::from(tokens) * 1000.0 / millis } else { 0.0 }
+}
