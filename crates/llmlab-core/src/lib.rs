@@ -5,6 +5,7 @@
 //! dependencies so that it compiles in seconds.
 
 pub mod config;
+pub mod metrics;
 mod error;
 pub mod pipeline;
 pub mod registry;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{self, GenerationMeter};
 use crate::pipeline::ChatPipeline;
 use crate::registry::{ModelKind, ModelSpec, Registry};
 use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
@@ -70,14 +71,16 @@ impl Service {
     pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
-        pipeline.chat(request, cancel)
+        let meter = GenerationMeter::new(&request.model);
+        Ok(pipeline.chat(request, cancel)?.observed(meter))
     }
 
     /// Plain completion with the model the request names.
     pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
-        pipeline.complete(request, cancel)
+        let meter = GenerationMeter::new(&request.model);
+        Ok(pipeline.complete(request, cancel)?.observed(meter))
     }
 
     /// Load a model now (start-up preloading, admin endpoints).
@@ -120,9 +123,22 @@ impl Service {
             .get_or_try_init(|| async move {
                 let id = spec.id.clone();
                 tracing::info!(model = %id, "loading model");
-                tokio::task::spawn_blocking(move || factory.load_chat(&spec))
+                let started = std::time::Instant::now();
+                let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
                     .await
-                    .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))?
+                    .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))
+                    .and_then(|result| result);
+                match &loaded {
+                    Ok(_) => {
+                        metrics::model_loaded(&id, started.elapsed());
+                        tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
+                    }
+                    Err(e) => {
+                        metrics::model_load_failed(&id);
+                        tracing::error!(model = %id, error = %e, "model failed to load");
+                    }
+                }
+                loaded
             })
             .await?;
         Ok(Arc::clone(pipeline))

@@ -122,11 +122,22 @@ impl ChatEvent {
     }
 }
 
+/// Sees every event of a stream as its consumer receives it (metrics).
+pub trait StreamObserver: Send {
+    fn observe(&mut self, event: &ChatEvent);
+}
+
 /// Receiving end of a generation. Dropping it tells the producer that nobody
 /// listens any more, which cancels the generation.
-#[derive(Debug)]
 pub struct ChatStream {
     rx: mpsc::UnboundedReceiver<ChatEvent>,
+    observer: Option<Box<dyn StreamObserver>>,
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream").field("observed", &self.observer.is_some()).finish_non_exhaustive()
+    }
 }
 
 /// Sending end used by pipelines. Unbounded on purpose: the engine thread
@@ -137,7 +148,7 @@ pub type ChatEventSender = mpsc::UnboundedSender<ChatEvent>;
 impl ChatStream {
     pub fn channel() -> (ChatEventSender, ChatStream) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (tx, ChatStream { rx })
+        (tx, ChatStream { rx, observer: None })
     }
 
     /// A stream that yields the given events (used by tests and fakes).
@@ -149,13 +160,28 @@ impl ChatStream {
         stream
     }
 
+    /// Attach an observer that sees each event as it is received.
+    pub fn observed(mut self, observer: impl StreamObserver + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    fn seen(&mut self, event: Option<ChatEvent>) -> Option<ChatEvent> {
+        if let (Some(observer), Some(event)) = (self.observer.as_mut(), event.as_ref()) {
+            observer.observe(event);
+        }
+        event
+    }
+
     pub async fn next_event(&mut self) -> Option<ChatEvent> {
-        self.rx.recv().await
+        let event = self.rx.recv().await;
+        self.seen(event)
     }
 
     /// Blocking receive for synchronous callers (CLI, tests outside a runtime).
     pub fn blocking_next(&mut self) -> Option<ChatEvent> {
-        self.rx.blocking_recv()
+        let event = self.rx.blocking_recv();
+        self.seen(event)
     }
 
     /// Drain the stream into one response, blocking the current thread
@@ -182,6 +208,9 @@ impl futures_core::Stream for ChatStream {
     type Item = ChatEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChatEvent>> {
-        self.rx.poll_recv(cx)
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(event) => Poll::Ready(self.seen(event)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

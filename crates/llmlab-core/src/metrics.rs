@@ -1,0 +1,147 @@
+//! Every metric llmlab exports: names, help texts, units and buckets are
+//! defined here and nowhere else. Code records through the functions below
+//! (the `metrics` facade; the binary installs a Prometheus recorder), so no
+//! caller ever spells a metric name.
+
+use std::time::Duration;
+
+use std::time::Instant;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+
+pub const REQUESTS: &str = "llmlab_requests_total";
+pub const REQUEST_DURATION: &str = "llmlab_request_duration_seconds";
+pub const TIME_TO_FIRST_TOKEN: &str = "llmlab_time_to_first_token_seconds";
+pub const INTER_TOKEN_LATENCY: &str = "llmlab_inter_token_latency_seconds";
+pub const PROMPT_TOKENS: &str = "llmlab_prompt_tokens_total";
+pub const GENERATED_TOKENS: &str = "llmlab_generated_tokens_total";
+pub const QUEUE_DEPTH: &str = "llmlab_queue_depth";
+pub const ACTIVE_SEQUENCES: &str = "llmlab_active_sequences";
+pub const MODEL_LOADS: &str = "llmlab_model_loads_total";
+pub const MODEL_LOAD_FAILURES: &str = "llmlab_model_load_failures_total";
+pub const MODEL_EVICTIONS: &str = "llmlab_model_evictions_total";
+pub const MODEL_LOAD_DURATION: &str = "llmlab_model_load_duration_seconds";
+pub const MODEL_MEMORY: &str = "llmlab_model_memory_bytes";
+pub const GUARD_TRIPS: &str = "llmlab_guard_trips_total";
+pub const CIRCUIT_STATE: &str = "llmlab_circuit_breaker_state";
+
+/// Buckets (seconds) for the latency histograms, chosen for LLM serving:
+/// inter-token gaps of a few ms up to multi-minute generations.
+pub fn buckets_for(name: &str) -> Option<&'static [f64]> {
+    match name {
+        INTER_TOKEN_LATENCY => Some(&[0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5]),
+        TIME_TO_FIRST_TOKEN => Some(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        REQUEST_DURATION => Some(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
+        MODEL_LOAD_DURATION => Some(&[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+        _ => None,
+    }
+}
+
+/// Histogram names, for exporters that need buckets per metric.
+pub const HISTOGRAMS: [&str; 4] = [REQUEST_DURATION, TIME_TO_FIRST_TOKEN, INTER_TOKEN_LATENCY, MODEL_LOAD_DURATION];
+
+/// Register help texts and units with the installed recorder.
+pub fn describe() {
+    describe_counter!(REQUESTS, "Requests by route, model and HTTP-equivalent status.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "End-to-end generation time, from admission to the last event.");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Time from admission to the first generated text.");
+    describe_histogram!(INTER_TOKEN_LATENCY, Unit::Seconds, "Time between consecutive pieces of generated text.");
+    describe_counter!(PROMPT_TOKENS, "Prompt tokens processed.");
+    describe_counter!(GENERATED_TOKENS, "Tokens generated.");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting for a model's engine.");
+    describe_gauge!(ACTIVE_SEQUENCES, "Sequences a model's engine is generating right now.");
+    describe_counter!(MODEL_LOADS, "Successful model loads.");
+    describe_counter!(MODEL_LOAD_FAILURES, "Failed model loads.");
+    describe_counter!(MODEL_EVICTIONS, "Models unloaded to make room or after their keep-alive.");
+    describe_histogram!(MODEL_LOAD_DURATION, Unit::Seconds, "Time to load a model.");
+    describe_gauge!(MODEL_MEMORY, Unit::Bytes, "Memory held by a loaded model.");
+    describe_counter!(GUARD_TRIPS, "Generations stopped by a guard, by guard kind.");
+    describe_gauge!(CIRCUIT_STATE, "Circuit breaker per model: 0 closed, 1 half-open, 2 open.");
+}
+
+pub fn request_finished(route: &'static str, model: &str, status: u16) {
+    counter!(REQUESTS, "route" => route, "model" => model.to_owned(), "status" => status.to_string()).increment(1);
+}
+
+pub fn time_to_first_token(model: &str, elapsed: Duration) {
+    histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn inter_token_latency(model: &str, gap: Duration) {
+    histogram!(INTER_TOKEN_LATENCY, "model" => model.to_owned()).record(gap.as_secs_f64());
+}
+
+pub fn generation_finished(model: &str, elapsed: Duration, prompt_tokens: u32, generated_tokens: u32) {
+    histogram!(REQUEST_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
+    counter!(PROMPT_TOKENS, "model" => model.to_owned()).increment(u64::from(prompt_tokens));
+    counter!(GENERATED_TOKENS, "model" => model.to_owned()).increment(u64::from(generated_tokens));
+}
+
+pub fn queue_depth(model: &str, depth: usize) {
+    gauge!(QUEUE_DEPTH, "model" => model.to_owned()).set(depth as f64);
+}
+
+pub fn active_sequences(model: &str, active: usize) {
+    gauge!(ACTIVE_SEQUENCES, "model" => model.to_owned()).set(active as f64);
+}
+
+pub fn model_loaded(model: &str, elapsed: Duration) {
+    counter!(MODEL_LOADS, "model" => model.to_owned()).increment(1);
+    histogram!(MODEL_LOAD_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn model_load_failed(model: &str) {
+    counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned()).increment(1);
+}
+
+pub fn model_memory(model: &str, bytes: u64) {
+    gauge!(MODEL_MEMORY, "model" => model.to_owned()).set(bytes as f64);
+}
+
+pub fn model_evicted(model: &str) {
+    counter!(MODEL_EVICTIONS, "model" => model.to_owned()).increment(1);
+}
+
+pub fn guard_tripped(model: &str, kind: &'static str) {
+    counter!(GUARD_TRIPS, "model" => model.to_owned(), "kind" => kind).increment(1);
+}
+
+/// Observes one generation stream and records its latencies and token
+/// counts when the consumer receives the events (what the client sees).
+#[derive(Debug)]
+pub struct GenerationMeter {
+    model: String,
+    started: Instant,
+    last_text: Option<Instant>,
+    usage: crate::Usage,
+}
+
+impl GenerationMeter {
+    pub fn new(model: &str) -> Self {
+        Self { model: model.to_owned(), started: Instant::now(), last_text: None, usage: crate::Usage::default() }
+    }
+}
+
+impl crate::StreamObserver for GenerationMeter {
+    fn observe(&mut self, event: &crate::ChatEvent) {
+        use crate::ChatEvent;
+        match event {
+            ChatEvent::Content(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall(_) => {
+                let now = Instant::now();
+                match self.last_text {
+                    None => time_to_first_token(&self.model, now - self.started),
+                    Some(previous) => inter_token_latency(&self.model, now - previous),
+                }
+                self.last_text = Some(now);
+            }
+            ChatEvent::Usage { usage, .. } => self.usage = *usage,
+            ChatEvent::Done { .. } | ChatEvent::Error(_) => generation_finished(
+                &self.model,
+                self.started.elapsed(),
+                self.usage.prompt_tokens,
+                self.usage.completion_tokens,
+            ),
+            ChatEvent::Logprobs(_) => {}
+        }
+    }
+}
