@@ -59,8 +59,8 @@ pub fn describe() {
     describe_gauge!(CIRCUIT_STATE, "Circuit breaker per model: 0 closed, 1 half-open, 2 open.");
 }
 
-pub fn request_finished(route: &'static str, model: &str, status: u16) {
-    counter!(REQUESTS, "route" => route, "model" => model.to_owned(), "status" => status.to_string()).increment(1);
+pub fn request_finished(route: &str, model: &str, status: u16) {
+    counter!(REQUESTS, "route" => route.to_owned(), "model" => model.to_owned(), "status" => status.to_string()).increment(1);
 }
 
 pub fn time_to_first_token(model: &str, elapsed: Duration) {

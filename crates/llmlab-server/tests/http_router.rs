@@ -389,3 +389,41 @@ async fn tool_choice_and_response_format_reach_the_pipeline() {
         send(&h.state, post("/v1/chat/completions", body)).await.assert_error(400, Some(param));
     }
 }
+
+/// Value of a sample in Prometheus text, by name and label subset.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_a_scripted_request() {
+    llmlab_server::http::prometheus::recorder();
+    // A model only this test uses, so counters of other tests do not mix in.
+    let h = harness(Script::text(&["a", "b", "c"]), None);
+    let scrape = || async { send(&h.state, Request::get("/metrics").body(Body::empty()).unwrap()).await.body };
+    let before = scrape().await;
+    let reply = send(&h.state, post("/v1/chat/completions", chat_body(json!({"model": "fake-b", "stream": true})))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    send(&h.state, post("/v1/chat/completions", chat_body(json!({"model": "fake-b", "n": 3})))).await;
+    let after = scrape().await;
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    let ok = [("route", "/v1/chat/completions"), ("model", "fake-b"), ("status", "200")];
+    assert_eq!(delta("llmlab_requests_total", &ok), 1.0, "{after}");
+    assert_eq!(delta("llmlab_requests_total", &[("route", "/v1/chat/completions"), ("status", "400")]), 1.0);
+    assert_eq!(delta("llmlab_generated_tokens_total", &[("model", "fake-b")]), 3.0);
+    assert_eq!(delta("llmlab_prompt_tokens_total", &[("model", "fake-b")]), 7.0);
+    assert_eq!(delta("llmlab_time_to_first_token_seconds_count", &[("model", "fake-b")]), 1.0);
+    assert_eq!(delta("llmlab_inter_token_latency_seconds_count", &[("model", "fake-b")]), 2.0);
+    assert!(after.contains("# HELP llmlab_requests_total"));
+}

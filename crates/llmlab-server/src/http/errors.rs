@@ -12,6 +12,8 @@ use llmlab_core::{Error, ErrorKind};
 pub struct ApiError {
     pub status: StatusCode,
     pub error: Error,
+    /// The model the failed request named, for request metrics.
+    pub model: Option<String>,
 }
 
 /// Status for each core error kind. Every HTTP response for a core error
@@ -57,7 +59,12 @@ impl ApiError {
     /// route, 413, 405).
     pub fn http(status: StatusCode, message: impl Into<String>) -> Self {
         let kind = if status == StatusCode::NOT_FOUND { ErrorKind::NotFound } else { ErrorKind::InvalidRequest };
-        Self { status, error: Error::new(kind, message) }
+        Self { status, error: Error::new(kind, message), model: None }
+    }
+
+    pub fn for_model(mut self, model: &super::handlers::ModelLabel) -> Self {
+        self.model = Some(model.0.clone());
+        self
     }
 
     /// The JSON envelope (also used inside SSE `data:` lines).
@@ -79,13 +86,16 @@ pub fn envelope(status: StatusCode, error: &Error) -> serde_json::Value {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        Self { status: status_for(error.kind), error }
+        Self { status: status_for(error.kind), error, model: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.envelope())).into_response();
+        if let Some(model) = self.model {
+            response.extensions_mut().insert(super::handlers::ModelLabel(model));
+        }
         let retry_after = self.error.retry_after_secs.or(match self.status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,

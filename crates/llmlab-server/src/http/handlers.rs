@@ -20,6 +20,17 @@ use super::AppState;
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The model a response was for, carried to the metrics middleware.
+#[derive(Debug, Clone)]
+pub struct ModelLabel(pub String);
+
+impl ModelLabel {
+    fn attach(&self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+}
+
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -37,8 +48,9 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         request.model = state.service.default_model().to_owned();
     }
     let meta = ResponseMeta::new(Endpoint::Chat.id_prefix(), &request.model);
-    let events = state.service.chat(request, state.shutdown.child_token()).await?;
-    answer(&state, Endpoint::Chat, meta, events, delivery).await
+    let model = ModelLabel(request.model.clone());
+    let events = state.service.chat(request, state.shutdown.child_token()).await.map_err(|e| ApiError::from(e).for_model(&model))?;
+    answer(&state, Endpoint::Chat, meta, events, delivery).await.map(|r| model.attach(r)).map_err(|e| e.for_model(&model))
 }
 
 pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -48,8 +60,9 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
         request.model = state.service.default_model().to_owned();
     }
     let meta = ResponseMeta::new(Endpoint::Completion.id_prefix(), &request.model);
-    let events = state.service.complete(request, state.shutdown.child_token()).await?;
-    answer(&state, Endpoint::Completion, meta, events, delivery).await
+    let model = ModelLabel(request.model.clone());
+    let events = state.service.complete(request, state.shutdown.child_token()).await.map_err(|e| ApiError::from(e).for_model(&model))?;
+    answer(&state, Endpoint::Completion, meta, events, delivery).await.map(|r| model.attach(r)).map_err(|e| e.for_model(&model))
 }
 
 async fn answer(state: &AppState, endpoint: Endpoint, meta: ResponseMeta, events: ChatStream, delivery: Delivery) -> ApiResult {
@@ -118,6 +131,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         response
     }
+}
+
+/// Prometheus text exposition of every llmlab metric.
+pub async fn metrics() -> Response {
+    let body = super::prometheus::recorder().render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {

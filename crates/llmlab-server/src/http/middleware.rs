@@ -7,13 +7,19 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::errors::ApiError;
+use super::handlers::ModelLabel;
 use super::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
 
 /// Accept the client's `x-request-id` (or make one), run the request inside
-/// a span carrying it, and return it on the response.
-pub async fn request_id(request: Request, next: Next) -> Response {
+/// a span carrying it, return it on the response, and count the request by
+/// route, model and status.
+pub async fn observe_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let id = request
         .headers()
         .get(REQUEST_ID)
@@ -24,6 +30,8 @@ pub async fn request_id(request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::info!(status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request done"));
+    let model = response.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str());
+    llmlab_core::metrics::request_finished(&route, model, response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

@@ -6,6 +6,7 @@ pub mod errors;
 mod handlers;
 mod middleware;
 pub mod openai;
+pub mod prometheus;
 mod responses;
 mod sse;
 
@@ -52,11 +53,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn(middleware::request_id))
+        .layer(axum::middleware::from_fn(middleware::observe_request))
         .with_state(state)
 }
 
