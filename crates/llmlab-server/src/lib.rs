@@ -1,6 +1,7 @@
 //! The `llmlab` binary's library: CLI, HTTP door, model fetching. Exposed as
 //! a library so integration tests can drive the router in process.
 
+pub mod bench;
 pub mod cli;
 pub mod factory;
 pub mod http;

@@ -60,6 +60,8 @@ pub enum Command {
     },
     /// Fetch model files (the default model when no id is given).
     Pull(PullArgs),
+    /// Load-test an OpenAI-compatible endpoint (ours or a peer's).
+    Bench(crate::bench::BenchArgs),
     /// Measure the engine's decode speed (compare with llama-bench tg).
     #[command(hide = true)]
     BenchEngine(bench_engine::BenchEngineArgs),
@@ -80,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => chat::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),
         Command::Pull(args) => pull(&cli.common, args),
+        Command::Bench(args) => bench(&args),
         Command::BenchEngine(args) => bench_engine::run(&cli.common, args),
     }
 }
@@ -97,6 +100,17 @@ fn pull(common: &CommonArgs, args: PullArgs) -> anyhow::Result<()> {
         let spec = registry.require(&id)?;
         let path = crate::pull::pull(spec).with_context(|| format!("pulling '{id}'"))?;
         println!("{id}: {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench(args: &crate::bench::BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let reports = runtime.block_on(crate::bench::run(args))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", crate::bench::stats::table(&reports));
     }
     Ok(())
 }
