@@ -1,5 +1,7 @@
 """Compatibility proof: the official `openai` package against `llmlab serve`
 on the real default model (Qwen2.5-Coder-0.5B-Instruct)."""
+import json
+
 import openai
 import pytest
 
@@ -96,3 +98,45 @@ def test_logprobs(client):
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_call(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris right now?"}], tools=[WEATHER_TOOL], max_tokens=60, **GREEDY
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] == "Paris"
+
+
+def test_streamed_tool_call_is_reassembled(client):
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the weather in Paris right now?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=60,
+        stream=True,
+        **GREEDY,
+    )
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        for call in chunk.choices[0].delta.tool_calls or []:
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert name == "get_weather"
+    assert json.loads(arguments)["city"] == "Paris"
+    assert finish == "tool_calls"

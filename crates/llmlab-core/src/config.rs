@@ -47,7 +47,11 @@ pub fn default_sampling() -> SamplingParams {
 /// threads responsive. On an idle machine `LLMLAB_THREADS=<cores>` is faster.
 /// Past 8 threads decode is memory bound and more threads only add spinning.
 pub fn default_threads() -> u32 {
-    if let Some(n) = std::env::var(ENV_THREADS).ok().and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
+    if let Some(n) = std::env::var(ENV_THREADS)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+    {
         return n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);

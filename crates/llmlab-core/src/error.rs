@@ -55,12 +55,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), param: None, retry_after_secs: None }
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            retry_after_secs: None,
+        }
     }
 
     /// An invalid request naming the field at fault.
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), ..Self::new(ErrorKind::InvalidRequest, message) }
+        Self {
+            param: Some(param.into()),
+            ..Self::new(ErrorKind::InvalidRequest, message)
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -5,14 +5,15 @@
 //! dependencies so that it compiles in seconds.
 
 pub mod config;
-pub mod metrics;
 mod error;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod service;
-pub mod text;
+pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod text;
 mod types;
 
 pub use error::{Error, ErrorKind, Result};

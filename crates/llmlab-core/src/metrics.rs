@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 pub const REQUESTS: &str = "llmlab_requests_total";
 pub const REQUEST_DURATION: &str = "llmlab_request_duration_seconds";
@@ -29,34 +31,72 @@ pub const CIRCUIT_STATE: &str = "llmlab_circuit_breaker_state";
 /// inter-token gaps of a few ms up to multi-minute generations.
 pub fn buckets_for(name: &str) -> Option<&'static [f64]> {
     match name {
-        INTER_TOKEN_LATENCY => Some(&[0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5]),
-        TIME_TO_FIRST_TOKEN => Some(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-        REQUEST_DURATION => Some(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
+        INTER_TOKEN_LATENCY => Some(&[
+            0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+        ]),
+        TIME_TO_FIRST_TOKEN => Some(&[
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]),
+        REQUEST_DURATION => Some(&[
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]),
         MODEL_LOAD_DURATION => Some(&[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
         _ => None,
     }
 }
 
 /// Histogram names, for exporters that need buckets per metric.
-pub const HISTOGRAMS: [&str; 4] = [REQUEST_DURATION, TIME_TO_FIRST_TOKEN, INTER_TOKEN_LATENCY, MODEL_LOAD_DURATION];
+pub const HISTOGRAMS: [&str; 4] = [
+    REQUEST_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    INTER_TOKEN_LATENCY,
+    MODEL_LOAD_DURATION,
+];
 
 /// Register help texts and units with the installed recorder.
 pub fn describe() {
-    describe_counter!(REQUESTS, "Requests by route, model and HTTP-equivalent status.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "End-to-end generation time, from admission to the last event.");
-    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Time from admission to the first generated text.");
-    describe_histogram!(INTER_TOKEN_LATENCY, Unit::Seconds, "Time between consecutive pieces of generated text.");
+    describe_counter!(
+        REQUESTS,
+        "Requests by route, model and HTTP-equivalent status."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "End-to-end generation time, from admission to the last event."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from admission to the first generated text."
+    );
+    describe_histogram!(
+        INTER_TOKEN_LATENCY,
+        Unit::Seconds,
+        "Time between consecutive pieces of generated text."
+    );
     describe_counter!(PROMPT_TOKENS, "Prompt tokens processed.");
     describe_counter!(GENERATED_TOKENS, "Tokens generated.");
     describe_gauge!(QUEUE_DEPTH, "Requests waiting for a model's engine.");
-    describe_gauge!(ACTIVE_SEQUENCES, "Sequences a model's engine is generating right now.");
+    describe_gauge!(
+        ACTIVE_SEQUENCES,
+        "Sequences a model's engine is generating right now."
+    );
     describe_counter!(MODEL_LOADS, "Successful model loads.");
     describe_counter!(MODEL_LOAD_FAILURES, "Failed model loads.");
-    describe_counter!(MODEL_EVICTIONS, "Models unloaded to make room or after their keep-alive.");
+    describe_counter!(
+        MODEL_EVICTIONS,
+        "Models unloaded to make room or after their keep-alive."
+    );
     describe_histogram!(MODEL_LOAD_DURATION, Unit::Seconds, "Time to load a model.");
     describe_gauge!(MODEL_MEMORY, Unit::Bytes, "Memory held by a loaded model.");
-    describe_counter!(GUARD_TRIPS, "Generations stopped by a guard, by guard kind.");
-    describe_gauge!(CIRCUIT_STATE, "Circuit breaker per model: 0 closed, 1 half-open, 2 open.");
+    describe_counter!(
+        GUARD_TRIPS,
+        "Generations stopped by a guard, by guard kind."
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker per model: 0 closed, 1 half-open, 2 open."
+    );
 }
 
 pub fn request_finished(route: &str, model: &str, status: u16) {
@@ -71,7 +111,12 @@ pub fn inter_token_latency(model: &str, gap: Duration) {
     histogram!(INTER_TOKEN_LATENCY, "model" => model.to_owned()).record(gap.as_secs_f64());
 }
 
-pub fn generation_finished(model: &str, elapsed: Duration, prompt_tokens: u32, generated_tokens: u32) {
+pub fn generation_finished(
+    model: &str,
+    elapsed: Duration,
+    prompt_tokens: u32,
+    generated_tokens: u32,
+) {
     histogram!(REQUEST_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
     counter!(PROMPT_TOKENS, "model" => model.to_owned()).increment(u64::from(prompt_tokens));
     counter!(GENERATED_TOKENS, "model" => model.to_owned()).increment(u64::from(generated_tokens));
@@ -118,7 +163,12 @@ pub struct GenerationMeter {
 
 impl GenerationMeter {
     pub fn new(model: &str) -> Self {
-        Self { model: model.to_owned(), started: Instant::now(), last_text: None, usage: crate::Usage::default() }
+        Self {
+            model: model.to_owned(),
+            started: Instant::now(),
+            last_text: None,
+            usage: crate::Usage::default(),
+        }
     }
 }
 

@@ -50,13 +50,19 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("registry", &self.registry.file).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("registry", &self.registry.file)
+            .finish_non_exhaustive()
     }
 }
 
 impl Service {
     pub fn new(registry: Registry, factory: Arc<dyn PipelineFactory>) -> Self {
-        Self { registry, factory, slots: Mutex::new(HashMap::new()) }
+        Self {
+            registry,
+            factory,
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -68,7 +74,11 @@ impl Service {
     }
 
     /// Chat with the model the request names (the default one when empty).
-    pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    pub async fn chat(
+        &self,
+        mut request: ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
         let meter = GenerationMeter::new(&request.model);
@@ -76,7 +86,11 @@ impl Service {
     }
 
     /// Plain completion with the model the request names.
-    pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    pub async fn complete(
+        &self,
+        mut request: CompletionRequest,
+        cancel: CancellationToken,
+    ) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
         let meter = GenerationMeter::new(&request.model);
@@ -90,7 +104,8 @@ impl Service {
     }
 
     pub fn is_loaded(&self, id: &str) -> bool {
-        self.slot_if_present(id).is_some_and(|slot| slot.initialized())
+        self.slot_if_present(id)
+            .is_some_and(|slot| slot.initialized())
     }
 
     pub fn models(&self) -> Vec<ModelStatus> {
@@ -100,7 +115,11 @@ impl Service {
             .map(|m| ModelStatus {
                 id: m.id.clone(),
                 kind: m.kind,
-                state: if self.is_loaded(&m.id) { ModelState::Loaded } else { ModelState::Unloaded },
+                state: if self.is_loaded(&m.id) {
+                    ModelState::Loaded
+                } else {
+                    ModelState::Unloaded
+                },
             })
             .collect()
     }
@@ -114,7 +133,11 @@ impl Service {
         if !matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage) {
             return Err(Error::invalid_param(
                 "model",
-                format!("model '{}' is a {} model and cannot chat", spec.id, spec.kind.as_str()),
+                format!(
+                    "model '{}' is a {} model and cannot chat",
+                    spec.id,
+                    spec.kind.as_str()
+                ),
             ));
         }
         let slot = self.slot(&spec.id);
@@ -145,12 +168,19 @@ impl Service {
     }
 
     fn slot(&self, id: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(slots.entry(id.to_owned()).or_default())
     }
 
     fn slot_if_present(&self, id: &str) -> Option<Slot> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 }
 
@@ -164,7 +194,11 @@ mod tests {
     use crate::{ChatMessage, ErrorKind};
 
     fn chat_request(model: &str) -> ChatRequest {
-        ChatRequest { model: model.into(), messages: vec![ChatMessage::user("hi")], ..ChatRequest::default() }
+        ChatRequest {
+            model: model.into(),
+            messages: vec![ChatMessage::user("hi")],
+            ..ChatRequest::default()
+        }
     }
 
     fn service(factory: Arc<FakeFactory>) -> Arc<Service> {
@@ -179,7 +213,12 @@ mod tests {
         let svc = service(Arc::clone(&factory));
         let requests = (0..5).map(|_| {
             let svc = Arc::clone(&svc);
-            tokio::spawn(async move { svc.chat(chat_request("fake-a"), CancellationToken::new()).await?.collect_response().await })
+            tokio::spawn(async move {
+                svc.chat(chat_request("fake-a"), CancellationToken::new())
+                    .await?
+                    .collect_response()
+                    .await
+            })
         });
         for handle in requests {
             assert_eq!(handle.await.unwrap().unwrap().content, "ok");
@@ -193,18 +232,29 @@ mod tests {
     async fn empty_model_means_the_default_one() {
         let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
         let svc = service(Arc::clone(&factory));
-        svc.chat(chat_request(""), CancellationToken::new()).await.unwrap();
+        svc.chat(chat_request(""), CancellationToken::new())
+            .await
+            .unwrap();
         assert!(svc.is_loaded("fake-a"));
     }
 
     #[tokio::test]
     async fn unknown_and_wrong_kind_models_are_rejected() {
         let svc = service(Arc::new(FakeFactory::new(Script::text(&["ok"]))));
-        let err = svc.chat(chat_request("nope"), CancellationToken::new()).await.unwrap_err();
+        let err = svc
+            .chat(chat_request("nope"), CancellationToken::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("fake-a, fake-b"), "{}", err.message);
-        let err = svc.chat(chat_request("fake-embed"), CancellationToken::new()).await.unwrap_err();
-        assert_eq!((err.kind, err.param.as_deref()), (ErrorKind::InvalidRequest, Some("model")));
+        let err = svc
+            .chat(chat_request("fake-embed"), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.kind, err.param.as_deref()),
+            (ErrorKind::InvalidRequest, Some("model"))
+        );
     }
 
     #[tokio::test]
@@ -212,10 +262,18 @@ mod tests {
         let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
         *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("disk on fire"));
         let svc = service(Arc::clone(&factory));
-        let err = svc.chat(chat_request("fake-a"), CancellationToken::new()).await.unwrap_err();
-        assert_eq!((err.kind, err.message.as_str()), (ErrorKind::Unavailable, "disk on fire"));
+        let err = svc
+            .chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (ErrorKind::Unavailable, "disk on fire")
+        );
         *factory.fail_loads.lock().unwrap() = None;
-        svc.chat(chat_request("fake-a"), CancellationToken::new()).await.unwrap();
+        svc.chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(factory.loads.load(Ordering::SeqCst), 2);
     }
 
@@ -223,7 +281,16 @@ mod tests {
     async fn invalid_requests_never_load_a_model() {
         let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
         let svc = service(Arc::clone(&factory));
-        let err = svc.chat(ChatRequest { model: "fake-a".into(), ..ChatRequest::default() }, CancellationToken::new()).await.unwrap_err();
+        let err = svc
+            .chat(
+                ChatRequest {
+                    model: "fake-a".into(),
+                    ..ChatRequest::default()
+                },
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages"));
         assert_eq!(factory.loads.load(Ordering::SeqCst), 0);
     }

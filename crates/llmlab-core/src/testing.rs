@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::ChatPipeline;
 use crate::registry::ModelSpec;
 use crate::service::PipelineFactory;
-use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
+use crate::{
+    ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings,
+    Usage,
+};
 
 /// What a fake pipeline answers to every request.
 #[derive(Debug, Clone)]
@@ -26,10 +29,22 @@ pub struct Script {
 impl Script {
     /// Content pieces followed by usage and `Done{stop}`.
     pub fn text(pieces: &[&str]) -> Self {
-        let mut events: Vec<ChatEvent> = pieces.iter().map(|p| ChatEvent::Content((*p).to_owned())).collect();
-        events.push(ChatEvent::Usage { usage: Usage::new(7, pieces.len() as u32), timings: Timings::default() });
-        events.push(ChatEvent::Done { finish_reason: FinishReason::Stop });
-        Self { events, delay: Duration::ZERO, reject: None }
+        let mut events: Vec<ChatEvent> = pieces
+            .iter()
+            .map(|p| ChatEvent::Content((*p).to_owned()))
+            .collect();
+        events.push(ChatEvent::Usage {
+            usage: Usage::new(7, pieces.len() as u32),
+            timings: Timings::default(),
+        });
+        events.push(ChatEvent::Done {
+            finish_reason: FinishReason::Stop,
+        });
+        Self {
+            events,
+            delay: Duration::ZERO,
+            reject: None,
+        }
     }
 
     pub fn with_delay(mut self, delay: Duration) -> Self {
@@ -79,7 +94,9 @@ impl FakeChatPipeline {
                 }
                 if cancel.is_cancelled() || tx.is_closed() {
                     cancelled.fetch_add(1, Ordering::SeqCst);
-                    let _ = tx.send(ChatEvent::Done { finish_reason: FinishReason::Cancelled });
+                    let _ = tx.send(ChatEvent::Done {
+                        finish_reason: FinishReason::Cancelled,
+                    });
                     return;
                 }
                 let terminal = event.is_terminal();
@@ -99,13 +116,22 @@ impl ChatPipeline for FakeChatPipeline {
         self.play(cancel)
     }
 
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    fn complete(
+        &self,
+        request: CompletionRequest,
+        cancel: CancellationToken,
+    ) -> Result<ChatStream> {
         self.completions.lock().unwrap().push(request);
         self.play(cancel)
     }
 
     fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
-        Ok(request.messages.iter().map(|m| m.content.joined_text()).collect::<Vec<_>>().join("\n"))
+        Ok(request
+            .messages
+            .iter()
+            .map(|m| m.content.joined_text())
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 }
 
@@ -147,6 +173,11 @@ impl PipelineFactory for FakeFactory {
 /// `fake-b`) and an embedding model (`fake-embed`), files not required.
 pub fn fake_registry() -> crate::registry::Registry {
     let text = "default_model: fake-a\nmodels:\n  - {id: fake-a, kind: chat, backend: llama, path: a.gguf}\n  - {id: fake-b, kind: chat, backend: llama, path: b.gguf}\n  - {id: fake-embed, kind: embedding, backend: candle, path: e}\n";
-    crate::registry::Registry::parse(text, std::path::Path::new("fake.yaml"), std::path::Path::new("/fake"), |_| None)
-        .expect("fake registry is valid")
+    crate::registry::Registry::parse(
+        text,
+        std::path::Path::new("fake.yaml"),
+        std::path::Path::new("/fake"),
+        |_| None,
+    )
+    .expect("fake registry is valid")
 }

@@ -16,6 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::registry::ModelSpec;
+use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
 use llmlab_core::{ChatEvent, ChatEventSender, Error, GenerationParams, Result};
 
 use crate::backend::backend;
@@ -24,7 +25,11 @@ use crate::generate::{run_job, TokenPolicy};
 /// What the rest of the crate learns about a model once it is loaded.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelInfo {
+    /// The registry's template, else the one in the GGUF file.
     pub chat_template: Option<String>,
+    /// Registry setting, else detected from the template.
+    pub reasoning_format: ReasoningFormat,
+    pub tool_call_format: ToolCallFormat,
     pub bos_token: String,
     pub eos_token: String,
     pub context_size: u32,
@@ -39,22 +44,13 @@ pub(crate) struct Job {
     pub events: ChatEventSender,
     pub span: tracing::Span,
     pub enqueued_at: Instant,
+    /// Routes raw text into content, reasoning and tool calls (chat only).
+    pub processor: Option<ProcessorChain>,
 }
 
 enum Command {
-    Generate(Job),
+    Generate(Box<Job>),
     Shutdown,
-}
-
-/// How the engine treats special tokens for a model's output format.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct EngineOptions {
-    /// Render control tokens as text (harmony's `<|channel|>` and friends
-    /// must reach the stream processor).
-    pub render_special_tokens: bool,
-    /// End-of-generation tokens that only end a message, not the reply
-    /// (harmony's `<|end|>` closes the analysis before the final answer).
-    pub continue_after: Vec<String>,
 }
 
 /// Handle to a running engine thread. Dropping it stops the thread after the
@@ -66,7 +62,7 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Load the model on a new thread and wait until it is ready.
-    pub fn start(spec: &ModelSpec, options: EngineOptions) -> Result<(Self, ModelInfo)> {
+    pub fn start(spec: &ModelSpec) -> Result<(Self, ModelInfo)> {
         if !spec.path.is_file() {
             return Err(Error::unavailable(format!(
                 "model file for '{}' not found at {} (run `llmlab pull {}`)",
@@ -80,17 +76,23 @@ impl Engine {
         let spec = spec.clone();
         let thread = std::thread::Builder::new()
             .name(format!("engine-{}", spec.id))
-            .spawn(move || engine_main(&spec, &options, &command_rx, &ready_tx))
+            .spawn(move || engine_main(&spec, &command_rx, &ready_tx))
             .map_err(|e| Error::internal(format!("cannot start engine thread: {e}")))?;
         let info = ready_rx
             .recv()
             .map_err(|_| Error::internal("engine thread died while loading the model"))??;
-        Ok((Self { commands, thread: Some(thread) }, info))
+        Ok((
+            Self {
+                commands,
+                thread: Some(thread),
+            },
+            info,
+        ))
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
         self.commands
-            .send(Command::Generate(job))
+            .send(Command::Generate(Box::new(job)))
             .map_err(|_| Error::unavailable("the model's engine has stopped"))
     }
 }
@@ -106,7 +108,6 @@ impl Drop for Engine {
 
 fn engine_main(
     spec: &ModelSpec,
-    options: &EngineOptions,
     commands: &Receiver<Command>,
     ready: &mpsc::SyncSender<Result<ModelInfo>>,
 ) {
@@ -126,10 +127,11 @@ fn engine_main(
             return;
         }
     };
-    if ready.send(Ok(model_info(&model, ctx.n_ctx()))).is_err() {
+    let info = model_info(&model, spec, ctx.n_ctx());
+    let policy = TokenPolicy::new(&model, info.reasoning_format, info.tool_call_format);
+    if ready.send(Ok(info)).is_err() {
         return;
     }
-    let policy = TokenPolicy::new(&model, options);
     let mut batch = LlamaBatch::new(spec.batch_size as usize, 1);
     while let Ok(Command::Generate(job)) = commands.recv() {
         let span = job.span.clone();
@@ -137,10 +139,14 @@ fn engine_main(
         let events = job.events.clone();
         // A bug in our per-job code must not take the engine (and every
         // later request) down with it.
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&model, &mut ctx, &mut batch, &policy, job)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_job(&model, &mut ctx, &mut batch, &policy, *job)
+        }));
         if outcome.is_err() {
             tracing::error!("generation panicked; the engine continues with the next request");
-            let _ = events.send(ChatEvent::Error(Error::internal("generation failed unexpectedly")));
+            let _ = events.send(ChatEvent::Error(Error::internal(
+                "generation failed unexpectedly",
+            )));
         }
     }
 }
@@ -148,8 +154,13 @@ fn engine_main(
 fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
     let started = Instant::now();
     let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
-    let model = LlamaModel::load_from_file(backend()?, &spec.path, &params)
-        .map_err(|e| Error::unavailable(format!("cannot load model '{}' from {}: {e}", spec.id, spec.path.display())))?;
+    let model = LlamaModel::load_from_file(backend()?, &spec.path, &params).map_err(|e| {
+        Error::unavailable(format!(
+            "cannot load model '{}' from {}: {e}",
+            spec.id,
+            spec.path.display()
+        ))
+    })?;
     tracing::info!(model = %spec.id, load_ms = started.elapsed().as_millis() as u64, "model weights loaded");
     Ok(model)
 }
@@ -162,14 +173,14 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
         .with_n_ubatch(spec.batch_size)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let ctx = model
-        .new_context(backend()?, params)
-        .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
+    let ctx = model.new_context(backend()?, params).map_err(|e| {
+        Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id))
+    })?;
     tracing::info!(model = %spec.id, threads, context = spec.context_size, "context ready");
     Ok(ctx)
 }
 
-fn model_info(model: &LlamaModel, context_size: u32) -> ModelInfo {
+fn model_info(model: &LlamaModel, spec: &ModelSpec, context_size: u32) -> ModelInfo {
     let vocab = model.vocab();
     let special_text = |token: LlamaToken| {
         if token.0 < 0 {
@@ -177,8 +188,20 @@ fn model_info(model: &LlamaModel, context_size: u32) -> ModelInfo {
         }
         String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
     };
+    let chat_template = spec.chat_template.clone().or_else(|| {
+        model
+            .meta_val_str("tokenizer.chat_template")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    });
+    let (reasoning, tools) = chat_template
+        .as_deref()
+        .map(detect_formats)
+        .unwrap_or_default();
     ModelInfo {
-        chat_template: model.meta_val_str("tokenizer.chat_template").ok().filter(|t| !t.trim().is_empty()),
+        reasoning_format: spec.reasoning_format.unwrap_or(reasoning),
+        tool_call_format: spec.tool_call_format.unwrap_or(tools),
+        chat_template,
         bos_token: special_text(vocab.bos()),
         eos_token: special_text(vocab.eos()),
         context_size,

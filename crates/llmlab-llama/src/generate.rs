@@ -8,10 +8,14 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+use llmlab_core::stream::{ProcessorChain, ReasoningFormat, StreamProcessor, ToolCallFormat};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
-use llmlab_core::{ChatEvent, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob, Usage};
+use llmlab_core::{
+    ChatEvent, ChatEventSender, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob,
+    Usage,
+};
 
-use crate::engine::{EngineOptions, Job};
+use crate::engine::Job;
 use crate::logprobs::logprobs;
 use crate::sampler::build_request_sampler;
 
@@ -22,18 +26,29 @@ pub(crate) struct TokenPolicy {
     continue_after: Vec<LlamaToken>,
 }
 
+/// Harmony's `<|end|>` closes one message (the analysis), not the reply.
+const HARMONY_MESSAGE_END: &str = "<|end|>";
+
 impl TokenPolicy {
-    pub fn new(model: &LlamaModel, options: &EngineOptions) -> Self {
+    /// Harmony's markers are control tokens: they must be rendered as text
+    /// for the stream processor, and `<|end|>` must not stop generation
+    /// before the final channel.
+    pub fn new(model: &LlamaModel, reasoning: ReasoningFormat, tools: ToolCallFormat) -> Self {
+        if reasoning != ReasoningFormat::Harmony && tools != ToolCallFormat::Harmony {
+            return Self::default();
+        }
         let vocab = model.vocab();
-        let continue_after = options
-            .continue_after
-            .iter()
-            .filter_map(|text| match vocab.tokenize(text.as_bytes(), false, true).as_slice() {
-                [single] => Some(*single),
-                _ => None,
-            })
-            .collect();
-        Self { render_special: options.render_special_tokens, continue_after }
+        let continue_after = match vocab
+            .tokenize(HARMONY_MESSAGE_END.as_bytes(), false, true)
+            .as_slice()
+        {
+            [single] => vec![*single],
+            _ => Vec::new(),
+        };
+        Self {
+            render_special: true,
+            continue_after,
+        }
     }
 
     fn ends_generation(&self, model: &LlamaModel, token: LlamaToken) -> bool {
@@ -42,9 +57,15 @@ impl TokenPolicy {
 }
 
 /// Runs one job to its end and sends its terminal event.
-pub(crate) fn run_job(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>, policy: &TokenPolicy, job: Job) {
+pub(crate) fn run_job(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch<'_>,
+    policy: &TokenPolicy,
+    mut job: Job,
+) {
     let events = job.events.clone();
-    let terminal = match generate(model, ctx, batch, policy, &job) {
+    let terminal = match generate(model, ctx, batch, policy, &mut job) {
         Ok(finish_reason) => ChatEvent::Done { finish_reason },
         Err(error) => ChatEvent::Error(error),
     };
@@ -60,7 +81,7 @@ fn generate(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch<'_>,
     policy: &TokenPolicy,
-    job: &Job,
+    job: &mut Job,
 ) -> Result<FinishReason> {
     let started = Instant::now();
     let queue_ms = ms(started.duration_since(job.enqueued_at));
@@ -76,7 +97,10 @@ fn generate(
     if prompt.len() >= context_size {
         return Err(Error::invalid_param(
             "messages",
-            format!("the prompt is {} tokens but the model's context holds {context_size}", prompt.len()),
+            format!(
+                "the prompt is {} tokens but the model's context holds {context_size}",
+                prompt.len()
+            ),
         ));
     }
 
@@ -95,12 +119,19 @@ fn generate(
         for (i, token) in chunk.iter().enumerate() {
             let pos = offset + i;
             let wants_logits = pos + 1 == prompt.len();
-            batch.add(*token, pos as i32, &[0], wants_logits).map_err(internal)?;
+            batch
+                .add(*token, pos as i32, &[0], wants_logits)
+                .map_err(internal)?;
         }
-        ctx.decode(batch).map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;
+        ctx.decode(batch)
+            .map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;
     }
 
     let mut text = TokenTextAssembler::new(&job.params.stop);
+    let mut output = Output {
+        events: &job.events,
+        processor: job.processor.take(),
+    };
     let room = (context_size - prompt.len()) as u32;
     let max_new = job.params.max_tokens.map_or(room, |m| m.min(room));
     let mut logits_index = batch.n_tokens() - 1;
@@ -113,32 +144,30 @@ fn generate(
         let token = sampler.sample(ctx, logits_index);
         first_token_at.get_or_insert_with(Instant::now);
         if !job.params.ignore_eos && policy.ends_generation(model, token) {
-            break flush(&mut text, job, FinishReason::Stop);
+            break output.finish(&mut text, FinishReason::Stop);
         }
         generated += 1;
         piece.clear();
         vocab.token_to_piece_into(token, &mut piece, policy.render_special, None);
         if let Some(top_n) = job.params.logprobs {
             let item = token_logprob(model, ctx, logits_index, token, &piece, top_n as usize);
-            if job.events.send(ChatEvent::Logprobs(vec![item])).is_err() {
+            if !output.event(ChatEvent::Logprobs(vec![item])) {
                 break FinishReason::Cancelled;
             }
         }
         match text.push(&piece) {
             StopScan::Continue(chunk) => {
-                if !chunk.is_empty() && job.events.send(ChatEvent::Content(chunk)).is_err() {
+                if !output.text(&chunk) {
                     break FinishReason::Cancelled;
                 }
             }
             StopScan::Stopped(chunk) => {
-                if !chunk.is_empty() {
-                    let _ = job.events.send(ChatEvent::Content(chunk));
-                }
-                break FinishReason::Stop;
+                output.text(&chunk);
+                break output.finish(&mut text, FinishReason::Stop);
             }
         }
         if generated >= max_new {
-            break flush(&mut text, job, FinishReason::Length);
+            break output.finish(&mut text, FinishReason::Length);
         }
         if is_cancelled(job) {
             break FinishReason::Cancelled;
@@ -146,7 +175,8 @@ fn generate(
         batch.clear();
         batch.add(token, position, &[0], true).map_err(internal)?;
         position += 1;
-        ctx.decode(batch).map_err(|e| Error::internal(format!("decode failed: {e}")))?;
+        ctx.decode(batch)
+            .map_err(|e| Error::internal(format!("decode failed: {e}")))?;
         logits_index = 0;
     };
 
@@ -169,26 +199,78 @@ fn generate(
     Ok(finish_reason)
 }
 
-fn token_logprob(model: &LlamaModel, ctx: &LlamaContext<'_>, index: i32, token: LlamaToken, piece: &[u8], top_n: usize) -> TokenLogprob {
+fn token_logprob(
+    model: &LlamaModel,
+    ctx: &LlamaContext<'_>,
+    index: i32,
+    token: LlamaToken,
+    piece: &[u8],
+    top_n: usize,
+) -> TokenLogprob {
     let vocab = model.vocab();
     let (logprob, top) = logprobs(ctx.get_logits_ith(index), token.0 as usize, top_n);
     let top_logprobs = top
         .into_iter()
         .map(|(id, logprob)| {
             let bytes = vocab.token_to_piece(LlamaToken(id as i32), false, None);
-            TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), logprob, bytes }
+            TopLogprob {
+                token: String::from_utf8_lossy(&bytes).into_owned(),
+                logprob,
+                bytes,
+            }
         })
         .collect();
-    TokenLogprob { token: String::from_utf8_lossy(piece).into_owned(), logprob, bytes: piece.to_vec(), top_logprobs }
+    TokenLogprob {
+        token: String::from_utf8_lossy(piece).into_owned(),
+        logprob,
+        bytes: piece.to_vec(),
+        top_logprobs,
+    }
 }
 
-/// Release text held back by the stop matcher and return `reason`.
-fn flush(text: &mut TokenTextAssembler, job: &Job, reason: FinishReason) -> FinishReason {
-    let rest = text.finish();
-    if !rest.is_empty() {
-        let _ = job.events.send(ChatEvent::Content(rest));
+/// Where generated text goes: through the request's stream processors
+/// (reasoning router, tool-call parser), when it has them, to the client.
+struct Output<'a> {
+    events: &'a ChatEventSender,
+    processor: Option<ProcessorChain>,
+}
+
+impl Output<'_> {
+    /// Route a piece of text; false when the client is gone.
+    fn text(&mut self, text: &str) -> bool {
+        if text.is_empty() {
+            return !self.events.is_closed();
+        }
+        match self.processor.as_mut() {
+            None => self.event(ChatEvent::Content(text.to_owned())),
+            Some(processor) => processor
+                .push(text)
+                .into_iter()
+                .all(|event| self.events.send(event).is_ok()),
+        }
     }
-    reason
+
+    fn event(&self, event: ChatEvent) -> bool {
+        self.events.send(event).is_ok()
+    }
+
+    /// Generation ended for `reason`: release held-back text, flush the
+    /// processors, and report `tool_calls` when the reply was a call.
+    fn finish(&mut self, text: &mut TokenTextAssembler, reason: FinishReason) -> FinishReason {
+        let rest = text.finish();
+        self.text(&rest);
+        let Some(processor) = self.processor.as_mut() else {
+            return reason;
+        };
+        for event in processor.finish() {
+            let _ = self.events.send(event);
+        }
+        if reason == FinishReason::Stop && processor.saw_tool_call() {
+            FinishReason::ToolCalls
+        } else {
+            reason
+        }
+    }
 }
 
 /// Tokenize with special tokens parsed (templates write them as text) and
@@ -217,5 +299,9 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 fn per_second(tokens: u32, millis: f64) -> f64 {
-    if millis > 0.0 { f64::from(tokens) * 1000.0 / millis } else { 0.0 }
+    if millis > 0.0 {
+        f64::from(tokens) * 1000.0 / millis
+    } else {
+        0.0
+    }
 }

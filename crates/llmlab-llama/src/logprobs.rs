@@ -7,9 +7,16 @@
 /// tokens in descending order.
 pub(crate) fn logprobs(logits: &[f32], chosen: usize, top_n: usize) -> (f32, Vec<(usize, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>().ln() as f32;
+    let log_sum = logits
+        .iter()
+        .map(|&l| f64::from(l - max).exp())
+        .sum::<f64>()
+        .ln() as f32;
     let to_logprob = |logit: f32| logit - max - log_sum;
-    let chosen_logprob = logits.get(chosen).copied().map_or(f32::NEG_INFINITY, to_logprob);
+    let chosen_logprob = logits
+        .get(chosen)
+        .copied()
+        .map_or(f32::NEG_INFINITY, to_logprob);
     if top_n == 0 {
         return (chosen_logprob, Vec::new());
     }
@@ -23,7 +30,12 @@ pub(crate) fn logprobs(logits: &[f32], chosen: usize, top_n: usize) -> (f32, Vec
         top.insert(at, (id, logit));
         top.truncate(top_n);
     }
-    (chosen_logprob, top.into_iter().map(|(id, logit)| (id, to_logprob(logit))).collect())
+    (
+        chosen_logprob,
+        top.into_iter()
+            .map(|(id, logit)| (id, to_logprob(logit)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -38,7 +50,11 @@ mod tests {
         assert!((chosen - (2.0f32.exp() / z).ln()).abs() < 1e-5);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
         assert!((top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-5);
-        let total: f32 = logits.iter().enumerate().map(|(i, _)| logprobs(&logits, i, 0).0.exp()).sum();
+        let total: f32 = logits
+            .iter()
+            .enumerate()
+            .map(|(i, _)| logprobs(&logits, i, 0).0.exp())
+            .sum();
         assert!((total - 1.0).abs() < 1e-5);
     }
 

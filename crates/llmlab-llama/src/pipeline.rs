@@ -6,11 +6,13 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::ModelSpec;
+use llmlab_core::stream::{prompt_opens_reasoning, ProcessorChain};
 use llmlab_core::{
-    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result, ToolChoice,
+    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error,
+    GenerationParams, Result, ToolChoice,
 };
 
-use crate::engine::{Engine, EngineOptions, Job, ModelInfo};
+use crate::engine::{Engine, Job, ModelInfo};
 use crate::template::ChatTemplate;
 
 pub struct LlamaChatPipeline {
@@ -22,23 +24,31 @@ pub struct LlamaChatPipeline {
 
 impl std::fmt::Debug for LlamaChatPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlamaChatPipeline").field("model", &self.spec.id).finish_non_exhaustive()
+        f.debug_struct("LlamaChatPipeline")
+            .field("model", &self.spec.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl LlamaChatPipeline {
     /// Load the model (blocking: call from a blocking task or thread).
     /// The registry's template wins over the one in the GGUF file.
+    /// Output formats come from the registry, else from the template text.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
-        let (engine, info) = Engine::start(spec, EngineOptions::default())?;
-        let template = spec
+        let (engine, info) = Engine::start(spec)?;
+        let template = info
             .chat_template
             .as_deref()
-            .or(info.chat_template.as_deref())
             .map(|source| ChatTemplate::new(source, &info.bos_token, &info.eos_token))
             .transpose()
             .map_err(|e| Error::unavailable(format!("model '{}': {}", spec.id, e.message)))?;
-        Ok(Self { spec: spec.clone(), info, template, engine })
+        tracing::info!(model = %spec.id, reasoning = ?info.reasoning_format, tools = ?info.tool_call_format, "output formats");
+        Ok(Self {
+            spec: spec.clone(),
+            info,
+            template,
+            engine,
+        })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -54,12 +64,29 @@ impl LlamaChatPipeline {
         self.template.is_some()
     }
 
-    fn submit(&self, prompt: String, mut params: GenerationParams, cancel: CancellationToken) -> Result<ChatStream> {
-        params.sampling = params.sampling.or(&self.spec.sampling).or(&config::default_sampling());
+    fn submit(
+        &self,
+        prompt: String,
+        mut params: GenerationParams,
+        processor: Option<ProcessorChain>,
+        cancel: CancellationToken,
+    ) -> Result<ChatStream> {
+        params.sampling = params
+            .sampling
+            .or(&self.spec.sampling)
+            .or(&config::default_sampling());
         let (events, stream) = ChatStream::channel();
         let span = tracing::info_span!("generate", model = %self.spec.id);
         tracing::debug!(parent: &span, %prompt, "prompt");
-        self.engine.submit(Job { prompt, params, cancel, events, span, enqueued_at: Instant::now() })?;
+        self.engine.submit(Job {
+            prompt,
+            params,
+            cancel,
+            events,
+            span,
+            enqueued_at: Instant::now(),
+            processor,
+        })?;
         Ok(stream)
     }
 }
@@ -75,12 +102,23 @@ impl ChatPipeline for LlamaChatPipeline {
             request.params.json_schema = Some(schema);
         }
         let prompt = self.render_prompt(&request)?;
-        self.submit(prompt, request.params, cancel)
+        let processor = ProcessorChain::new(
+            self.info.reasoning_format,
+            self.info.tool_call_format,
+            &request.tools,
+            prompt_opens_reasoning(&prompt),
+        );
+        self.submit(prompt, request.params, Some(processor), cancel)
     }
 
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    fn complete(
+        &self,
+        request: CompletionRequest,
+        cancel: CancellationToken,
+    ) -> Result<ChatStream> {
         request.validate()?;
-        self.submit(request.prompt, request.params, cancel)
+        // Plain completion: the raw text is the answer, nothing is routed.
+        self.submit(request.prompt, request.params, None, cancel)
     }
 
     fn render_prompt(&self, request: &ChatRequest) -> Result<String> {

@@ -21,7 +21,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
@@ -38,14 +41,21 @@ impl ChatTemplate {
         env.add_filter("tojson", python_tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| Error::internal(format!("chat template does not compile: {e:#}")))?;
-        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
     }
 
     /// Render a conversation, ending with the assistant's generation prompt.
     pub fn render(&self, messages: &[ChatMessage], tools: &[ToolDefinition]) -> Result<String> {
         let messages: Vec<Json> = messages.iter().map(message_to_json).collect();
         let tools = (!tools.is_empty()).then(|| serde_json::to_value(tools).unwrap_or_default());
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| Error::internal(e.to_string()))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| Error::internal(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -57,9 +67,13 @@ impl ChatTemplate {
             .map_err(|e| match e.kind() {
                 // The template itself rejected the conversation (for example
                 // roles that do not alternate): that is the caller's problem.
-                ErrorKind::InvalidOperation => {
-                    Error::invalid_param("messages", format!("the model's chat template rejected the messages: {}", e.detail().unwrap_or("invalid conversation")))
-                }
+                ErrorKind::InvalidOperation => Error::invalid_param(
+                    "messages",
+                    format!(
+                        "the model's chat template rejected the messages: {}",
+                        e.detail().unwrap_or("invalid conversation")
+                    ),
+                ),
                 _ => Error::internal(format!("chat template failed: {e:#}")),
             })
     }
@@ -75,7 +89,11 @@ fn message_to_json(message: &ChatMessage) -> Json {
         MessageContent::Text(text) => text.clone(),
         parts => parts.joined_text(),
     };
-    let content = if text.is_empty() && !message.tool_calls.is_empty() { Json::Null } else { json!(text) };
+    let content = if text.is_empty() && !message.tool_calls.is_empty() {
+        Json::Null
+    } else {
+        json!(text)
+    };
     out.insert("content".into(), content);
     if let Some(name) = &message.name {
         out.insert("name".into(), json!(name));
@@ -119,28 +137,56 @@ fn python_tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, min
     let result = match indent {
         Some(n) => {
             let pad = " ".repeat(n);
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes()));
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes()),
+            );
             value.serialize(&mut ser)
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonFormatter,
+        )),
     };
-    result.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    Ok(Value::from_safe_string(String::from_utf8(out).unwrap_or_default()))
+    result
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(Value::from_safe_string(
+        String::from_utf8(out).unwrap_or_default(),
+    ))
 }
 
 /// serde_json formatter with Python's default separators.
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
 }
@@ -161,21 +207,27 @@ mod tests {
 
     #[test]
     fn tojson_matches_python_and_keeps_key_order() {
-        let src = "{{ tools | tojson }}|{{ messages[0].tool_calls[0].function.arguments | tojson }}";
+        let src =
+            "{{ tools | tojson }}|{{ messages[0].tool_calls[0].function.arguments | tojson }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let tool = ToolDefinition {
             kind: "function".into(),
             function: FunctionDefinition {
                 name: "get_weather".into(),
                 description: Some("Weather <now> & here".into()),
-                parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+                ),
             },
         };
         let mut msg = ChatMessage::new(Role::Assistant, "");
         msg.tool_calls.push(ToolCall {
             id: "c1".into(),
             kind: "function".into(),
-            function: FunctionCall { name: "get_weather".into(), arguments: "{\"city\":\"Zürich\"}".into() },
+            function: FunctionCall {
+                name: "get_weather".into(),
+                arguments: "{\"city\":\"Zürich\"}".into(),
+            },
         });
         let out = t.render(&[msg], &[tool]).unwrap();
         assert_eq!(
@@ -186,15 +238,29 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_an_invalid_request() {
-        let t = ChatTemplate::new("{{ raise_exception('Conversation roles must alternate') }}", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "{{ raise_exception('Conversation roles must alternate') }}",
+            "",
+            "",
+        )
+        .unwrap();
         let err = t.render(&[ChatMessage::user("x")], &[]).unwrap_err();
         assert_eq!(err.kind, llmlab_core::ErrorKind::InvalidRequest);
-        assert!(err.message.contains("Conversation roles must alternate"), "{}", err.message);
+        assert!(
+            err.message.contains("Conversation roles must alternate"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn python_methods_and_helpers_are_available() {
-        let t = ChatTemplate::new("{{ '  x '.strip() }}{{ bos_token }}{{ strftime_now('%Y') | length }}", "<s>", "").unwrap();
+        let t = ChatTemplate::new(
+            "{{ '  x '.strip() }}{{ bos_token }}{{ strftime_now('%Y') | length }}",
+            "<s>",
+            "",
+        )
+        .unwrap();
         assert_eq!(t.render(&[ChatMessage::user("x")], &[]).unwrap(), "x<s>4");
     }
 

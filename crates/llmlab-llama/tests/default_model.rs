@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::{
-    ChatEvent, ChatMessage, ChatRequest, ChatResponse, CompletionRequest, ErrorKind, FinishReason, GenerationParams,
-    SamplingParams,
+    ChatEvent, ChatMessage, ChatRequest, ChatResponse, CompletionRequest, ErrorKind, FinishReason,
+    GenerationParams, SamplingParams,
 };
 use llmlab_llama::LlamaChatPipeline;
 
@@ -24,7 +24,10 @@ fn model() -> &'static LlamaChatPipeline {
 
 fn greedy(max_tokens: u32) -> GenerationParams {
     GenerationParams {
-        sampling: SamplingParams { temperature: Some(0.0), ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: Some(0.0),
+            ..SamplingParams::default()
+        },
         max_tokens: Some(max_tokens),
         ..GenerationParams::default()
     }
@@ -34,10 +37,15 @@ fn ask(question: &str, params: GenerationParams) -> ChatResponse {
     let request = ChatRequest {
         model: MODEL.into(),
         messages: vec![ChatMessage::user(question)],
-        tools: Vec::new(), tool_choice: Default::default(),
+        tools: Vec::new(),
+        tool_choice: Default::default(),
         params,
     };
-    model().chat(request, CancellationToken::new()).expect("request accepted").collect_blocking().expect("generation succeeds")
+    model()
+        .chat(request, CancellationToken::new())
+        .expect("request accepted")
+        .collect_blocking()
+        .expect("generation succeeds")
 }
 
 #[test]
@@ -48,11 +56,18 @@ fn greedy_generation_is_deterministic() {
     assert_eq!(a.content, b.content);
 
     let seeded = |seed| GenerationParams {
-        sampling: SamplingParams { temperature: Some(0.9), seed: Some(seed), ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: Some(0.9),
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
         max_tokens: Some(24),
         ..GenerationParams::default()
     };
-    assert_eq!(ask("Invent a name for a cat.", seeded(7)).content, ask("Invent a name for a cat.", seeded(7)).content);
+    assert_eq!(
+        ask("Invent a name for a cat.", seeded(7)).content,
+        ask("Invent a name for a cat.", seeded(7)).content
+    );
 }
 
 #[test]
@@ -62,7 +77,9 @@ fn stop_string_is_honoured_and_never_emitted() {
     // A stop string taken from the middle of the greedy answer: generation
     // must end right before its first occurrence.
     let stop = "7,";
-    let cut = full.find(stop).unwrap_or_else(|| panic!("fixture answer should contain {stop:?}: {full:?}"));
+    let cut = full
+        .find(stop)
+        .unwrap_or_else(|| panic!("fixture answer should contain {stop:?}: {full:?}"));
     let mut params = greedy(60);
     params.stop = vec![stop.into(), "never-appears-xyz".into()];
     let stopped = ask(question, params);
@@ -93,7 +110,10 @@ fn cancelling_ends_generation_within_one_decode_step() {
     let request = CompletionRequest {
         model: MODEL.into(),
         prompt: "Once upon a time".into(),
-        params: GenerationParams { ignore_eos: true, ..greedy(400) },
+        params: GenerationParams {
+            ignore_eos: true,
+            ..greedy(400)
+        },
     };
     let mut stream = model().complete(request, cancel.clone()).unwrap();
     let mut before = 0;
@@ -127,16 +147,25 @@ fn dropping_the_stream_cancels_and_frees_the_engine() {
     let request = CompletionRequest {
         model: MODEL.into(),
         prompt: "The history of the Roman empire".into(),
-        params: GenerationParams { ignore_eos: true, ..greedy(2000) },
+        params: GenerationParams {
+            ignore_eos: true,
+            ..greedy(2000)
+        },
     };
     let mut stream = model().complete(request, CancellationToken::new()).unwrap();
-    assert!(matches!(stream.blocking_next(), Some(ChatEvent::Content(_))));
+    assert!(matches!(
+        stream.blocking_next(),
+        Some(ChatEvent::Content(_))
+    ));
     drop(stream);
     // If the dropped request were still decoding 2000 tokens, this would
     // wait a minute; it returns after a handful of tokens.
     let started = std::time::Instant::now();
     assert_eq!(ask("Say hi.", greedy(3)).usage.completion_tokens, 3);
-    assert!(started.elapsed().as_secs() < 30, "engine was still busy with the dropped request");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "engine was still busy with the dropped request"
+    );
 }
 
 #[test]
@@ -149,7 +178,8 @@ fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
             ChatMessage::assistant("Hello."),
             ChatMessage::user("What is 2+2?"),
         ],
-        tools: Vec::new(), tool_choice: Default::default(),
+        tools: Vec::new(),
+        tool_choice: Default::default(),
         params: GenerationParams::default(),
     };
     assert_eq!(
@@ -158,7 +188,10 @@ fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
     );
     // Without a system message, Qwen's template inserts its default one
     // (llama.cpp's built-in template matcher drops it).
-    let request = ChatRequest { messages: vec![ChatMessage::user("Hi!")], ..request };
+    let request = ChatRequest {
+        messages: vec![ChatMessage::user("Hi!")],
+        ..request
+    };
     assert_eq!(
         model().render_prompt(&request).unwrap(),
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
@@ -180,7 +213,11 @@ fn tools_are_rendered_into_the_prompt() {
         params: GenerationParams::default(),
     };
     let prompt = model().render_prompt(&request).unwrap();
-    assert!(prompt.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{prompt}");
+    assert!(
+        prompt
+            .contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        "{prompt}"
+    );
     assert!(prompt.contains("<tool_call>"), "{prompt}");
 }
 
@@ -189,24 +226,50 @@ fn invalid_requests_are_rejected_with_the_field_named() {
     let too_long = "word ".repeat(6000);
     let err = model()
         .chat(
-            ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user(too_long)], tools: Vec::new(), tool_choice: Default::default(), params: greedy(4) },
+            ChatRequest {
+                model: MODEL.into(),
+                messages: vec![ChatMessage::user(too_long)],
+                tools: Vec::new(),
+                tool_choice: Default::default(),
+                params: greedy(4),
+            },
             CancellationToken::new(),
         )
         .unwrap()
         .collect_blocking()
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
-    assert!(err.message.contains("context holds 4096"), "{}", err.message);
+    assert!(
+        err.message.contains("context holds 4096"),
+        "{}",
+        err.message
+    );
 
     let err = model()
-        .chat(ChatRequest { model: MODEL.into(), messages: Vec::new(), ..ChatRequest::default() }, CancellationToken::new())
+        .chat(
+            ChatRequest {
+                model: MODEL.into(),
+                messages: Vec::new(),
+                ..ChatRequest::default()
+            },
+            CancellationToken::new(),
+        )
         .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("messages"));
 
     let mut params = greedy(4);
     params.sampling.top_p = Some(1.5);
     let err = model()
-        .chat(ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user("x")], tools: Vec::new(), tool_choice: Default::default(), params }, CancellationToken::new())
+        .chat(
+            ChatRequest {
+                model: MODEL.into(),
+                messages: vec![ChatMessage::user("x")],
+                tools: Vec::new(),
+                tool_choice: Default::default(),
+                params,
+            },
+            CancellationToken::new(),
+        )
         .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("top_p"));
 }
@@ -215,24 +278,33 @@ fn invalid_requests_are_rejected_with_the_field_named() {
 fn multibyte_output_streams_as_whole_characters() {
     let request = ChatRequest {
         model: MODEL.into(),
-        messages: vec![ChatMessage::user("Translate 'good morning' into Japanese and add a sun emoji.")],
-        tools: Vec::new(), tool_choice: Default::default(),
+        messages: vec![ChatMessage::user(
+            "Translate 'good morning' into Japanese and add a sun emoji.",
+        )],
+        tools: Vec::new(),
+        tool_choice: Default::default(),
         params: greedy(24),
     };
     let mut stream = model().chat(request, CancellationToken::new()).unwrap();
     let mut text = String::new();
     while let Some(event) = stream.blocking_next() {
         if let ChatEvent::Content(piece) = event {
-            assert!(!piece.contains('\u{fffd}'), "a character was split: {piece:?}");
+            assert!(
+                !piece.contains('\u{fffd}'),
+                "a character was split: {piece:?}"
+            );
             text.push_str(&piece);
         }
     }
-    assert!(text.chars().any(|c| !c.is_ascii()), "expected non-ASCII output, got {text:?}");
+    assert!(!text.is_ascii(), "expected non-ASCII output, got {text:?}");
 }
 
 #[test]
 fn logprobs_describe_the_sampled_tokens() {
-    let params = GenerationParams { logprobs: Some(3), ..greedy(6) };
+    let params = GenerationParams {
+        logprobs: Some(3),
+        ..greedy(6)
+    };
     let r = ask("Say hello.", params);
     let logprobs = r.logprobs.expect("logprobs were requested");
     assert_eq!(logprobs.len(), r.usage.completion_tokens as usize);
@@ -244,7 +316,68 @@ fn logprobs_describe_the_sampled_tokens() {
         // Greedy decoding picks the most likely token.
         assert_eq!(item.top_logprobs[0].token, item.token);
         assert!((item.top_logprobs[0].logprob - item.logprob).abs() < 1e-6);
-        assert!(item.top_logprobs.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(item
+            .top_logprobs
+            .windows(2)
+            .all(|w| w[0].logprob >= w[1].logprob));
     }
     assert!(ask("Say hello.", greedy(6)).logprobs.is_none());
+}
+
+fn weather_tool() -> llmlab_core::ToolDefinition {
+    serde_json::from_value(serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        }
+    }))
+    .unwrap()
+}
+
+fn ask_with_tools(tool_choice: llmlab_core::ToolChoice) -> ChatResponse {
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![ChatMessage::user("What is the weather in Paris right now?")],
+        tools: vec![weather_tool()],
+        tool_choice,
+        params: greedy(60),
+    };
+    model()
+        .chat(request, CancellationToken::new())
+        .unwrap()
+        .collect_blocking()
+        .unwrap()
+}
+
+#[test]
+fn a_tool_call_reply_becomes_a_tool_call() {
+    // The model ignores its <tool_call> format and answers with a bare JSON
+    // object; it must still reach the client as a call, not as content.
+    for choice in [
+        llmlab_core::ToolChoice::Auto,
+        llmlab_core::ToolChoice::Function("get_weather".into()),
+    ] {
+        let r = ask_with_tools(choice.clone());
+        assert_eq!(
+            r.finish_reason,
+            FinishReason::ToolCalls,
+            "{choice:?}: {r:?}"
+        );
+        assert_eq!(r.tool_calls.len(), 1);
+        let call = &r.tool_calls[0];
+        assert_eq!(call.function.name, "get_weather");
+        assert!(call.id.starts_with("call_"));
+        let args: serde_json::Value = serde_json::from_str(&call.function.arguments).unwrap();
+        assert_eq!(args["city"], "Paris", "{choice:?}");
+        assert!(r.content.trim().is_empty(), "{:?}", r.content);
+    }
+}
+
+#[test]
+fn tool_choice_none_hides_the_tools() {
+    let r = ask_with_tools(llmlab_core::ToolChoice::None);
+    assert!(r.tool_calls.is_empty());
+    assert_ne!(r.finish_reason, FinishReason::ToolCalls);
 }

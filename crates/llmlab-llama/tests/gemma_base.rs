@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
-use llmlab_core::{ChatMessage, ChatRequest, CompletionRequest, ErrorKind, FinishReason, GenerationParams, SamplingParams};
+use llmlab_core::{
+    ChatMessage, ChatRequest, CompletionRequest, ErrorKind, FinishReason, GenerationParams,
+    SamplingParams,
+};
 use llmlab_llama::LlamaChatPipeline;
 
 const MODEL: &str = "gemma-3-270m";
@@ -19,10 +22,21 @@ fn chat_without_a_template_is_a_clear_error() {
     let model = common::pipeline(&PIPELINE, MODEL);
     assert!(!model.has_chat_template());
     let err = model
-        .chat(ChatRequest { model: MODEL.into(), messages: vec![ChatMessage::user("hi")], ..ChatRequest::default() }, CancellationToken::new())
+        .chat(
+            ChatRequest {
+                model: MODEL.into(),
+                messages: vec![ChatMessage::user("hi")],
+                ..ChatRequest::default()
+            },
+            CancellationToken::new(),
+        )
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
-    assert!(err.message.contains("no chat template") && err.message.contains("chat_template"), "{}", err.message);
+    assert!(
+        err.message.contains("no chat template") && err.message.contains("chat_template"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -32,14 +46,28 @@ fn plain_completion_works_and_is_deterministic() {
         model: MODEL.into(),
         prompt: "1, 2, 3, 4, 5,".into(),
         params: GenerationParams {
-            sampling: SamplingParams { temperature: Some(0.0), ..SamplingParams::default() },
+            sampling: SamplingParams {
+                temperature: Some(0.0),
+                ..SamplingParams::default()
+            },
             max_tokens: Some(8),
             ..GenerationParams::default()
         },
     };
-    let a = model.complete(request.clone(), CancellationToken::new()).unwrap().collect_blocking().unwrap();
-    let b = model.complete(request, CancellationToken::new()).unwrap().collect_blocking().unwrap();
+    let a = model
+        .complete(request.clone(), CancellationToken::new())
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let b = model
+        .complete(request, CancellationToken::new())
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(a.content, b.content);
     assert!(a.content.starts_with(" 6, 7"), "{:?}", a.content);
-    assert!(matches!(a.finish_reason, FinishReason::Length | FinishReason::Stop));
+    assert!(matches!(
+        a.finish_reason,
+        FinishReason::Length | FinishReason::Stop
+    ));
 }

@@ -14,8 +14,11 @@ pub enum LogFormat {
 const DEFAULT_FILTER: &str = "warn,llmlab=info,llmlab_llama=info,llama_cpp_2=warn";
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("LLMLAB_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("LLMLAB_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

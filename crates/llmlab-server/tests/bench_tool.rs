@@ -17,8 +17,17 @@ async fn bench_reports_the_tokens_it_was_sent() {
     let script = Script::text(&["a", "b", "c", "d", "e"]).with_delay(Duration::from_millis(2));
     let factory = Arc::new(FakeFactory::new(script));
     let service = Arc::new(Service::new(fake_registry(), Arc::clone(&factory) as _));
-    let config = HttpConfig { api_key: None, max_body_bytes: 1 << 20, sse_keep_alive: Duration::from_secs(5), always_include_usage: false };
-    let state = AppState { service, config: Arc::new(config), shutdown: CancellationToken::new() };
+    let config = HttpConfig {
+        api_key: None,
+        max_body_bytes: 1 << 20,
+        sse_keep_alive: Duration::from_secs(5),
+        always_include_usage: false,
+    };
+    let state = AppState {
+        service,
+        config: Arc::new(config),
+        shutdown: CancellationToken::new(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -46,5 +55,7 @@ async fn bench_reports_the_tokens_it_was_sent() {
     // Warm-up plus both levels reached the pipeline, each asking for 5 tokens and ignoring EOS.
     let completions = factory.pipeline.completions.lock().unwrap();
     assert_eq!(completions.len(), 13);
-    assert!(completions.iter().all(|c| c.params.max_tokens == Some(5) && c.params.ignore_eos));
+    assert!(completions
+        .iter()
+        .all(|c| c.params.max_tokens == Some(5) && c.params.ignore_eos));
 }

@@ -7,7 +7,16 @@ use crate::config::ENV_MODEL_PREFIX;
 
 /// The environment key for `field` of model `id`.
 pub fn override_key(id: &str, field: &str) -> String {
-    let id: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("{ENV_MODEL_PREFIX}{id}__{}", field.to_ascii_uppercase())
 }
 
@@ -24,11 +33,12 @@ pub(super) fn apply_env_overrides(
     let number = |field: &str| -> Result<Option<u32>, (String, String)> {
         match get(field) {
             None => Ok(None),
-            Some((key, value)) => value
-                .trim()
-                .parse::<u32>()
-                .map(Some)
-                .map_err(|_| (key, format!("expected a non-negative integer, got '{value}'"))),
+            Some((key, value)) => value.trim().parse::<u32>().map(Some).map_err(|_| {
+                (
+                    key,
+                    format!("expected a non-negative integer, got '{value}'"),
+                )
+            }),
         }
     };
     if let Some((_, path)) = get("path") {

@@ -21,7 +21,12 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    fn new(file: &Path, model: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
+    fn new(
+        file: &Path,
+        model: Option<&str>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             file: file.to_path_buf(),
             model: model.map(str::to_owned),
@@ -53,6 +58,8 @@ pub(super) struct ModelEntry {
     pub gpu_layers: Option<u32>,
     pub chat_template: Option<String>,
     pub chat_template_file: Option<String>,
+    pub reasoning_format: Option<crate::stream::ReasoningFormat>,
+    pub tool_call_format: Option<crate::stream::ToolCallFormat>,
     #[serde(default)]
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,
@@ -90,17 +97,32 @@ impl Registry {
         let mut models = Vec::with_capacity(raw.models.len());
         for entry in raw.models {
             if entry.id.trim().is_empty() {
-                return Err(RegistryError::new(file, None, Some("id"), "model ids must not be empty"));
+                return Err(RegistryError::new(
+                    file,
+                    None,
+                    Some("id"),
+                    "model ids must not be empty",
+                ));
             }
             if !seen.insert(entry.id.clone()) {
-                return Err(RegistryError::new(file, Some(&entry.id), Some("id"), "duplicate model id"));
+                return Err(RegistryError::new(
+                    file,
+                    Some(&entry.id),
+                    Some("id"),
+                    "duplicate model id",
+                ));
             }
             let entry = apply_env_overrides(entry, &env)
                 .map_err(|(field, msg)| RegistryError::new(file, None, Some(&field), msg))?;
             models.push(resolve(entry, file, models_dir, &env)?);
         }
         if models.is_empty() {
-            return Err(RegistryError::new(file, None, Some("models"), "the registry lists no models"));
+            return Err(RegistryError::new(
+                file,
+                None,
+                Some("models"),
+                "the registry lists no models",
+            ));
         }
         let default_model = raw.default_model.unwrap_or_else(|| models[0].id.clone());
         if !models.iter().any(|m| m.id == default_model) {
@@ -111,7 +133,11 @@ impl Registry {
                 format!("'{default_model}' is not a model of this registry"),
             ));
         }
-        Ok(Self { file: file.to_path_buf(), default_model, models })
+        Ok(Self {
+            file: file.to_path_buf(),
+            default_model,
+            models,
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<&ModelSpec> {
@@ -122,7 +148,10 @@ impl Registry {
     pub fn require(&self, id: &str) -> crate::Result<&ModelSpec> {
         self.get(id).ok_or_else(|| {
             let known: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
-            crate::Error::not_found(format!("model '{id}' does not exist; known models: {}", known.join(", ")))
+            crate::Error::not_found(format!(
+                "model '{id}' does not exist; known models: {}",
+                known.join(", ")
+            ))
         })
     }
 }
@@ -138,24 +167,51 @@ fn resolve(
 
     let backend_ok = matches!(
         (entry.kind, entry.backend),
-        (ModelKind::Chat | ModelKind::Embedding | ModelKind::VisionLanguage, BackendKind::Llama)
-            | (ModelKind::Embedding | ModelKind::TextToImage | ModelKind::ImageToImage, BackendKind::Candle)
+        (
+            ModelKind::Chat | ModelKind::Embedding | ModelKind::VisionLanguage,
+            BackendKind::Llama
+        ) | (
+            ModelKind::Embedding | ModelKind::TextToImage | ModelKind::ImageToImage,
+            BackendKind::Candle
+        )
     );
     if !backend_ok {
-        return Err(err("backend", format!("backend {:?} cannot serve kind '{}'", entry.backend, entry.kind.as_str())));
+        return Err(err(
+            "backend",
+            format!(
+                "backend {:?} cannot serve kind '{}'",
+                entry.backend,
+                entry.kind.as_str()
+            ),
+        ));
     }
     if entry.path.trim().is_empty() {
         return Err(err("path", "must not be empty".into()));
     }
     let path = PathBuf::from(&entry.path);
-    let path = if path.is_absolute() { path } else { models_dir.join(path) };
+    let path = if path.is_absolute() {
+        path
+    } else {
+        models_dir.join(path)
+    };
 
     let context_size = entry.context_size.unwrap_or(config::DEFAULT_CONTEXT_SIZE);
     if context_size < config::MIN_CONTEXT_SIZE {
-        return Err(err("context_size", format!("must be at least {}, got {context_size}", config::MIN_CONTEXT_SIZE)));
+        return Err(err(
+            "context_size",
+            format!(
+                "must be at least {}, got {context_size}",
+                config::MIN_CONTEXT_SIZE
+            ),
+        ));
     }
-    let global_threads = env(config::ENV_THREADS).and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0);
-    let threads = entry.threads.or(global_threads).unwrap_or_else(config::default_threads);
+    let global_threads = env(config::ENV_THREADS)
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0);
+    let threads = entry
+        .threads
+        .or(global_threads)
+        .unwrap_or_else(config::default_threads);
     if threads == 0 {
         return Err(err("threads", "must be at least 1".into()));
     }
@@ -163,17 +219,28 @@ fn resolve(
     if batch_size == 0 {
         return Err(err("batch_size", "must be at least 1".into()));
     }
-    entry.sampling.validate().map_err(|e| err(&format!("sampling.{}", e.param.unwrap_or_default()), e.message))?;
+    entry.sampling.validate().map_err(|e| {
+        err(
+            &format!("sampling.{}", e.param.unwrap_or_default()),
+            e.message,
+        )
+    })?;
 
     let chat_template = match (entry.chat_template, entry.chat_template_file) {
         (Some(_), Some(_)) => {
-            return Err(err("chat_template", "set chat_template or chat_template_file, not both".into()))
+            return Err(err(
+                "chat_template",
+                "set chat_template or chat_template_file, not both".into(),
+            ))
         }
         (Some(inline), None) => Some(inline),
         (None, Some(template_file)) => {
             let template_path = file.parent().unwrap_or(Path::new(".")).join(&template_file);
             Some(std::fs::read_to_string(&template_path).map_err(|e| {
-                err("chat_template_file", format!("cannot read {}: {e}", template_path.display()))
+                err(
+                    "chat_template_file",
+                    format!("cannot read {}: {e}", template_path.display()),
+                )
             })?)
         }
         (None, None) => None,
@@ -197,6 +264,8 @@ fn resolve(
         batch_size,
         gpu_layers: entry.gpu_layers.unwrap_or(0),
         chat_template,
+        reasoning_format: entry.reasoning_format,
+        tool_call_format: entry.tool_call_format,
         sampling: entry.sampling,
         source: entry.source,
         description: entry.description,
@@ -220,6 +289,8 @@ models:
     kind: chat
     backend: llama
     path: /opt/m.gguf
+    reasoning_format: think_tags
+    tool_call_format: hermes
 "#;
 
     fn parse(text: &str) -> Result<Registry, RegistryError> {
@@ -227,10 +298,20 @@ models:
     }
 
     fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Registry, RegistryError> {
-        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Registry::parse(text, Path::new("models.yaml"), Path::new("/models"), move |k| {
-            vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
-        })
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Registry::parse(
+            text,
+            Path::new("models.yaml"),
+            Path::new("/models"),
+            move |k| {
+                vars.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            },
+        )
     }
 
     #[test]
@@ -243,16 +324,34 @@ models:
         assert_eq!(small.batch_size, config::DEFAULT_BATCH_SIZE);
         assert_eq!(small.sampling.temperature, Some(0.2));
         assert_eq!(r.get("abs").unwrap().path, PathBuf::from("/opt/m.gguf"));
-        assert_eq!(r.get("abs").unwrap().context_size, config::DEFAULT_CONTEXT_SIZE);
+        assert_eq!(
+            r.get("abs").unwrap().context_size,
+            config::DEFAULT_CONTEXT_SIZE
+        );
+        assert_eq!(
+            r.get("abs").unwrap().reasoning_format,
+            Some(crate::stream::ReasoningFormat::ThinkTags)
+        );
+        assert_eq!(small.tool_call_format, None);
     }
 
     #[test]
     fn env_overrides_a_model_field() {
-        let r = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "8192"), ("LLMLAB_THREADS", "3")]).unwrap();
+        let r = parse_env(
+            GOOD,
+            &[
+                ("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "8192"),
+                ("LLMLAB_THREADS", "3"),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.get("small").unwrap().context_size, 8192);
         assert_eq!(r.get("small").unwrap().threads, 3);
         let err = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "big")]).unwrap_err();
-        assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE"));
+        assert_eq!(
+            err.field.as_deref(),
+            Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE")
+        );
     }
 
     #[test]
@@ -262,16 +361,31 @@ models:
         assert_eq!(err.model.as_deref(), Some("small"));
         assert_eq!(err.field.as_deref(), Some("context_size"));
         let text = err.to_string();
-        assert!(text.starts_with("models.yaml: model 'small': field 'context_size': must be at least"), "{text}");
+        assert!(
+            text.starts_with("models.yaml: model 'small': field 'context_size': must be at least"),
+            "{text}"
+        );
     }
 
     #[test]
     fn rejects_bad_registries() {
         let cases = [
-            (GOOD.replace("temperature: 0.2", "temperature: -1"), "sampling.temperature"),
-            (GOOD.replace("default_model: small", "default_model: nope"), "default_model"),
+            (
+                GOOD.replace("temperature: 0.2", "temperature: -1"),
+                "sampling.temperature",
+            ),
+            (
+                GOOD.replace("default_model: small", "default_model: nope"),
+                "default_model",
+            ),
             (GOOD.replace("id: abs", "id: small"), "id"),
-            (GOOD.replace("backend: llama\n    path: small", "backend: candle\n    path: small"), "backend"),
+            (
+                GOOD.replace(
+                    "backend: llama\n    path: small",
+                    "backend: candle\n    path: small",
+                ),
+                "backend",
+            ),
             (GOOD.replace("path: small.gguf", "path: ''"), "path"),
         ];
         for (text, field) in cases {
@@ -279,9 +393,18 @@ models:
             assert_eq!(err.field.as_deref(), Some(field), "{err}");
         }
         let unknown = parse(&GOOD.replace("context_size: 2048", "context_sise: 2048")).unwrap_err();
-        assert!(unknown.to_string().contains("unknown field `context_sise`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("unknown field `context_sise`"),
+            "{unknown}"
+        );
         let kind = parse(&GOOD.replace("kind: chat", "kind: chatt")).unwrap_err();
-        assert!(kind.to_string().contains("unknown variant `chatt`"), "{kind}");
-        assert!(parse("models: []").unwrap_err().to_string().contains("lists no models"));
+        assert!(
+            kind.to_string().contains("unknown variant `chatt`"),
+            "{kind}"
+        );
+        assert!(parse("models: []")
+            .unwrap_err()
+            .to_string()
+            .contains("lists no models"));
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::stream::{ReasoningFormat, ToolCallFormat};
 use crate::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,10 @@ pub struct ModelSpec {
     pub gpu_layers: u32,
     /// Jinja chat template that replaces the one in the model file.
     pub chat_template: Option<String>,
+    /// How the model marks reasoning; `None` = detect from the chat template.
+    pub reasoning_format: Option<ReasoningFormat>,
+    /// How the model writes tool calls; `None` = detect from the chat template.
+    pub tool_call_format: Option<ToolCallFormat>,
     /// Model-level sampling defaults (request values win).
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,

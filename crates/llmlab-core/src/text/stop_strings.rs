@@ -22,8 +22,15 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
-        Self { stops, held: String::new() }
+        let stops = stops
+            .into_iter()
+            .map(Into::into)
+            .filter(|s: &String| !s.is_empty())
+            .collect();
+        Self {
+            stops,
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopScan {
@@ -31,7 +38,12 @@ impl StopMatcher {
             return StopScan::Continue(text.to_owned());
         }
         self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let before = self.held[..at].to_owned();
             self.held.clear();
             return StopScan::Stopped(before);
@@ -56,7 +68,9 @@ impl StopMatcher {
             .map(|(i, _)| i)
             .find(|&i| {
                 let suffix = &held[i..];
-                self.stops.iter().any(|s| s.len() > suffix.len() && s.starts_with(suffix))
+                self.stops
+                    .iter()
+                    .any(|s| s.len() > suffix.len() && s.starts_with(suffix))
             })
             .map_or(0, |i| held.len() - i)
     }
@@ -85,7 +99,10 @@ mod tests {
 
     #[test]
     fn stop_split_across_tokens_is_never_emitted() {
-        assert_eq!(run(&["STOP"], &["hello S", "T", "OP and more"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["STOP"], &["hello S", "T", "OP and more"]),
+            ("hello ".into(), true)
+        );
         assert_eq!(run(&["\n\n"], &["line\n", "\nnext"]), ("line".into(), true));
     }
 
@@ -95,7 +112,11 @@ mod tests {
         for a in 0..=text.len() {
             for b in a..=text.len() {
                 let pieces = [&text[..a], &text[a..b], &text[b..]];
-                assert_eq!(run(&["<END>"], &pieces), ("The answer is 42.".into(), true), "cuts {a},{b}");
+                assert_eq!(
+                    run(&["<END>"], &pieces),
+                    ("The answer is 42.".into(), true),
+                    "cuts {a},{b}"
+                );
             }
         }
     }

@@ -12,7 +12,10 @@ pub struct TokenTextAssembler {
 
 impl TokenTextAssembler {
     pub fn new(stops: &[String]) -> Self {
-        Self { utf8: Utf8Stream::default(), stops: StopMatcher::new(stops.iter().cloned()) }
+        Self {
+            utf8: Utf8Stream::default(),
+            stops: StopMatcher::new(stops.iter().cloned()),
+        }
     }
 
     /// Feed the bytes of one token.
@@ -59,7 +62,10 @@ mod tests {
     fn finish_releases_partial_stop_and_incomplete_bytes() {
         let mut a = TokenTextAssembler::new(&["</end>".to_owned()]);
         assert_eq!(a.push(b"ok </e"), StopScan::Continue("ok ".into()));
-        assert_eq!(a.push(&"é".as_bytes()[..1]), StopScan::Continue(String::new()));
+        assert_eq!(
+            a.push(&"é".as_bytes()[..1]),
+            StopScan::Continue(String::new())
+        );
         assert_eq!(a.finish(), "</e\u{fffd}");
     }
 }

@@ -210,24 +210,55 @@ impl SamplingParams {
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
         let check = |name: &str, value: Option<f32>, ok: fn(f32) -> bool, what: &str| match value {
-            Some(v) if !v.is_finite() || !ok(v) => {
-                Err(Error::invalid_param(name, format!("'{name}' must be {what}, got {v}")))
-            }
+            Some(v) if !v.is_finite() || !ok(v) => Err(Error::invalid_param(
+                name,
+                format!("'{name}' must be {what}, got {v}"),
+            )),
             _ => Ok(()),
         };
-        check("temperature", self.temperature, |v| (0.0..=100.0).contains(&v), "between 0 and 100")?;
+        check(
+            "temperature",
+            self.temperature,
+            |v| (0.0..=100.0).contains(&v),
+            "between 0 and 100",
+        )?;
         check("top_p", self.top_p, |v| v > 0.0 && v <= 1.0, "in (0, 1]")?;
-        check("min_p", self.min_p, |v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
-        check("repeat_penalty", self.repeat_penalty, |v| v > 0.0, "greater than 0")?;
-        check("presence_penalty", self.presence_penalty, |v| (-2.0..=2.0).contains(&v), "between -2 and 2")?;
-        check("frequency_penalty", self.frequency_penalty, |v| (-2.0..=2.0).contains(&v), "between -2 and 2")?;
+        check(
+            "min_p",
+            self.min_p,
+            |v| (0.0..=1.0).contains(&v),
+            "in [0, 1]",
+        )?;
+        check(
+            "repeat_penalty",
+            self.repeat_penalty,
+            |v| v > 0.0,
+            "greater than 0",
+        )?;
+        check(
+            "presence_penalty",
+            self.presence_penalty,
+            |v| (-2.0..=2.0).contains(&v),
+            "between -2 and 2",
+        )?;
+        check(
+            "frequency_penalty",
+            self.frequency_penalty,
+            |v| (-2.0..=2.0).contains(&v),
+            "between -2 and 2",
+        )?;
         if let Some(k) = self.top_k.filter(|k| *k < 0) {
-            return Err(Error::invalid_param("top_k", format!("'top_k' must be 0 (off) or positive, got {k}")));
+            return Err(Error::invalid_param(
+                "top_k",
+                format!("'top_k' must be 0 (off) or positive, got {k}"),
+            ));
         }
         if let Some(n) = self.penalty_last_n.filter(|n| *n < -1) {
             return Err(Error::invalid_param(
                 "penalty_last_n",
-                format!("'penalty_last_n' must be -1 (whole context), 0 (off) or positive, got {n}"),
+                format!(
+                    "'penalty_last_n' must be -1 (whole context), 0 (off) or positive, got {n}"
+                ),
             ));
         }
         Ok(())
@@ -264,20 +295,35 @@ impl GenerationParams {
         use crate::Error;
         self.sampling.validate()?;
         if self.max_tokens == Some(0) {
-            return Err(Error::invalid_param("max_tokens", "'max_tokens' must be at least 1"));
+            return Err(Error::invalid_param(
+                "max_tokens",
+                "'max_tokens' must be at least 1",
+            ));
         }
         if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
-            return Err(Error::invalid_param("top_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives per token, got {n}")));
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                format!("at most {MAX_TOP_LOGPROBS} alternatives per token, got {n}"),
+            ));
         }
         if self.stop.len() > MAX_STOP_STRINGS {
-            return Err(Error::invalid_param("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
+            return Err(Error::invalid_param(
+                "stop",
+                format!("at most {MAX_STOP_STRINGS} stop strings are allowed"),
+            ));
         }
         for s in &self.stop {
             if s.is_empty() {
-                return Err(Error::invalid_param("stop", "stop strings must not be empty"));
+                return Err(Error::invalid_param(
+                    "stop",
+                    "stop strings must not be empty",
+                ));
             }
             if s.len() > MAX_STOP_STRING_BYTES {
-                return Err(Error::invalid_param("stop", format!("stop strings are limited to {MAX_STOP_STRING_BYTES} bytes")));
+                return Err(Error::invalid_param(
+                    "stop",
+                    format!("stop strings are limited to {MAX_STOP_STRING_BYTES} bytes"),
+                ));
             }
         }
         Ok(())
@@ -301,11 +347,17 @@ impl ChatRequest {
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
         if self.messages.is_empty() {
-            return Err(Error::invalid_param("messages", "'messages' must contain at least one message"));
+            return Err(Error::invalid_param(
+                "messages",
+                "'messages' must contain at least one message",
+            ));
         }
         for (i, tool) in self.tools.iter().enumerate() {
             if tool.function.name.trim().is_empty() {
-                return Err(Error::invalid_param(format!("tools[{i}].function.name"), "tool names must not be empty"));
+                return Err(Error::invalid_param(
+                    format!("tools[{i}].function.name"),
+                    "tool names must not be empty",
+                ));
             }
         }
         // Fails early (naming tool_choice) when the choice is impossible.

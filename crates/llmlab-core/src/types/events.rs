@@ -45,7 +45,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -110,8 +114,13 @@ pub enum ChatEvent {
     /// Sent (only when requested) just before the text of the token(s) it
     /// describes; text held back by stop-string matching comes later.
     Logprobs(Vec<TokenLogprob>),
-    Usage { usage: Usage, timings: Timings },
-    Done { finish_reason: FinishReason },
+    Usage {
+        usage: Usage,
+        timings: Timings,
+    },
+    Done {
+        finish_reason: FinishReason,
+    },
     Error(Error),
 }
 
@@ -136,7 +145,9 @@ pub struct ChatStream {
 
 impl std::fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatStream").field("observed", &self.observer.is_some()).finish_non_exhaustive()
+        f.debug_struct("ChatStream")
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -45,7 +45,10 @@ impl ChatResponseBuilder {
                     self.tool_calls.push(ToolCall {
                         id: String::new(),
                         kind: "function".to_owned(),
-                        function: FunctionCall { name: String::new(), arguments: String::new() },
+                        function: FunctionCall {
+                            name: String::new(),
+                            arguments: String::new(),
+                        },
                     });
                 }
                 let call = &mut self.tool_calls[index];
@@ -100,10 +103,25 @@ mod tests {
         b.push(ChatEvent::Reasoning("hmm".into()));
         b.push(ChatEvent::Content("Hel".into()));
         b.push(ChatEvent::Content("lo".into()));
-        b.push(ChatEvent::ToolCall(ToolCallDelta { index: 0, id: Some("c1".into()), name: Some("f".into()), arguments: "{\"a\":".into() }));
-        b.push(ChatEvent::ToolCall(ToolCallDelta { index: 0, id: None, name: None, arguments: "1}".into() }));
-        b.push(ChatEvent::Usage { usage: Usage::new(3, 2), timings: Timings::default() });
-        b.push(ChatEvent::Done { finish_reason: FinishReason::ToolCalls });
+        b.push(ChatEvent::ToolCall(ToolCallDelta {
+            index: 0,
+            id: Some("c1".into()),
+            name: Some("f".into()),
+            arguments: "{\"a\":".into(),
+        }));
+        b.push(ChatEvent::ToolCall(ToolCallDelta {
+            index: 0,
+            id: None,
+            name: None,
+            arguments: "1}".into(),
+        }));
+        b.push(ChatEvent::Usage {
+            usage: Usage::new(3, 2),
+            timings: Timings::default(),
+        });
+        b.push(ChatEvent::Done {
+            finish_reason: FinishReason::ToolCalls,
+        });
         let r = b.finish().unwrap();
         assert_eq!(r.content, "Hello");
         assert_eq!(r.reasoning.as_deref(), Some("hmm"));

@@ -55,7 +55,10 @@ impl ToolChoice {
 
 /// The JSON schema a reply must match for `choice`, or `None` when the model
 /// is free. Errors name `tool_choice` when it asks for something impossible.
-pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) -> Result<Option<Value>> {
+pub fn forced_tool_call_schema(
+    tools: &[ToolDefinition],
+    choice: &ToolChoice,
+) -> Result<Option<Value>> {
     let allowed: Vec<&ToolDefinition> = match choice {
         ToolChoice::Auto | ToolChoice::None => return Ok(None),
         ToolChoice::Required => tools.iter().collect(),
@@ -63,7 +66,9 @@ pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) ->
     };
     if allowed.is_empty() {
         let message = match choice {
-            ToolChoice::Function(name) => format!("tool_choice names '{name}', which is not among the declared tools"),
+            ToolChoice::Function(name) => {
+                format!("tool_choice names '{name}', which is not among the declared tools")
+            }
             _ => "tool_choice 'required' needs at least one tool in 'tools'".to_owned(),
         };
         return Err(Error::invalid_param("tool_choice", message));
@@ -71,7 +76,11 @@ pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) ->
     let variants: Vec<Value> = allowed
         .iter()
         .map(|tool| {
-            let arguments = tool.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+            let arguments = tool
+                .function
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object"}));
             json!({
                 "type": "object",
                 "properties": {"name": {"const": tool.function.name}, "arguments": arguments},
@@ -80,7 +89,11 @@ pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) ->
             })
         })
         .collect();
-    Ok(Some(if variants.len() == 1 { variants.into_iter().next().unwrap_or_default() } else { json!({"oneOf": variants}) }))
+    Ok(Some(if variants.len() == 1 {
+        variants.into_iter().next().unwrap_or_default()
+    } else {
+        json!({"oneOf": variants})
+    }))
 }
 
 #[cfg(test)]
@@ -94,27 +107,52 @@ mod tests {
             function: FunctionDefinition {
                 name: name.into(),
                 description: None,
-                parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}}})),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                ),
             },
         }
     }
 
     #[test]
     fn parses_openai_forms() {
-        assert_eq!(ToolChoice::from_openai(&json!("required")).unwrap(), ToolChoice::Required);
-        assert_eq!(ToolChoice::from_openai(&json!({"type": "function", "function": {"name": "f"}})).unwrap(), ToolChoice::Function("f".into()));
-        assert_eq!(ToolChoice::from_openai(&json!("sometimes")).unwrap_err().param.as_deref(), Some("tool_choice"));
+        assert_eq!(
+            ToolChoice::from_openai(&json!("required")).unwrap(),
+            ToolChoice::Required
+        );
+        assert_eq!(
+            ToolChoice::from_openai(&json!({"type": "function", "function": {"name": "f"}}))
+                .unwrap(),
+            ToolChoice::Function("f".into())
+        );
+        assert_eq!(
+            ToolChoice::from_openai(&json!("sometimes"))
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("tool_choice")
+        );
         assert!(ToolChoice::from_openai(&json!(3)).is_err());
     }
 
     #[test]
     fn schema_forces_name_and_arguments() {
         let tools = [tool("a"), tool("b")];
-        assert_eq!(forced_tool_call_schema(&tools, &ToolChoice::Auto).unwrap(), None);
-        let one = forced_tool_call_schema(&tools, &ToolChoice::Function("b".into())).unwrap().unwrap();
+        assert_eq!(
+            forced_tool_call_schema(&tools, &ToolChoice::Auto).unwrap(),
+            None
+        );
+        let one = forced_tool_call_schema(&tools, &ToolChoice::Function("b".into()))
+            .unwrap()
+            .unwrap();
         assert_eq!(one["properties"]["name"]["const"], "b");
-        assert_eq!(one["properties"]["arguments"]["properties"]["city"]["type"], "string");
-        let any = forced_tool_call_schema(&tools, &ToolChoice::Required).unwrap().unwrap();
+        assert_eq!(
+            one["properties"]["arguments"]["properties"]["city"]["type"],
+            "string"
+        );
+        let any = forced_tool_call_schema(&tools, &ToolChoice::Required)
+            .unwrap()
+            .unwrap();
         assert_eq!(any["oneOf"].as_array().unwrap().len(), 2);
         assert!(forced_tool_call_schema(&tools, &ToolChoice::Function("c".into())).is_err());
         assert!(forced_tool_call_schema(&[], &ToolChoice::Required).is_err());

@@ -39,7 +39,12 @@ impl Workload {
 pub async fn run_one(client: &reqwest::Client, work: &Workload) -> Result<RequestSample> {
     let url = format!("{}/completions", work.base_url.trim_end_matches('/'));
     let started = Instant::now();
-    let response = client.post(&url).json(&work.body()).send().await.with_context(|| format!("POST {url}"))?;
+    let response = client
+        .post(&url)
+        .json(&work.body())
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -56,14 +61,19 @@ pub async fn run_one(client: &reqwest::Client, work: &Workload) -> Result<Reques
         buffer.extend_from_slice(&bytes?);
         while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
-            let Some(data) = std::str::from_utf8(&line).ok().and_then(|l| l.trim_end().strip_prefix("data:")) else {
+            let Some(data) = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.trim_end().strip_prefix("data:"))
+            else {
                 continue;
             };
             let data = data.trim();
             if data == "[DONE]" {
                 break;
             }
-            let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
             if let Some(error) = event.get("error") {
                 bail!("stream error: {error}");
             }
@@ -71,7 +81,10 @@ pub async fn run_one(client: &reqwest::Client, work: &Workload) -> Result<Reques
                 usage_tokens = Some(n);
             }
             let choice = &event["choices"][0];
-            let text = choice["text"].as_str().or_else(|| choice["delta"]["content"].as_str()).unwrap_or("");
+            let text = choice["text"]
+                .as_str()
+                .or_else(|| choice["delta"]["content"].as_str())
+                .unwrap_or("");
             if text.is_empty() {
                 continue;
             }

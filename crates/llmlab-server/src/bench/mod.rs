@@ -62,14 +62,23 @@ impl BenchArgs {
 
 /// Run the sweep and return one report per concurrency level.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout_secs)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_secs))
+        .build()?;
     let work = Arc::new(args.workload());
     for _ in 0..args.warmup {
         client::run_one(&client, &work).await?;
     }
     let total = (args.requests * args.concurrency.len()) as u64;
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} requests {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} requests {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut reports = Vec::new();
     for &concurrency in &args.concurrency {
         bar.set_message(format!("(concurrency {concurrency})"));
@@ -79,11 +88,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
     Ok(reports)
 }
 
-async fn run_level(client: &reqwest::Client, work: &Arc<Workload>, concurrency: usize, requests: usize, bar: &ProgressBar) -> LevelReport {
+async fn run_level(
+    client: &reqwest::Client,
+    work: &Arc<Workload>,
+    concurrency: usize,
+    requests: usize,
+    bar: &ProgressBar,
+) -> LevelReport {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (client, work, next, bar) = (client.clone(), Arc::clone(work), Arc::clone(&next), bar.clone());
+        let (client, work, next, bar) = (
+            client.clone(),
+            Arc::clone(work),
+            Arc::clone(&next),
+            bar.clone(),
+        );
         tokio::spawn(async move {
             let mut samples: Vec<RequestSample> = Vec::new();
             let mut errors = 0;
@@ -102,11 +122,18 @@ async fn run_level(client: &reqwest::Client, work: &Arc<Workload>, concurrency: 
     });
     let mut samples = Vec::new();
     let mut errors = 0;
-    for worker in futures::future::join_all(workers).await {
-        if let Ok((s, e)) = worker {
-            samples.extend(s);
-            errors += e;
-        }
+    for (s, e) in futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        samples.extend(s);
+        errors += e;
     }
-    LevelReport::new(concurrency, &samples, errors, started.elapsed().as_secs_f64())
+    LevelReport::new(
+        concurrency,
+        &samples,
+        errors,
+        started.elapsed().as_secs_f64(),
+    )
 }

@@ -46,9 +46,17 @@ pub struct LevelReport {
 }
 
 impl LevelReport {
-    pub fn new(concurrency: usize, samples: &[RequestSample], errors: usize, wall_seconds: f64) -> Self {
+    pub fn new(
+        concurrency: usize,
+        samples: &[RequestSample],
+        errors: usize,
+        wall_seconds: f64,
+    ) -> Self {
         let ttfts: Vec<f64> = samples.iter().map(|s| s.ttft).collect();
-        let gaps: Vec<f64> = samples.iter().flat_map(|s| s.gaps.iter().copied()).collect();
+        let gaps: Vec<f64> = samples
+            .iter()
+            .flat_map(|s| s.gaps.iter().copied())
+            .collect();
         let speeds: Vec<f64> = samples
             .iter()
             .filter(|s| s.generation > 0.0 && s.output_tokens > 1)
@@ -63,8 +71,16 @@ impl LevelReport {
             ttft_p99_ms: percentile(&ttfts, 99.0) * 1000.0,
             itl_p50_ms: percentile(&gaps, 50.0) * 1000.0,
             itl_p99_ms: percentile(&gaps, 99.0) * 1000.0,
-            per_stream_tokens_per_second: if speeds.is_empty() { 0.0 } else { speeds.iter().sum::<f64>() / speeds.len() as f64 },
-            aggregate_tokens_per_second: if wall_seconds > 0.0 { output_tokens as f64 / wall_seconds } else { 0.0 },
+            per_stream_tokens_per_second: if speeds.is_empty() {
+                0.0
+            } else {
+                speeds.iter().sum::<f64>() / speeds.len() as f64
+            },
+            aggregate_tokens_per_second: if wall_seconds > 0.0 {
+                output_tokens as f64 / wall_seconds
+            } else {
+                0.0
+            },
             output_tokens,
             wall_seconds,
         }
@@ -75,7 +91,15 @@ impl LevelReport {
 pub fn table(levels: &[LevelReport]) -> String {
     let mut out = format!(
         "{:>5} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>12} {:>11}\n",
-        "conc", "reqs", "errs", "ttft p50", "ttft p99", "itl p50", "itl p99", "stream t/s", "total t/s"
+        "conc",
+        "reqs",
+        "errs",
+        "ttft p50",
+        "ttft p99",
+        "itl p50",
+        "itl p99",
+        "stream t/s",
+        "total t/s"
     );
     for l in levels {
         out.push_str(&format!(
@@ -109,7 +133,12 @@ mod tests {
 
     #[test]
     fn report_sums_tokens_and_speeds() {
-        let s = RequestSample { ttft: 0.1, gaps: vec![0.01, 0.03], output_tokens: 3, generation: 0.04 };
+        let s = RequestSample {
+            ttft: 0.1,
+            gaps: vec![0.01, 0.03],
+            output_tokens: 3,
+            generation: 0.04,
+        };
         let r = LevelReport::new(2, &[s.clone(), s], 1, 2.0);
         assert_eq!((r.requests, r.errors, r.output_tokens), (2, 1, 6));
         assert_eq!(r.aggregate_tokens_per_second, 3.0);

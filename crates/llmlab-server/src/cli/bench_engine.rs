@@ -25,7 +25,10 @@ pub struct BenchEngineArgs {
 
 pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
-    let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
+    let id = args
+        .model
+        .clone()
+        .unwrap_or_else(|| registry.default_model.clone());
     let spec = registry.require(&id)?;
     let pipeline = LlamaChatPipeline::load(spec)?;
     let mut speeds = Vec::new();
@@ -35,7 +38,10 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
             model: id.clone(),
             prompt: "Once".into(),
             params: GenerationParams {
-                sampling: SamplingParams { temperature: Some(0.0), ..SamplingParams::default() },
+                sampling: SamplingParams {
+                    temperature: Some(0.0),
+                    ..SamplingParams::default()
+                },
                 max_tokens: Some(args.tokens),
                 stop: Vec::new(),
                 ignore_eos: true,
@@ -43,13 +49,20 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 json_schema: None,
             },
         };
-        let response = pipeline.complete(request, CancellationToken::new())?.collect_blocking()?;
+        let response = pipeline
+            .complete(request, CancellationToken::new())?
+            .collect_blocking()?;
         if rep > 0 {
             speeds.push(response.timings.generation_tokens_per_second);
         }
     }
     let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
-    let sd = (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / speeds.len().max(2).saturating_sub(1) as f64).sqrt();
-    println!("model={id} threads={} tg{}: {mean:.2} ± {sd:.2} t/s", spec.threads, args.tokens);
+    let sd = (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>()
+        / speeds.len().max(2).saturating_sub(1) as f64)
+        .sqrt();
+    println!(
+        "model={id} threads={} tg{}: {mean:.2} ± {sd:.2} t/s",
+        spec.threads, args.tokens
+    );
     Ok(())
 }

@@ -6,7 +6,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
-use llmlab_core::{ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, Timings, Usage};
+use llmlab_core::{
+    ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams,
+    Timings, Usage,
+};
 use llmlab_llama::LlamaChatPipeline;
 
 use super::CommonArgs;
@@ -63,7 +66,10 @@ impl ChatArgs {
 
 pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
-    let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
+    let id = args
+        .model
+        .clone()
+        .unwrap_or_else(|| registry.default_model.clone());
     let spec = registry.require(&id)?;
     let pipeline = LlamaChatPipeline::load(spec)?;
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
@@ -90,14 +96,29 @@ pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
 }
 
 /// Generate one answer, stream it to stdout and add the turn to `history`.
-fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatMessage>, prompt: &str) -> anyhow::Result<()> {
+fn answer(
+    pipeline: &LlamaChatPipeline,
+    args: &ChatArgs,
+    history: &mut Vec<ChatMessage>,
+    prompt: &str,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let mut stream = if args.raw {
-        let request = CompletionRequest { model: String::new(), prompt: prompt.to_owned(), params: args.params() };
+        let request = CompletionRequest {
+            model: String::new(),
+            prompt: prompt.to_owned(),
+            params: args.params(),
+        };
         pipeline.complete(request, cancel)?
     } else {
         history.push(ChatMessage::user(prompt));
-        let request = ChatRequest { model: String::new(), messages: history.clone(), tools: Vec::new(), tool_choice: Default::default(), params: args.params() };
+        let request = ChatRequest {
+            model: String::new(),
+            messages: history.clone(),
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+            params: args.params(),
+        };
         pipeline.chat(request, cancel)?
     };
     let mut out = std::io::stdout().lock();
@@ -112,7 +133,15 @@ fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatM
             }
             ChatEvent::Reasoning(text) if dim => write!(out, "\x1b[2m{text}\x1b[0m")?,
             ChatEvent::Reasoning(text) => write!(out, "{text}")?,
-            ChatEvent::ToolCall(delta) => write!(out, "{}{}", delta.name.map(|n| format!("\n[tool call {n}] ")).unwrap_or_default(), delta.arguments)?,
+            ChatEvent::ToolCall(delta) => write!(
+                out,
+                "{}{}",
+                delta
+                    .name
+                    .map(|n| format!("\n[tool call {n}] "))
+                    .unwrap_or_default(),
+                delta.arguments
+            )?,
             ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
             ChatEvent::Logprobs(_) => {}
             ChatEvent::Done { .. } => break,
@@ -127,7 +156,10 @@ fn answer(pipeline: &LlamaChatPipeline, args: &ChatArgs, history: &mut Vec<ChatM
     if let (true, Some((usage, t))) = (args.stats, stats) {
         eprintln!(
             "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s]",
-            usage.prompt_tokens, t.prompt_tokens_per_second, usage.completion_tokens, t.generation_tokens_per_second
+            usage.prompt_tokens,
+            t.prompt_tokens_per_second,
+            usage.completion_tokens,
+            t.generation_tokens_per_second
         );
     }
     Ok(())

@@ -16,7 +16,11 @@ use llmlab_core::registry::Registry;
 use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "llmlab", version, about = "Serve and run local models: chat, embeddings, images.")]
+#[command(
+    name = "llmlab",
+    version,
+    about = "Serve and run local models: chat, embeddings, images."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -90,7 +94,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn pull(common: &CommonArgs, args: PullArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let ids: Vec<String> = if args.all {
-        registry.models.iter().filter(|m| m.source.is_some()).map(|m| m.id.clone()).collect()
+        registry
+            .models
+            .iter()
+            .filter(|m| m.source.is_some())
+            .map(|m| m.id.clone())
+            .collect()
     } else if args.models.is_empty() {
         vec![registry.default_model.clone()]
     } else {
@@ -105,7 +114,9 @@ fn pull(common: &CommonArgs, args: PullArgs) -> anyhow::Result<()> {
 }
 
 fn bench(args: &crate::bench::BenchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let reports = runtime.block_on(crate::bench::run(args))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

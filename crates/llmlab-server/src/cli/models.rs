@@ -22,10 +22,21 @@ pub fn run(common: &CommonArgs, command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&registry.models)?);
                 return Ok(());
             }
-            println!("{:<28} {:<10} {:<7} {:<9} {:>8}  PATH", "ID", "KIND", "BACKEND", "FILE", "CONTEXT");
+            println!(
+                "{:<28} {:<10} {:<7} {:<9} {:>8}  PATH",
+                "ID", "KIND", "BACKEND", "FILE", "CONTEXT"
+            );
             for m in &registry.models {
-                let default = if m.id == registry.default_model { " (default)" } else { "" };
-                let present = if m.path.is_file() { "present" } else { "missing" };
+                let default = if m.id == registry.default_model {
+                    " (default)"
+                } else {
+                    ""
+                };
+                let present = if m.path.is_file() {
+                    "present"
+                } else {
+                    "missing"
+                };
                 println!(
                     "{:<28} {:<10} {:<7} {:<9} {:>8}  {}{default}",
                     m.id,

@@ -43,7 +43,9 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     // Install the metrics recorder before anything records.
     http::prometheus::recorder();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let service = Arc::new(Service::new(registry, Arc::new(BackendFactory)));
         if !args.no_preload {

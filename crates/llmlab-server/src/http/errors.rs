@@ -58,8 +58,16 @@ impl ApiError {
     /// A transport-level error that has no core counterpart (401, 404 for a
     /// route, 413, 405).
     pub fn http(status: StatusCode, message: impl Into<String>) -> Self {
-        let kind = if status == StatusCode::NOT_FOUND { ErrorKind::NotFound } else { ErrorKind::InvalidRequest };
-        Self { status, error: Error::new(kind, message), model: None }
+        let kind = if status == StatusCode::NOT_FOUND {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::InvalidRequest
+        };
+        Self {
+            status,
+            error: Error::new(kind, message),
+            model: None,
+        }
     }
 
     pub fn for_model(mut self, model: &super::handlers::ModelLabel) -> Self {
@@ -86,7 +94,11 @@ pub fn envelope(status: StatusCode, error: &Error) -> serde_json::Value {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        Self { status: status_for(error.kind), error, model: None }
+        Self {
+            status: status_for(error.kind),
+            error,
+            model: None,
+        }
     }
 }
 
@@ -94,7 +106,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.envelope())).into_response();
         if let Some(model) = self.model {
-            response.extensions_mut().insert(super::handlers::ModelLabel(model));
+            response
+                .extensions_mut()
+                .insert(super::handlers::ModelLabel(model));
         }
         let retry_after = self.error.retry_after_secs.or(match self.status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Some(1),
@@ -106,7 +120,9 @@ impl IntoResponse for ApiError {
             }
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

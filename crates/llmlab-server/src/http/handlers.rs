@@ -34,14 +34,23 @@ impl ModelLabel {
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"))
+            ApiError::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            )
         } else {
-            ApiError::http(StatusCode::BAD_REQUEST, format!("cannot read request body: {rejection}"))
+            ApiError::http(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {rejection}"),
+            )
         }
     })
 }
 
-pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_chat()?;
     if request.model.is_empty() {
@@ -49,11 +58,21 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
     }
     let meta = ResponseMeta::new(Endpoint::Chat.id_prefix(), &request.model);
     let model = ModelLabel(request.model.clone());
-    let events = state.service.chat(request, state.shutdown.child_token()).await.map_err(|e| ApiError::from(e).for_model(&model))?;
-    answer(&state, Endpoint::Chat, meta, events, delivery).await.map(|r| model.attach(r)).map_err(|e| e.for_model(&model))
+    let events = state
+        .service
+        .chat(request, state.shutdown.child_token())
+        .await
+        .map_err(|e| ApiError::from(e).for_model(&model))?;
+    answer(&state, Endpoint::Chat, meta, events, delivery)
+        .await
+        .map(|r| model.attach(r))
+        .map_err(|e| e.for_model(&model))
 }
 
-pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_completion()?;
     if request.model.is_empty() {
@@ -61,14 +80,35 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
     }
     let meta = ResponseMeta::new(Endpoint::Completion.id_prefix(), &request.model);
     let model = ModelLabel(request.model.clone());
-    let events = state.service.complete(request, state.shutdown.child_token()).await.map_err(|e| ApiError::from(e).for_model(&model))?;
-    answer(&state, Endpoint::Completion, meta, events, delivery).await.map(|r| model.attach(r)).map_err(|e| e.for_model(&model))
+    let events = state
+        .service
+        .complete(request, state.shutdown.child_token())
+        .await
+        .map_err(|e| ApiError::from(e).for_model(&model))?;
+    answer(&state, Endpoint::Completion, meta, events, delivery)
+        .await
+        .map(|r| model.attach(r))
+        .map_err(|e| e.for_model(&model))
 }
 
-async fn answer(state: &AppState, endpoint: Endpoint, meta: ResponseMeta, events: ChatStream, delivery: Delivery) -> ApiResult {
+async fn answer(
+    state: &AppState,
+    endpoint: Endpoint,
+    meta: ResponseMeta,
+    events: ChatStream,
+    delivery: Delivery,
+) -> ApiResult {
     if delivery.stream {
         let include_usage = delivery.include_usage || state.config.always_include_usage;
-        let stream = sse_events(events, ChunkBuilder { endpoint, meta, streamed_bytes: 0 }, include_usage);
+        let stream = sse_events(
+            events,
+            ChunkBuilder {
+                endpoint,
+                meta,
+                streamed_bytes: 0,
+            },
+            include_usage,
+        );
         // Comment lines keep proxies and clients from timing out while a
         // long prompt is processed.
         let keep_alive = KeepAlive::new().interval(state.config.sse_keep_alive);
@@ -93,7 +133,10 @@ fn add_timing_headers(headers: &mut HeaderMap, t: &Timings) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
-    let server_timing = format!("queue;dur={:.1}, prompt;dur={:.1}, generation;dur={:.1}", t.queue_ms, t.prompt_ms, t.generation_ms);
+    let server_timing = format!(
+        "queue;dur={:.1}, prompt;dur={:.1}, generation;dur={:.1}",
+        t.queue_ms, t.prompt_ms, t.generation_ms
+    );
     if let Ok(v) = HeaderValue::from_str(&server_timing) {
         headers.insert(HeaderName::from_static("server-timing"), v);
     }
@@ -125,10 +168,21 @@ pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) ->
 pub async fn health(State(state): State<AppState>) -> Response {
     let model = state.service.default_model();
     if state.service.is_loaded(model) {
-        (StatusCode::OK, Json(json!({"status": "ok", "model": model}))).into_response()
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "model": model})),
+        )
+            .into_response()
     } else {
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading", "model": model}))).into_response();
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading", "model": model})),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
         response
     }
 }
@@ -136,13 +190,26 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition of every llmlab metric.
 pub async fn metrics() -> Response {
     let body = super::prometheus::recorder().render();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
-    ApiError::http(StatusCode::NOT_FOUND, format!("unknown route: {method} {}", uri.path()))
+    ApiError::http(
+        StatusCode::NOT_FOUND,
+        format!("unknown route: {method} {}", uri.path()),
+    )
 }
 
 pub async fn method_not_allowed(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
-    ApiError::http(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on {}", uri.path()))
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
 }

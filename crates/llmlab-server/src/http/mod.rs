@@ -49,12 +49,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_api_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_api_key,
+        ));
     Router::new()
         .merge(api)
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
-        .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI_JSON,
+                )
+            }),
+        )
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -72,7 +83,10 @@ pub async fn serve(addr: SocketAddr, state: AppState, grace: Duration) -> anyhow
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections; finishing in-flight requests");
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections; finishing in-flight requests"
+            );
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 tracing::warn!("grace period over; cancelling remaining requests");
@@ -89,7 +103,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

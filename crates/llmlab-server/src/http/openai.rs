@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use llmlab_core::{
-    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, TokenLogprob,
-    ToolChoice, ToolDefinition, Usage,
+    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams,
+    TokenLogprob, ToolChoice, ToolDefinition, Usage,
 };
 
 /// `stop`: one string or a list.
@@ -76,18 +76,29 @@ pub struct Delivery {
 impl OpenAiRequest {
     fn params(&self) -> Result<GenerationParams> {
         if let Some(n) = self.n.filter(|n| *n != 1) {
-            return Err(Error::invalid_param("n", format!("only n=1 is supported, got {n}")));
+            return Err(Error::invalid_param(
+                "n",
+                format!("only n=1 is supported, got {n}"),
+            ));
         }
         if self.stream_options.is_some() && !self.stream {
-            return Err(Error::invalid_param("stream_options", "'stream_options' is only allowed when 'stream' is true"));
+            return Err(Error::invalid_param(
+                "stream_options",
+                "'stream_options' is only allowed when 'stream' is true",
+            ));
         }
         let seed = match self.seed {
-            Some(s) if s < 0 => return Err(Error::invalid_param("seed", "'seed' must not be negative")),
+            Some(s) if s < 0 => {
+                return Err(Error::invalid_param("seed", "'seed' must not be negative"))
+            }
             other => other.map(|s| s as u64),
         };
         let logprobs = match (self.logprobs, self.top_logprobs) {
             (None | Some(LogprobsField::Enabled(false)), Some(_)) => {
-                return Err(Error::invalid_param("top_logprobs", "'top_logprobs' requires 'logprobs' to be true"))
+                return Err(Error::invalid_param(
+                    "top_logprobs",
+                    "'top_logprobs' requires 'logprobs' to be true",
+                ))
             }
             (None | Some(LogprobsField::Enabled(false)), None) => None,
             (Some(LogprobsField::Enabled(true)), top) => Some(top.unwrap_or(0)),
@@ -114,23 +125,52 @@ impl OpenAiRequest {
             },
             ignore_eos: self.ignore_eos,
             logprobs,
-            json_schema: self.response_format.as_ref().map(response_format_schema).transpose()?.flatten(),
+            json_schema: self
+                .response_format
+                .as_ref()
+                .map(response_format_schema)
+                .transpose()?
+                .flatten(),
         })
     }
 
     fn delivery(&self) -> Delivery {
-        Delivery { stream: self.stream, include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage) }
+        Delivery {
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        }
     }
 
     pub fn into_chat(self) -> Result<(ChatRequest, Delivery)> {
         let params = self.params()?;
         let delivery = self.delivery();
-        let messages = self.messages.ok_or_else(|| Error::invalid_param("messages", "'messages' is required"))?;
-        let tool_choice = self.tool_choice.as_ref().map(ToolChoice::from_openai).transpose()?.unwrap_or_default();
-        if params.json_schema.is_some() && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
-            return Err(Error::invalid_param("response_format", "'response_format' cannot be combined with a forced 'tool_choice'"));
+        let messages = self
+            .messages
+            .ok_or_else(|| Error::invalid_param("messages", "'messages' is required"))?;
+        let tool_choice = self
+            .tool_choice
+            .as_ref()
+            .map(ToolChoice::from_openai)
+            .transpose()?
+            .unwrap_or_default();
+        if params.json_schema.is_some()
+            && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_))
+        {
+            return Err(Error::invalid_param(
+                "response_format",
+                "'response_format' cannot be combined with a forced 'tool_choice'",
+            ));
         }
-        let request = ChatRequest { model: self.model, messages, tools: self.tools.unwrap_or_default(), tool_choice, params };
+        let request = ChatRequest {
+            model: self.model,
+            messages,
+            tools: self.tools.unwrap_or_default(),
+            tool_choice,
+            params,
+        };
         Ok((request, delivery))
     }
 
@@ -142,10 +182,20 @@ impl OpenAiRequest {
             Some(PromptField::One(p)) => p,
             Some(PromptField::Many(mut v)) if v.len() == 1 => v.remove(0),
             Some(PromptField::Many(v)) => {
-                return Err(Error::invalid_param("prompt", format!("exactly one prompt is supported, got {}", v.len())))
+                return Err(Error::invalid_param(
+                    "prompt",
+                    format!("exactly one prompt is supported, got {}", v.len()),
+                ))
             }
         };
-        Ok((CompletionRequest { model: self.model, prompt, params }, delivery))
+        Ok((
+            CompletionRequest {
+                model: self.model,
+                prompt,
+                params,
+            },
+            delivery,
+        ))
     }
 }
 
@@ -160,7 +210,12 @@ pub enum PromptField {
 /// `response_format`: `{"type":"text"}` (free), `{"type":"json_object"}`
 /// (any JSON object) or `{"type":"json_schema","json_schema":{"schema":…}}`.
 fn response_format_schema(format: &Value) -> Result<Option<Value>> {
-    let bad = |why: &str| Error::invalid_param("response_format", format!("invalid 'response_format': {why}"));
+    let bad = |why: &str| {
+        Error::invalid_param(
+            "response_format",
+            format!("invalid 'response_format': {why}"),
+        )
+    };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(json!({"type": "object"}))),
@@ -171,7 +226,9 @@ fn response_format_schema(format: &Value) -> Result<Option<Value>> {
             .cloned()
             .map(Some)
             .ok_or_else(|| bad("'json_schema.schema' must be an object")),
-        _ => Err(bad("'type' must be \"text\", \"json_object\" or \"json_schema\"")),
+        _ => Err(bad(
+            "'type' must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
     }
 }
 
@@ -181,7 +238,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let syntax = matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
         if syntax || path == "." || path == "?" || path.is_empty() {
             Error::invalid(format!("invalid JSON body: {inner}"))
         } else {
@@ -206,7 +266,14 @@ pub fn completion_logprobs_json(items: &[TokenLogprob], offset: usize) -> Value 
     }
     let top: Vec<Value> = items
         .iter()
-        .map(|i| Value::Object(i.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect()))
+        .map(|i| {
+            Value::Object(
+                i.top_logprobs
+                    .iter()
+                    .map(|t| (t.token.clone(), json!(t.logprob)))
+                    .collect(),
+            )
+        })
         .collect();
     json!({
         "tokens": items.iter().map(|i| i.token.as_str()).collect::<Vec<_>>(),
@@ -237,6 +304,10 @@ impl ResponseMeta {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Self { id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
+        Self {
+            id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            created,
+            model: model.to_owned(),
+        }
     }
 }

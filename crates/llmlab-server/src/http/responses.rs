@@ -49,11 +49,17 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
             if !response.tool_calls.is_empty() {
                 message.insert("tool_calls".into(), json!(response.tool_calls));
             }
-            let logprobs = response.logprobs.as_deref().map_or(Value::Null, chat_logprobs_json);
+            let logprobs = response
+                .logprobs
+                .as_deref()
+                .map_or(Value::Null, chat_logprobs_json);
             json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason})
         }
         Endpoint::Completion => {
-            let logprobs = response.logprobs.as_deref().map_or(Value::Null, |l| completion_logprobs_json(l, 0));
+            let logprobs = response
+                .logprobs
+                .as_deref()
+                .map_or(Value::Null, |l| completion_logprobs_json(l, 0));
             json!({"index": 0, "text": response.content, "logprobs": logprobs, "finish_reason": finish_reason})
         }
     };
@@ -95,17 +101,29 @@ impl ChunkBuilder {
         self.delta_with_logprobs(delta, finish_reason, &[])
     }
 
-    fn delta_with_logprobs(&self, delta: Value, finish_reason: Option<FinishReason>, logprobs: &[TokenLogprob]) -> Value {
+    fn delta_with_logprobs(
+        &self,
+        delta: Value,
+        finish_reason: Option<FinishReason>,
+        logprobs: &[TokenLogprob],
+    ) -> Value {
         let finish = finish_reason.map(FinishReason::as_str);
         match self.endpoint {
             Endpoint::Chat => {
-                let logprobs = if logprobs.is_empty() { Value::Null } else { chat_logprobs_json(logprobs) };
+                let logprobs = if logprobs.is_empty() {
+                    Value::Null
+                } else {
+                    chat_logprobs_json(logprobs)
+                };
                 self.chunk(json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]))
             }
             Endpoint::Completion => {
                 let text = delta.get("content").cloned().unwrap_or(json!(""));
-                let logprobs =
-                    if logprobs.is_empty() { Value::Null } else { completion_logprobs_json(logprobs, self.streamed_bytes) };
+                let logprobs = if logprobs.is_empty() {
+                    Value::Null
+                } else {
+                    completion_logprobs_json(logprobs, self.streamed_bytes)
+                };
                 self.chunk(json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]))
             }
         }
@@ -113,7 +131,8 @@ impl ChunkBuilder {
 
     /// The first chat chunk carries the role (completions have none).
     pub fn role(&self) -> Option<Value> {
-        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
+        (self.endpoint == Endpoint::Chat)
+            .then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
     }
 
     /// A text delta with the log-probabilities of the tokens it came from.
@@ -125,7 +144,8 @@ impl ChunkBuilder {
 
     /// Reasoning has no place in a text completion; it is dropped there.
     pub fn reasoning(&self, text: &str) -> Option<Value> {
-        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"reasoning_content": text}), None))
+        (self.endpoint == Endpoint::Chat)
+            .then(|| self.delta(json!({"reasoning_content": text}), None))
     }
 
     pub fn tool_call(&self, delta: &ToolCallDelta) -> Option<Value> {

@@ -21,7 +21,11 @@ fn error_event(error: &Error) -> Result<Event, Infallible> {
     data(&envelope(status_for(error.kind), error))
 }
 
-pub fn sse_events(mut events: ChatStream, mut chunks: ChunkBuilder, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
+pub fn sse_events(
+    mut events: ChatStream,
+    mut chunks: ChunkBuilder,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         if let Some(role) = chunks.role() {
             yield data(&role);
