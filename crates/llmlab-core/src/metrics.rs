@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 
 pub const REQUESTS: &str = "llmlab_requests_total";
 pub const REQUEST_DURATION: &str = "llmlab_request_duration_seconds";
@@ -34,9 +32,7 @@ pub fn buckets_for(name: &str) -> Option<&'static [f64]> {
         INTER_TOKEN_LATENCY => Some(&[
             0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
         ]),
-        TIME_TO_FIRST_TOKEN => Some(&[
-            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ]),
+        TIME_TO_FIRST_TOKEN => Some(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         REQUEST_DURATION => Some(&[
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
         ]),
@@ -55,10 +51,7 @@ pub const HISTOGRAMS: [&str; 4] = [
 
 /// Register help texts and units with the installed recorder.
 pub fn describe() {
-    describe_counter!(
-        REQUESTS,
-        "Requests by route, model and HTTP-equivalent status."
-    );
+    describe_counter!(REQUESTS, "Requests by route, model and HTTP-equivalent status.");
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
@@ -77,10 +70,7 @@ pub fn describe() {
     describe_counter!(PROMPT_TOKENS, "Prompt tokens processed.");
     describe_counter!(GENERATED_TOKENS, "Tokens generated.");
     describe_gauge!(QUEUE_DEPTH, "Requests waiting for a model's engine.");
-    describe_gauge!(
-        ACTIVE_SEQUENCES,
-        "Sequences a model's engine is generating right now."
-    );
+    describe_gauge!(ACTIVE_SEQUENCES, "Sequences a model's engine is generating right now.");
     describe_counter!(MODEL_LOADS, "Successful model loads.");
     describe_counter!(MODEL_LOAD_FAILURES, "Failed model loads.");
     describe_counter!(
@@ -89,10 +79,7 @@ pub fn describe() {
     );
     describe_histogram!(MODEL_LOAD_DURATION, Unit::Seconds, "Time to load a model.");
     describe_gauge!(MODEL_MEMORY, Unit::Bytes, "Memory held by a loaded model.");
-    describe_counter!(
-        GUARD_TRIPS,
-        "Generations stopped by a guard, by guard kind."
-    );
+    describe_counter!(GUARD_TRIPS, "Generations stopped by a guard, by guard kind.");
     describe_gauge!(
         CIRCUIT_STATE,
         "Circuit breaker per model: 0 closed, 1 half-open, 2 open."
@@ -100,7 +87,8 @@ pub fn describe() {
 }
 
 pub fn request_finished(route: &str, model: &str, status: u16) {
-    counter!(REQUESTS, "route" => route.to_owned(), "model" => model.to_owned(), "status" => status.to_string()).increment(1);
+    counter!(REQUESTS, "route" => route.to_owned(), "model" => model.to_owned(), "status" => status.to_string())
+        .increment(1);
 }
 
 pub fn time_to_first_token(model: &str, elapsed: Duration) {
@@ -111,12 +99,7 @@ pub fn inter_token_latency(model: &str, gap: Duration) {
     histogram!(INTER_TOKEN_LATENCY, "model" => model.to_owned()).record(gap.as_secs_f64());
 }
 
-pub fn generation_finished(
-    model: &str,
-    elapsed: Duration,
-    prompt_tokens: u32,
-    generated_tokens: u32,
-) {
+pub fn generation_finished(model: &str, elapsed: Duration, prompt_tokens: u32, generated_tokens: u32) {
     histogram!(REQUEST_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
     counter!(PROMPT_TOKENS, "model" => model.to_owned()).increment(u64::from(prompt_tokens));
     counter!(GENERATED_TOKENS, "model" => model.to_owned()).increment(u64::from(generated_tokens));

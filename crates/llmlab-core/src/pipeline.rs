@@ -16,8 +16,7 @@ pub trait ChatPipeline: Send + Sync {
     fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream>;
 
     /// Plain completion of a raw prompt (no template).
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken)
-        -> Result<ChatStream>;
+    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream>;
 
     /// The exact prompt text `chat` would feed the model.
     fn render_prompt(&self, request: &ChatRequest) -> Result<String>;

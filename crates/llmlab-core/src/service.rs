@@ -74,11 +74,7 @@ impl Service {
     }
 
     /// Chat with the model the request names (the default one when empty).
-    pub async fn chat(
-        &self,
-        mut request: ChatRequest,
-        cancel: CancellationToken,
-    ) -> Result<ChatStream> {
+    pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
         let meter = GenerationMeter::new(&request.model);
@@ -86,11 +82,7 @@ impl Service {
     }
 
     /// Plain completion with the model the request names.
-    pub async fn complete(
-        &self,
-        mut request: CompletionRequest,
-        cancel: CancellationToken,
-    ) -> Result<ChatStream> {
+    pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         let pipeline = self.chat_pipeline(&mut request.model).await?;
         let meter = GenerationMeter::new(&request.model);
@@ -104,8 +96,7 @@ impl Service {
     }
 
     pub fn is_loaded(&self, id: &str) -> bool {
-        self.slot_if_present(id)
-            .is_some_and(|slot| slot.initialized())
+        self.slot_if_present(id).is_some_and(|slot| slot.initialized())
     }
 
     pub fn models(&self) -> Vec<ModelStatus> {
@@ -133,11 +124,7 @@ impl Service {
         if !matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage) {
             return Err(Error::invalid_param(
                 "model",
-                format!(
-                    "model '{}' is a {} model and cannot chat",
-                    spec.id,
-                    spec.kind.as_str()
-                ),
+                format!("model '{}' is a {} model and cannot chat", spec.id, spec.kind.as_str()),
             ));
         }
         let slot = self.slot(&spec.id);
@@ -168,10 +155,7 @@ impl Service {
     }
 
     fn slot(&self, id: &str) -> Slot {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(slots.entry(id.to_owned()).or_default())
     }
 
@@ -232,9 +216,7 @@ mod tests {
     async fn empty_model_means_the_default_one() {
         let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
         let svc = service(Arc::clone(&factory));
-        svc.chat(chat_request(""), CancellationToken::new())
-            .await
-            .unwrap();
+        svc.chat(chat_request(""), CancellationToken::new()).await.unwrap();
         assert!(svc.is_loaded("fake-a"));
     }
 

@@ -10,10 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::ChatPipeline;
 use crate::registry::ModelSpec;
 use crate::service::PipelineFactory;
-use crate::{
-    ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings,
-    Usage,
-};
+use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
 
 /// What a fake pipeline answers to every request.
 #[derive(Debug, Clone)]
@@ -29,10 +26,7 @@ pub struct Script {
 impl Script {
     /// Content pieces followed by usage and `Done{stop}`.
     pub fn text(pieces: &[&str]) -> Self {
-        let mut events: Vec<ChatEvent> = pieces
-            .iter()
-            .map(|p| ChatEvent::Content((*p).to_owned()))
-            .collect();
+        let mut events: Vec<ChatEvent> = pieces.iter().map(|p| ChatEvent::Content((*p).to_owned())).collect();
         events.push(ChatEvent::Usage {
             usage: Usage::new(7, pieces.len() as u32),
             timings: Timings::default(),
@@ -116,11 +110,7 @@ impl ChatPipeline for FakeChatPipeline {
         self.play(cancel)
     }
 
-    fn complete(
-        &self,
-        request: CompletionRequest,
-        cancel: CancellationToken,
-    ) -> Result<ChatStream> {
+    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         self.completions.lock().unwrap().push(request);
         self.play(cancel)
     }

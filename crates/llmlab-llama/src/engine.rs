@@ -106,11 +106,7 @@ impl Drop for Engine {
     }
 }
 
-fn engine_main(
-    spec: &ModelSpec,
-    commands: &Receiver<Command>,
-    ready: &mpsc::SyncSender<Result<ModelInfo>>,
-) {
+fn engine_main(spec: &ModelSpec, commands: &Receiver<Command>, ready: &mpsc::SyncSender<Result<ModelInfo>>) {
     // The context borrows the model; both are locals of this thread, so the
     // context is dropped first and neither ever leaves the thread.
     let model = match load_model(spec) {
@@ -144,9 +140,7 @@ fn engine_main(
         }));
         if outcome.is_err() {
             tracing::error!("generation panicked; the engine continues with the next request");
-            let _ = events.send(ChatEvent::Error(Error::internal(
-                "generation failed unexpectedly",
-            )));
+            let _ = events.send(ChatEvent::Error(Error::internal("generation failed unexpectedly")));
         }
     }
 }
@@ -173,9 +167,9 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
         .with_n_ubatch(spec.batch_size)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let ctx = model.new_context(backend()?, params).map_err(|e| {
-        Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id))
-    })?;
+    let ctx = model
+        .new_context(backend()?, params)
+        .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
     tracing::info!(model = %spec.id, threads, context = spec.context_size, "context ready");
     Ok(ctx)
 }
@@ -194,10 +188,7 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec, context_size: u32) -> ModelI
             .ok()
             .filter(|t| !t.trim().is_empty())
     });
-    let (reasoning, tools) = chat_template
-        .as_deref()
-        .map(detect_formats)
-        .unwrap_or_default();
+    let (reasoning, tools) = chat_template.as_deref().map(detect_formats).unwrap_or_default();
     ModelInfo {
         reasoning_format: spec.reasoning_format.unwrap_or(reasoning),
         tool_call_format: spec.tool_call_format.unwrap_or(tools),

@@ -10,10 +10,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::stream::{ProcessorChain, ReasoningFormat, StreamProcessor, ToolCallFormat};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
-use llmlab_core::{
-    ChatEvent, ChatEventSender, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob,
-    Usage,
-};
+use llmlab_core::{ChatEvent, ChatEventSender, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
 use crate::engine::Job;
 use crate::logprobs::logprobs;
@@ -38,10 +35,7 @@ impl TokenPolicy {
             return Self::default();
         }
         let vocab = model.vocab();
-        let continue_after = match vocab
-            .tokenize(HARMONY_MESSAGE_END.as_bytes(), false, true)
-            .as_slice()
-        {
+        let continue_after = match vocab.tokenize(HARMONY_MESSAGE_END.as_bytes(), false, true).as_slice() {
             [single] => vec![*single],
             _ => Vec::new(),
         };
@@ -119,9 +113,7 @@ fn generate(
         for (i, token) in chunk.iter().enumerate() {
             let pos = offset + i;
             let wants_logits = pos + 1 == prompt.len();
-            batch
-                .add(*token, pos as i32, &[0], wants_logits)
-                .map_err(internal)?;
+            batch.add(*token, pos as i32, &[0], wants_logits).map_err(internal)?;
         }
         ctx.decode(batch)
             .map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;

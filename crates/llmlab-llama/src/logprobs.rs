@@ -7,16 +7,9 @@
 /// tokens in descending order.
 pub(crate) fn logprobs(logits: &[f32], chosen: usize, top_n: usize) -> (f32, Vec<(usize, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|&l| f64::from(l - max).exp())
-        .sum::<f64>()
-        .ln() as f32;
+    let log_sum = logits.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>().ln() as f32;
     let to_logprob = |logit: f32| logit - max - log_sum;
-    let chosen_logprob = logits
-        .get(chosen)
-        .copied()
-        .map_or(f32::NEG_INFINITY, to_logprob);
+    let chosen_logprob = logits.get(chosen).copied().map_or(f32::NEG_INFINITY, to_logprob);
     if top_n == 0 {
         return (chosen_logprob, Vec::new());
     }
@@ -32,9 +25,7 @@ pub(crate) fn logprobs(logits: &[f32], chosen: usize, top_n: usize) -> (f32, Vec
     }
     (
         chosen_logprob,
-        top.into_iter()
-            .map(|(id, logit)| (id, to_logprob(logit)))
-            .collect(),
+        top.into_iter().map(|(id, logit)| (id, to_logprob(logit))).collect(),
     )
 }
 

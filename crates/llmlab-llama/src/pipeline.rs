@@ -8,8 +8,8 @@ use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{prompt_opens_reasoning, ProcessorChain};
 use llmlab_core::{
-    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error,
-    GenerationParams, Result, ToolChoice,
+    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result,
+    ToolChoice,
 };
 
 use crate::engine::{Engine, Job, ModelInfo};
@@ -71,10 +71,7 @@ impl LlamaChatPipeline {
         processor: Option<ProcessorChain>,
         cancel: CancellationToken,
     ) -> Result<ChatStream> {
-        params.sampling = params
-            .sampling
-            .or(&self.spec.sampling)
-            .or(&config::default_sampling());
+        params.sampling = params.sampling.or(&self.spec.sampling).or(&config::default_sampling());
         let (events, stream) = ChatStream::channel();
         let span = tracing::info_span!("generate", model = %self.spec.id);
         tracing::debug!(parent: &span, %prompt, "prompt");
@@ -111,11 +108,7 @@ impl ChatPipeline for LlamaChatPipeline {
         self.submit(prompt, request.params, Some(processor), cancel)
     }
 
-    fn complete(
-        &self,
-        request: CompletionRequest,
-        cancel: CancellationToken,
-    ) -> Result<ChatStream> {
+    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         // Plain completion: the raw text is the answer, nothing is routed.
         self.submit(request.prompt, request.params, None, cancel)

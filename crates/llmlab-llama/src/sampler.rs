@@ -11,10 +11,7 @@ const RANDOM_SEED: u32 = u32::MAX;
 
 /// The sampler for a request: an optional grammar (from `json_schema`)
 /// masks impossible tokens first, then the sampling chain picks one.
-pub(crate) fn build_request_sampler(
-    model: &LlamaModel,
-    params: &GenerationParams,
-) -> Result<LlamaSampler> {
+pub(crate) fn build_request_sampler(model: &LlamaModel, params: &GenerationParams) -> Result<LlamaSampler> {
     let mut chain = Vec::new();
     if let Some(schema) = &params.json_schema {
         chain.push(grammar_sampler(model, schema)?);
@@ -26,11 +23,8 @@ pub(crate) fn build_request_sampler(
 /// A grammar sampler accepting exactly the JSON texts that match `schema`,
 /// converted by llama.cpp's own JSON-schema-to-GBNF translator.
 fn grammar_sampler(model: &LlamaModel, schema: &serde_json::Value) -> Result<LlamaSampler> {
-    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
-        Error::invalid(format!(
-            "the JSON schema cannot be turned into a grammar: {e}"
-        ))
-    })?;
+    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| Error::invalid(format!("the JSON schema cannot be turned into a grammar: {e}")))?;
     LlamaSampler::grammar(model, &gbnf, "root")
         .map_err(|e| Error::internal(format!("llama.cpp rejected the generated grammar: {e}")))
 }
@@ -44,9 +38,7 @@ pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampl
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     if repeat != 1.0 || presence != 0.0 || frequency != 0.0 {
         let last_n = params.penalty_last_n.unwrap_or(64);
-        chain.push(LlamaSampler::penalties(
-            n_vocab, last_n, repeat, frequency, presence,
-        ));
+        chain.push(LlamaSampler::penalties(n_vocab, last_n, repeat, frequency, presence));
     }
     let temperature = params.temperature.unwrap_or(0.0);
     if temperature <= 0.0 {
@@ -63,9 +55,7 @@ pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampl
         }
         chain.push(LlamaSampler::temp(temperature));
         // Seeds are u64 on the wire; llama.cpp takes 32 bits.
-        let seed = params
-            .seed
-            .map_or(RANDOM_SEED, |s| (s & u64::from(u32::MAX)) as u32);
+        let seed = params.seed.map_or(RANDOM_SEED, |s| (s & u64::from(u32::MAX)) as u32);
         chain.push(LlamaSampler::dist(seed));
     }
     LlamaSampler::chain_simple(chain)

@@ -143,27 +143,17 @@ fn python_tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, min
             );
             value.serialize(&mut ser)
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonFormatter,
-        )),
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
     };
-    result
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    Ok(Value::from_safe_string(
-        String::from_utf8(out).unwrap_or_default(),
-    ))
+    result.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(Value::from_safe_string(String::from_utf8(out).unwrap_or_default()))
 }
 
 /// serde_json formatter with Python's default separators.
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -171,11 +161,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -183,10 +169,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
 }
@@ -202,13 +185,15 @@ mod tests {
     fn renders_chatml_with_default_system_prompt() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
         let out = t.render(&[ChatMessage::user("Hi")], &[]).unwrap();
-        assert_eq!(out, "<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn tojson_matches_python_and_keeps_key_order() {
-        let src =
-            "{{ tools | tojson }}|{{ messages[0].tool_calls[0].function.arguments | tojson }}";
+        let src = "{{ tools | tojson }}|{{ messages[0].tool_calls[0].function.arguments | tojson }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let tool = ToolDefinition {
             kind: "function".into(),
@@ -238,12 +223,7 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_an_invalid_request() {
-        let t = ChatTemplate::new(
-            "{{ raise_exception('Conversation roles must alternate') }}",
-            "",
-            "",
-        )
-        .unwrap();
+        let t = ChatTemplate::new("{{ raise_exception('Conversation roles must alternate') }}", "", "").unwrap();
         let err = t.render(&[ChatMessage::user("x")], &[]).unwrap_err();
         assert_eq!(err.kind, llmlab_core::ErrorKind::InvalidRequest);
         assert!(

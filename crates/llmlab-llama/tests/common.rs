@@ -25,9 +25,6 @@ pub fn spec(id: &str) -> ModelSpec {
 }
 
 /// The one loaded instance of `id` in this test binary.
-pub fn pipeline(
-    cell: &'static OnceLock<LlamaChatPipeline>,
-    id: &str,
-) -> &'static LlamaChatPipeline {
+pub fn pipeline(cell: &'static OnceLock<LlamaChatPipeline>, id: &str) -> &'static LlamaChatPipeline {
     cell.get_or_init(|| LlamaChatPipeline::load(&spec(id)).expect("model loads"))
 }

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::{
-    ChatEvent, ChatMessage, ChatRequest, ChatResponse, CompletionRequest, ErrorKind, FinishReason,
-    GenerationParams, SamplingParams,
+    ChatEvent, ChatMessage, ChatRequest, ChatResponse, CompletionRequest, ErrorKind, FinishReason, GenerationParams,
+    SamplingParams,
 };
 use llmlab_llama::LlamaChatPipeline;
 
@@ -153,10 +153,7 @@ fn dropping_the_stream_cancels_and_frees_the_engine() {
         },
     };
     let mut stream = model().complete(request, CancellationToken::new()).unwrap();
-    assert!(matches!(
-        stream.blocking_next(),
-        Some(ChatEvent::Content(_))
-    ));
+    assert!(matches!(stream.blocking_next(), Some(ChatEvent::Content(_))));
     drop(stream);
     // If the dropped request were still decoding 2000 tokens, this would
     // wait a minute; it returns after a handful of tokens.
@@ -214,8 +211,7 @@ fn tools_are_rendered_into_the_prompt() {
     };
     let prompt = model().render_prompt(&request).unwrap();
     assert!(
-        prompt
-            .contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        prompt.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
         "{prompt}"
     );
     assert!(prompt.contains("<tool_call>"), "{prompt}");
@@ -239,11 +235,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
         .collect_blocking()
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
-    assert!(
-        err.message.contains("context holds 4096"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("context holds 4096"), "{}", err.message);
 
     let err = model()
         .chat(
@@ -289,10 +281,7 @@ fn multibyte_output_streams_as_whole_characters() {
     let mut text = String::new();
     while let Some(event) = stream.blocking_next() {
         if let ChatEvent::Content(piece) = event {
-            assert!(
-                !piece.contains('\u{fffd}'),
-                "a character was split: {piece:?}"
-            );
+            assert!(!piece.contains('\u{fffd}'), "a character was split: {piece:?}");
             text.push_str(&piece);
         }
     }
@@ -316,10 +305,7 @@ fn logprobs_describe_the_sampled_tokens() {
         // Greedy decoding picks the most likely token.
         assert_eq!(item.top_logprobs[0].token, item.token);
         assert!((item.top_logprobs[0].logprob - item.logprob).abs() < 1e-6);
-        assert!(item
-            .top_logprobs
-            .windows(2)
-            .all(|w| w[0].logprob >= w[1].logprob));
+        assert!(item.top_logprobs.windows(2).all(|w| w[0].logprob >= w[1].logprob));
     }
     assert!(ask("Say hello.", greedy(6)).logprobs.is_none());
 }
@@ -360,11 +346,7 @@ fn a_tool_call_reply_becomes_a_tool_call() {
         llmlab_core::ToolChoice::Function("get_weather".into()),
     ] {
         let r = ask_with_tools(choice.clone());
-        assert_eq!(
-            r.finish_reason,
-            FinishReason::ToolCalls,
-            "{choice:?}: {r:?}"
-        );
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls, "{choice:?}: {r:?}");
         assert_eq!(r.tool_calls.len(), 1);
         let call = &r.tool_calls[0];
         assert_eq!(call.function.name, "get_weather");

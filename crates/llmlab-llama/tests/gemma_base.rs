@@ -9,8 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::{
-    ChatMessage, ChatRequest, CompletionRequest, ErrorKind, FinishReason, GenerationParams,
-    SamplingParams,
+    ChatMessage, ChatRequest, CompletionRequest, ErrorKind, FinishReason, GenerationParams, SamplingParams,
 };
 use llmlab_llama::LlamaChatPipeline;
 
@@ -66,8 +65,5 @@ fn plain_completion_works_and_is_deterministic() {
         .unwrap();
     assert_eq!(a.content, b.content);
     assert!(a.content.starts_with(" 6, 7"), "{:?}", a.content);
-    assert!(matches!(
-        a.finish_reason,
-        FinishReason::Length | FinishReason::Stop
-    ));
+    assert!(matches!(a.finish_reason, FinishReason::Length | FinishReason::Stop));
 }

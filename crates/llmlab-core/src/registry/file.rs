@@ -21,12 +21,7 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    fn new(
-        file: &Path,
-        model: Option<&str>,
-        field: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(file: &Path, model: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             file: file.to_path_buf(),
             model: model.map(str::to_owned),
@@ -199,19 +194,13 @@ fn resolve(
     if context_size < config::MIN_CONTEXT_SIZE {
         return Err(err(
             "context_size",
-            format!(
-                "must be at least {}, got {context_size}",
-                config::MIN_CONTEXT_SIZE
-            ),
+            format!("must be at least {}, got {context_size}", config::MIN_CONTEXT_SIZE),
         ));
     }
     let global_threads = env(config::ENV_THREADS)
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|n| *n > 0);
-    let threads = entry
-        .threads
-        .or(global_threads)
-        .unwrap_or_else(config::default_threads);
+    let threads = entry.threads.or(global_threads).unwrap_or_else(config::default_threads);
     if threads == 0 {
         return Err(err("threads", "must be at least 1".into()));
     }
@@ -219,12 +208,10 @@ fn resolve(
     if batch_size == 0 {
         return Err(err("batch_size", "must be at least 1".into()));
     }
-    entry.sampling.validate().map_err(|e| {
-        err(
-            &format!("sampling.{}", e.param.unwrap_or_default()),
-            e.message,
-        )
-    })?;
+    entry
+        .sampling
+        .validate()
+        .map_err(|e| err(&format!("sampling.{}", e.param.unwrap_or_default()), e.message))?;
 
     let chat_template = match (entry.chat_template, entry.chat_template_file) {
         (Some(_), Some(_)) => {
@@ -298,20 +285,10 @@ models:
     }
 
     fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Registry, RegistryError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Registry::parse(
-            text,
-            Path::new("models.yaml"),
-            Path::new("/models"),
-            move |k| {
-                vars.iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-            },
-        )
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Registry::parse(text, Path::new("models.yaml"), Path::new("/models"), move |k| {
+            vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        })
     }
 
     #[test]
@@ -324,10 +301,7 @@ models:
         assert_eq!(small.batch_size, config::DEFAULT_BATCH_SIZE);
         assert_eq!(small.sampling.temperature, Some(0.2));
         assert_eq!(r.get("abs").unwrap().path, PathBuf::from("/opt/m.gguf"));
-        assert_eq!(
-            r.get("abs").unwrap().context_size,
-            config::DEFAULT_CONTEXT_SIZE
-        );
+        assert_eq!(r.get("abs").unwrap().context_size, config::DEFAULT_CONTEXT_SIZE);
         assert_eq!(
             r.get("abs").unwrap().reasoning_format,
             Some(crate::stream::ReasoningFormat::ThinkTags)
@@ -339,19 +313,13 @@ models:
     fn env_overrides_a_model_field() {
         let r = parse_env(
             GOOD,
-            &[
-                ("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "8192"),
-                ("LLMLAB_THREADS", "3"),
-            ],
+            &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "8192"), ("LLMLAB_THREADS", "3")],
         )
         .unwrap();
         assert_eq!(r.get("small").unwrap().context_size, 8192);
         assert_eq!(r.get("small").unwrap().threads, 3);
         let err = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "big")]).unwrap_err();
-        assert_eq!(
-            err.field.as_deref(),
-            Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE")
-        );
+        assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE"));
     }
 
     #[test]
@@ -380,10 +348,7 @@ models:
             ),
             (GOOD.replace("id: abs", "id: small"), "id"),
             (
-                GOOD.replace(
-                    "backend: llama\n    path: small",
-                    "backend: candle\n    path: small",
-                ),
+                GOOD.replace("backend: llama\n    path: small", "backend: candle\n    path: small"),
                 "backend",
             ),
             (GOOD.replace("path: small.gguf", "path: ''"), "path"),
@@ -398,13 +363,7 @@ models:
             "{unknown}"
         );
         let kind = parse(&GOOD.replace("kind: chat", "kind: chatt")).unwrap_err();
-        assert!(
-            kind.to_string().contains("unknown variant `chatt`"),
-            "{kind}"
-        );
-        assert!(parse("models: []")
-            .unwrap_err()
-            .to_string()
-            .contains("lists no models"));
+        assert!(kind.to_string().contains("unknown variant `chatt`"), "{kind}");
+        assert!(parse("models: []").unwrap_err().to_string().contains("lists no models"));
     }
 }

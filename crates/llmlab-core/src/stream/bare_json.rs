@@ -102,10 +102,7 @@ impl BareJson {
                     self.phase = Phase::ValueLead;
                     return self.consume(buf, line.len() + 1);
                 }
-                if ends
-                    || self.info.len() > MAX_INFO
-                    || !"json".starts_with(&info.to_ascii_lowercase())
-                {
+                if ends || self.info.len() > MAX_INFO || !"json".starts_with(&info.to_ascii_lowercase()) {
                     // Some other code block: content, streamed from here on.
                     return self.reject(buf, line.len());
                 }
@@ -249,11 +246,7 @@ mod tests {
     #[test]
     fn a_bare_object_naming_a_declared_tool_is_a_call() {
         let weather = call("get_weather", json!({"city": "Paris"}));
-        for format in [
-            ToolCallFormat::None,
-            ToolCallFormat::Hermes,
-            ToolCallFormat::Mistral,
-        ] {
+        for format in [ToolCallFormat::None, ToolCallFormat::Hermes, ToolCallFormat::Mistral] {
             check(
                 chain(format),
                 "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",
@@ -269,10 +262,7 @@ mod tests {
 
     #[test]
     fn fenced_json_is_a_call() {
-        let expected = [
-            reasoning("Use the tool."),
-            call("get_time", json!({"zone": "CET"})),
-        ];
+        let expected = [reasoning("Use the tool."), call("get_time", json!({"zone": "CET"}))];
         let fenced =
             "<think>Use the tool.</think>\n```json\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}\n```";
         check(chain(ToolCallFormat::None), fenced, &expected);

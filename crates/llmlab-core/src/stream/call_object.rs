@@ -107,11 +107,7 @@ impl CallObject {
             let byte = bytes[at];
             let blank = is_json_blank(byte);
             match &mut self.state {
-                State::Open
-                | State::KeyOrClose
-                | State::Colon(_)
-                | State::ValueStart(_)
-                | State::AfterValue
+                State::Open | State::KeyOrClose | State::Colon(_) | State::ValueStart(_) | State::AfterValue
                     if blank =>
                 {
                     at += 1;
@@ -127,9 +123,7 @@ impl CallObject {
                     };
                     at += 1;
                 }
-                State::KeyOrClose | State::AfterValue if byte == b'}' => {
-                    return self.close(at, sink)
-                }
+                State::KeyOrClose | State::AfterValue if byte == b'}' => return self.close(at, sink),
                 State::AfterValue if byte == b',' => {
                     self.state = State::KeyOrClose;
                     at += 1;

@@ -92,9 +92,7 @@ impl ProcessorChain {
             }
             match (out.last_mut(), event) {
                 (Some(ChatEvent::Content(last)), ChatEvent::Content(text))
-                | (Some(ChatEvent::Reasoning(last)), ChatEvent::Reasoning(text)) => {
-                    last.push_str(&text)
-                }
+                | (Some(ChatEvent::Reasoning(last)), ChatEvent::Reasoning(text)) => last.push_str(&text),
                 (_, event) => out.push(event),
             }
         }
@@ -184,24 +182,12 @@ mod tests {
 
     #[test]
     fn saw_tool_call_reports_emitted_calls() {
-        let mut chain = ProcessorChain::new(
-            ReasoningFormat::None,
-            ToolCallFormat::Hermes,
-            &tools(&["f"]),
-            false,
-        );
+        let mut chain = ProcessorChain::new(ReasoningFormat::None, ToolCallFormat::Hermes, &tools(&["f"]), false);
         chain.push("<tool_call>{\"name\": \"f\", ");
         assert!(!chain.saw_tool_call());
         chain.push("\"arguments\": {");
         assert!(chain.saw_tool_call());
-        let plain = || {
-            ProcessorChain::new(
-                ReasoningFormat::None,
-                ToolCallFormat::Hermes,
-                &tools(&["f"]),
-                false,
-            )
-        };
+        let plain = || ProcessorChain::new(ReasoningFormat::None, ToolCallFormat::Hermes, &tools(&["f"]), false);
         check(plain, "Just text.", &[content("Just text.")]);
     }
 }

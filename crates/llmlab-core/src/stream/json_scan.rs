@@ -23,10 +23,7 @@ pub(super) fn is_json_blank(byte: u8) -> bool {
 
 /// Whether a JSON value may start with this byte.
 pub(super) fn is_value_start(byte: u8) -> bool {
-    matches!(
-        byte,
-        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
-    )
+    matches!(byte, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

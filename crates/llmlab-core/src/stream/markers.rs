@@ -20,9 +20,7 @@ pub(super) fn safe_len(text: &str, markers: &[&str]) -> usize {
         .filter(|&at| text.is_char_boundary(at))
         .find(|&at| {
             let tail = &text[at..];
-            markers
-                .iter()
-                .any(|m| m.len() > tail.len() && m.starts_with(tail))
+            markers.iter().any(|m| m.len() > tail.len() && m.starts_with(tail))
         })
         .unwrap_or(text.len())
 }

@@ -129,9 +129,7 @@ impl CallBlock for MistralBlock {
         let blank = blank_prefix_len(buf);
         let first = buf.as_bytes().get(blank).copied();
         match &mut self.phase {
-            Phase::Lead | Phase::Item | Phase::Separator if first.is_none() => {
-                BlockStep::Consumed(blank)
-            }
+            Phase::Lead | Phase::Item | Phase::Separator if first.is_none() => BlockStep::Consumed(blank),
             Phase::Lead if first == Some(b'[') => {
                 self.in_array = true;
                 self.phase = Phase::Item;
@@ -149,9 +147,7 @@ impl CallBlock for MistralBlock {
                 self.phase = Phase::Item;
                 BlockStep::Consumed(blank + 1)
             }
-            Phase::Item | Phase::Separator if first == Some(b']') && self.calls > 0 => {
-                BlockStep::Closed(blank + 1)
-            }
+            Phase::Item | Phase::Separator if first == Some(b']') && self.calls > 0 => BlockStep::Closed(blank + 1),
             Phase::Item | Phase::Separator => self.broken(blank, sink),
             Phase::Object(object) => match object.feed(buf, sink) {
                 ObjStep::More => BlockStep::Consumed(buf.len()),

@@ -134,8 +134,7 @@ mod tests {
 
     #[test]
     fn formats_serialise_in_snake_case() {
-        let text =
-            serde_json::to_string(&(ReasoningFormat::ThinkTags, ToolCallFormat::Llama3)).unwrap();
+        let text = serde_json::to_string(&(ReasoningFormat::ThinkTags, ToolCallFormat::Llama3)).unwrap();
         assert_eq!(text, r#"["think_tags","llama3"]"#);
         let back: ToolCallFormat = serde_json::from_str(r#""mistral""#).unwrap();
         assert_eq!(back, ToolCallFormat::Mistral);

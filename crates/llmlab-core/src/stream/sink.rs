@@ -84,9 +84,7 @@ impl EventSink {
         }
         let index = self.calls.saturating_sub(1);
         match self.events.last_mut() {
-            Some(ChatEvent::ToolCall(delta)) if delta.index == index => {
-                delta.arguments.push_str(text)
-            }
+            Some(ChatEvent::ToolCall(delta)) if delta.index == index => delta.arguments.push_str(text),
             _ => self.events.push(ChatEvent::ToolCall(ToolCallDelta {
                 index,
                 id: None,

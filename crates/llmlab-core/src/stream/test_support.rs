@@ -50,9 +50,7 @@ pub fn tools(names: &[&str]) -> Vec<ToolDefinition> {
 /// Feed `text` whole, split in two at every character boundary, and one
 /// character at a time; every run must give `expected`.
 pub fn check(make: impl Fn() -> ProcessorChain, text: &str, expected: &[Item]) {
-    let expects_call = expected
-        .iter()
-        .any(|item| matches!(item, Item::Call { .. }));
+    let expects_call = expected.iter().any(|item| matches!(item, Item::Call { .. }));
     let run = |chunks: &[&str], how: &str| {
         let mut chain = make();
         let mut events = Vec::new();
@@ -98,9 +96,7 @@ pub fn normalize(events: &[ChatEvent], how: &str) -> Vec<Item> {
                         .id
                         .as_deref()
                         .unwrap_or_else(|| panic!("{how}: first delta has no id"));
-                    let tail = id
-                        .strip_prefix("call_")
-                        .unwrap_or_else(|| panic!("{how}: bad id {id}"));
+                    let tail = id.strip_prefix("call_").unwrap_or_else(|| panic!("{how}: bad id {id}"));
                     assert!(
                         tail.len() == 24 && tail.bytes().all(|b| b.is_ascii_alphanumeric()),
                         "{how}: {id}"

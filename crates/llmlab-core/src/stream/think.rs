@@ -89,10 +89,7 @@ mod tests {
         check(
             think(false),
             "<think>\nThe user wants 2+2.\n</think>\n\nIt is 4.",
-            &[
-                reasoning("\nThe user wants 2+2.\n"),
-                content("\n\nIt is 4."),
-            ],
+            &[reasoning("\nThe user wants 2+2.\n"), content("\n\nIt is 4.")],
         );
     }
 

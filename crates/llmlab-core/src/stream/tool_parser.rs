@@ -101,10 +101,7 @@ impl ToolCallParser {
     pub fn new(format: ToolCallFormat, tools: &[ToolDefinition]) -> Self {
         Self {
             format,
-            tools: tools
-                .iter()
-                .map(|tool| tool.function.name.clone())
-                .collect(),
+            tools: tools.iter().map(|tool| tool.function.name.clone()).collect(),
             buf: String::new(),
             mode: Mode::Start { after_call: false },
             sink: EventSink::default(),
@@ -249,8 +246,7 @@ impl StreamProcessor for ToolCallParser {
         let rest = std::mem::take(&mut self.buf);
         match std::mem::replace(&mut self.mode, Mode::Text) {
             // Separators after a last bare call are not content.
-            Mode::Start { after_call: true }
-                if rest.chars().all(|c| c.is_whitespace() || c == ';') => {}
+            Mode::Start { after_call: true } if rest.chars().all(|c| c.is_whitespace() || c == ';') => {}
             Mode::Start { .. } | Mode::Text => self.sink.gap_text(&rest),
             Mode::Bare(bare) => bare.finish(&rest, &self.tools, &mut self.sink),
             Mode::Block { mut block, raw } => {
@@ -274,11 +270,7 @@ mod tests {
     #[test]
     fn without_declared_tools_markup_stays_content() {
         let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
-        for format in [
-            ToolCallFormat::Hermes,
-            ToolCallFormat::None,
-            ToolCallFormat::Llama3,
-        ] {
+        for format in [ToolCallFormat::Hermes, ToolCallFormat::None, ToolCallFormat::Llama3] {
             let chain = move || ProcessorChain::new(ReasoningFormat::None, format, &[], false);
             check(chain, text, &[content(text)]);
         }
@@ -292,17 +284,9 @@ mod tests {
 
     #[test]
     fn plain_replies_stream_without_holding_back() {
-        let mut chain = ProcessorChain::new(
-            ReasoningFormat::None,
-            ToolCallFormat::Hermes,
-            &tools(&["f"]),
-            false,
-        );
+        let mut chain = ProcessorChain::new(ReasoningFormat::None, ToolCallFormat::Hermes, &tools(&["f"]), false);
         let events = chain.push("Hello {\"name\"");
-        assert_eq!(
-            events,
-            vec![crate::ChatEvent::Content("Hello {\"name\"".into())]
-        );
+        assert_eq!(events, vec![crate::ChatEvent::Content("Hello {\"name\"".into())]);
         let events = chain.push(" <tool");
         assert_eq!(events, vec![crate::ChatEvent::Content(" ".into())]);
     }

@@ -38,12 +38,7 @@ impl StopMatcher {
             return StopScan::Continue(text.to_owned());
         }
         self.held.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let before = self.held[..at].to_owned();
             self.held.clear();
             return StopScan::Stopped(before);

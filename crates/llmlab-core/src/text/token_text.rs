@@ -62,10 +62,7 @@ mod tests {
     fn finish_releases_partial_stop_and_incomplete_bytes() {
         let mut a = TokenTextAssembler::new(&["</end>".to_owned()]);
         assert_eq!(a.push(b"ok </e"), StopScan::Continue("ok ".into()));
-        assert_eq!(
-            a.push(&"é".as_bytes()[..1]),
-            StopScan::Continue(String::new())
-        );
+        assert_eq!(a.push(&"é".as_bytes()[..1]), StopScan::Continue(String::new()));
         assert_eq!(a.finish(), "</e\u{fffd}");
     }
 }

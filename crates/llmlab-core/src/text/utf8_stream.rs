@@ -27,9 +27,7 @@ impl Utf8Stream {
                 Err(err) => {
                     let valid_end = start + err.valid_up_to();
                     // Safe: from_utf8 just told us this range is valid.
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[start..valid_end]).unwrap_or_default(),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[start..valid_end]).unwrap_or_default());
                     match err.error_len() {
                         // Incomplete sequence at the end: wait for more bytes.
                         None => {

@@ -210,10 +210,9 @@ impl SamplingParams {
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
         let check = |name: &str, value: Option<f32>, ok: fn(f32) -> bool, what: &str| match value {
-            Some(v) if !v.is_finite() || !ok(v) => Err(Error::invalid_param(
-                name,
-                format!("'{name}' must be {what}, got {v}"),
-            )),
+            Some(v) if !v.is_finite() || !ok(v) => {
+                Err(Error::invalid_param(name, format!("'{name}' must be {what}, got {v}")))
+            }
             _ => Ok(()),
         };
         check(
@@ -223,18 +222,8 @@ impl SamplingParams {
             "between 0 and 100",
         )?;
         check("top_p", self.top_p, |v| v > 0.0 && v <= 1.0, "in (0, 1]")?;
-        check(
-            "min_p",
-            self.min_p,
-            |v| (0.0..=1.0).contains(&v),
-            "in [0, 1]",
-        )?;
-        check(
-            "repeat_penalty",
-            self.repeat_penalty,
-            |v| v > 0.0,
-            "greater than 0",
-        )?;
+        check("min_p", self.min_p, |v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
+        check("repeat_penalty", self.repeat_penalty, |v| v > 0.0, "greater than 0")?;
         check(
             "presence_penalty",
             self.presence_penalty,
@@ -256,9 +245,7 @@ impl SamplingParams {
         if let Some(n) = self.penalty_last_n.filter(|n| *n < -1) {
             return Err(Error::invalid_param(
                 "penalty_last_n",
-                format!(
-                    "'penalty_last_n' must be -1 (whole context), 0 (off) or positive, got {n}"
-                ),
+                format!("'penalty_last_n' must be -1 (whole context), 0 (off) or positive, got {n}"),
             ));
         }
         Ok(())
@@ -295,10 +282,7 @@ impl GenerationParams {
         use crate::Error;
         self.sampling.validate()?;
         if self.max_tokens == Some(0) {
-            return Err(Error::invalid_param(
-                "max_tokens",
-                "'max_tokens' must be at least 1",
-            ));
+            return Err(Error::invalid_param("max_tokens", "'max_tokens' must be at least 1"));
         }
         if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
             return Err(Error::invalid_param(
@@ -314,10 +298,7 @@ impl GenerationParams {
         }
         for s in &self.stop {
             if s.is_empty() {
-                return Err(Error::invalid_param(
-                    "stop",
-                    "stop strings must not be empty",
-                ));
+                return Err(Error::invalid_param("stop", "stop strings must not be empty"));
             }
             if s.len() > MAX_STOP_STRING_BYTES {
                 return Err(Error::invalid_param(

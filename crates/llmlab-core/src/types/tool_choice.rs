@@ -55,10 +55,7 @@ impl ToolChoice {
 
 /// The JSON schema a reply must match for `choice`, or `None` when the model
 /// is free. Errors name `tool_choice` when it asks for something impossible.
-pub fn forced_tool_call_schema(
-    tools: &[ToolDefinition],
-    choice: &ToolChoice,
-) -> Result<Option<Value>> {
+pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) -> Result<Option<Value>> {
     let allowed: Vec<&ToolDefinition> = match choice {
         ToolChoice::Auto | ToolChoice::None => return Ok(None),
         ToolChoice::Required => tools.iter().collect(),
@@ -107,9 +104,7 @@ mod tests {
             function: FunctionDefinition {
                 name: name.into(),
                 description: None,
-                parameters: Some(
-                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-                ),
+                parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}}})),
             },
         }
     }
@@ -121,8 +116,7 @@ mod tests {
             ToolChoice::Required
         );
         assert_eq!(
-            ToolChoice::from_openai(&json!({"type": "function", "function": {"name": "f"}}))
-                .unwrap(),
+            ToolChoice::from_openai(&json!({"type": "function", "function": {"name": "f"}})).unwrap(),
             ToolChoice::Function("f".into())
         );
         assert_eq!(
@@ -138,21 +132,13 @@ mod tests {
     #[test]
     fn schema_forces_name_and_arguments() {
         let tools = [tool("a"), tool("b")];
-        assert_eq!(
-            forced_tool_call_schema(&tools, &ToolChoice::Auto).unwrap(),
-            None
-        );
+        assert_eq!(forced_tool_call_schema(&tools, &ToolChoice::Auto).unwrap(), None);
         let one = forced_tool_call_schema(&tools, &ToolChoice::Function("b".into()))
             .unwrap()
             .unwrap();
         assert_eq!(one["properties"]["name"]["const"], "b");
-        assert_eq!(
-            one["properties"]["arguments"]["properties"]["city"]["type"],
-            "string"
-        );
-        let any = forced_tool_call_schema(&tools, &ToolChoice::Required)
-            .unwrap()
-            .unwrap();
+        assert_eq!(one["properties"]["arguments"]["properties"]["city"]["type"], "string");
+        let any = forced_tool_call_schema(&tools, &ToolChoice::Required).unwrap().unwrap();
         assert_eq!(any["oneOf"].as_array().unwrap().len(), 2);
         assert!(forced_tool_call_schema(&tools, &ToolChoice::Function("c".into())).is_err());
         assert!(forced_tool_call_schema(&[], &ToolChoice::Required).is_err());

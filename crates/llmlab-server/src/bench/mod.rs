@@ -98,12 +98,7 @@ async fn run_level(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (client, work, next, bar) = (
-            client.clone(),
-            Arc::clone(work),
-            Arc::clone(&next),
-            bar.clone(),
-        );
+        let (client, work, next, bar) = (client.clone(), Arc::clone(work), Arc::clone(&next), bar.clone());
         tokio::spawn(async move {
             let mut samples: Vec<RequestSample> = Vec::new();
             let mut errors = 0;
@@ -122,18 +117,9 @@ async fn run_level(
     });
     let mut samples = Vec::new();
     let mut errors = 0;
-    for (s, e) in futures::future::join_all(workers)
-        .await
-        .into_iter()
-        .flatten()
-    {
+    for (s, e) in futures::future::join_all(workers).await.into_iter().flatten() {
         samples.extend(s);
         errors += e;
     }
-    LevelReport::new(
-        concurrency,
-        &samples,
-        errors,
-        started.elapsed().as_secs_f64(),
-    )
+    LevelReport::new(concurrency, &samples, errors, started.elapsed().as_secs_f64())
 }

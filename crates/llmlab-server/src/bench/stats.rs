@@ -46,17 +46,9 @@ pub struct LevelReport {
 }
 
 impl LevelReport {
-    pub fn new(
-        concurrency: usize,
-        samples: &[RequestSample],
-        errors: usize,
-        wall_seconds: f64,
-    ) -> Self {
+    pub fn new(concurrency: usize, samples: &[RequestSample], errors: usize, wall_seconds: f64) -> Self {
         let ttfts: Vec<f64> = samples.iter().map(|s| s.ttft).collect();
-        let gaps: Vec<f64> = samples
-            .iter()
-            .flat_map(|s| s.gaps.iter().copied())
-            .collect();
+        let gaps: Vec<f64> = samples.iter().flat_map(|s| s.gaps.iter().copied()).collect();
         let speeds: Vec<f64> = samples
             .iter()
             .filter(|s| s.generation > 0.0 && s.output_tokens > 1)
@@ -91,15 +83,7 @@ impl LevelReport {
 pub fn table(levels: &[LevelReport]) -> String {
     let mut out = format!(
         "{:>5} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>12} {:>11}\n",
-        "conc",
-        "reqs",
-        "errs",
-        "ttft p50",
-        "ttft p99",
-        "itl p50",
-        "itl p99",
-        "stream t/s",
-        "total t/s"
+        "conc", "reqs", "errs", "ttft p50", "ttft p99", "itl p50", "itl p99", "stream t/s", "total t/s"
     );
     for l in levels {
         out.push_str(&format!(

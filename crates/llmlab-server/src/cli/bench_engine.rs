@@ -25,10 +25,7 @@ pub struct BenchEngineArgs {
 
 pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
-    let id = args
-        .model
-        .clone()
-        .unwrap_or_else(|| registry.default_model.clone());
+    let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
     let spec = registry.require(&id)?;
     let pipeline = LlamaChatPipeline::load(spec)?;
     let mut speeds = Vec::new();
@@ -57,9 +54,8 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
         }
     }
     let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
-    let sd = (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>()
-        / speeds.len().max(2).saturating_sub(1) as f64)
-        .sqrt();
+    let sd =
+        (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / speeds.len().max(2).saturating_sub(1) as f64).sqrt();
     println!(
         "model={id} threads={} tg{}: {mean:.2} ± {sd:.2} t/s",
         spec.threads, args.tokens

@@ -7,8 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::{
-    ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams,
-    Timings, Usage,
+    ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, Timings, Usage,
 };
 use llmlab_llama::LlamaChatPipeline;
 
@@ -66,10 +65,7 @@ impl ChatArgs {
 
 pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
-    let id = args
-        .model
-        .clone()
-        .unwrap_or_else(|| registry.default_model.clone());
+    let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
     let spec = registry.require(&id)?;
     let pipeline = LlamaChatPipeline::load(spec)?;
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
@@ -136,10 +132,7 @@ fn answer(
             ChatEvent::ToolCall(delta) => write!(
                 out,
                 "{}{}",
-                delta
-                    .name
-                    .map(|n| format!("\n[tool call {n}] "))
-                    .unwrap_or_default(),
+                delta.name.map(|n| format!("\n[tool call {n}] ")).unwrap_or_default(),
                 delta.arguments
             )?,
             ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
@@ -156,10 +149,7 @@ fn answer(
     if let (true, Some((usage, t))) = (args.stats, stats) {
         eprintln!(
             "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s]",
-            usage.prompt_tokens,
-            t.prompt_tokens_per_second,
-            usage.completion_tokens,
-            t.generation_tokens_per_second
+            usage.prompt_tokens, t.prompt_tokens_per_second, usage.completion_tokens, t.generation_tokens_per_second
         );
     }
     Ok(())

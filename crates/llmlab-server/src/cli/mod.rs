@@ -114,9 +114,7 @@ fn pull(common: &CommonArgs, args: PullArgs) -> anyhow::Result<()> {
 }
 
 fn bench(args: &crate::bench::BenchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let reports = runtime.block_on(crate::bench::run(args))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -43,9 +43,7 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     // Install the metrics recorder before anything records.
     http::prometheus::recorder();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let service = Arc::new(Service::new(registry, Arc::new(BackendFactory)));
         if !args.no_preload {
@@ -67,6 +65,11 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
             }),
             shutdown: CancellationToken::new(),
         };
-        http::serve(SocketAddr::new(args.host, args.port), state, Duration::from_secs(args.shutdown_grace_secs)).await
+        http::serve(
+            SocketAddr::new(args.host, args.port),
+            state,
+            Duration::from_secs(args.shutdown_grace_secs),
+        )
+        .await
     })
 }

@@ -106,9 +106,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.envelope())).into_response();
         if let Some(model) = self.model {
-            response
-                .extensions_mut()
-                .insert(super::handlers::ModelLabel(model));
+            response.extensions_mut().insert(super::handlers::ModelLabel(model));
         }
         let retry_after = self.error.retry_after_secs.or(match self.status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Some(1),

@@ -47,10 +47,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     })
 }
 
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_chat()?;
     if request.model.is_empty() {
@@ -69,10 +66,7 @@ pub async fn chat_completions(
         .map_err(|e| e.for_model(&model))
 }
 
-pub async fn completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_completion()?;
     if request.model.is_empty() {
@@ -168,21 +162,16 @@ pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) ->
 pub async fn health(State(state): State<AppState>) -> Response {
     let model = state.service.default_model();
     if state.service.is_loaded(model) {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "model": model})),
-        )
-            .into_response()
+        (StatusCode::OK, Json(json!({"status": "ok", "model": model}))).into_response()
     } else {
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading", "model": model})),
         )
             .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         response
     }
 }
@@ -190,21 +179,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition of every llmlab metric.
 pub async fn metrics() -> Response {
     let body = super::prometheus::recorder().render();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
-    ApiError::http(
-        StatusCode::NOT_FOUND,
-        format!("unknown route: {method} {}", uri.path()),
-    )
+    ApiError::http(StatusCode::NOT_FOUND, format!("unknown route: {method} {}", uri.path()))
 }
 
 pub async fn method_not_allowed(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {

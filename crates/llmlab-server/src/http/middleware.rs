@@ -26,7 +26,8 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| {
@@ -36,10 +37,7 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
             "request done"
         )
     });
-    let model = response
-        .extensions()
-        .get::<ModelLabel>()
-        .map_or("", |m| m.0.as_str());
+    let model = response.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str());
     llmlab_core::metrics::request_finished(&route, model, response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -48,11 +46,7 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
 }
 
 /// With an API key configured, `/v1/*` requires `Authorization: Bearer <key>`.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
@@ -63,9 +57,7 @@ pub async fn require_api_key(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
-        }
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::http(StatusCode::UNAUTHORIZED, "invalid API key").into_response(),
         None => ApiError::http(
             StatusCode::UNAUTHORIZED,

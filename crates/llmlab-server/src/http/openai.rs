@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use llmlab_core::{
-    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams,
-    TokenLogprob, ToolChoice, ToolDefinition, Usage,
+    ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, TokenLogprob,
+    ToolChoice, ToolDefinition, Usage,
 };
 
 /// `stop`: one string or a list.
@@ -76,10 +76,7 @@ pub struct Delivery {
 impl OpenAiRequest {
     fn params(&self) -> Result<GenerationParams> {
         if let Some(n) = self.n.filter(|n| *n != 1) {
-            return Err(Error::invalid_param(
-                "n",
-                format!("only n=1 is supported, got {n}"),
-            ));
+            return Err(Error::invalid_param("n", format!("only n=1 is supported, got {n}")));
         }
         if self.stream_options.is_some() && !self.stream {
             return Err(Error::invalid_param(
@@ -88,9 +85,7 @@ impl OpenAiRequest {
             ));
         }
         let seed = match self.seed {
-            Some(s) if s < 0 => {
-                return Err(Error::invalid_param("seed", "'seed' must not be negative"))
-            }
+            Some(s) if s < 0 => return Err(Error::invalid_param("seed", "'seed' must not be negative")),
             other => other.map(|s| s as u64),
         };
         let logprobs = match (self.logprobs, self.top_logprobs) {
@@ -137,10 +132,7 @@ impl OpenAiRequest {
     fn delivery(&self) -> Delivery {
         Delivery {
             stream: self.stream,
-            include_usage: self
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage),
+            include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
         }
     }
 
@@ -156,9 +148,7 @@ impl OpenAiRequest {
             .map(ToolChoice::from_openai)
             .transpose()?
             .unwrap_or_default();
-        if params.json_schema.is_some()
-            && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_))
-        {
+        if params.json_schema.is_some() && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
             return Err(Error::invalid_param(
                 "response_format",
                 "'response_format' cannot be combined with a forced 'tool_choice'",
@@ -210,12 +200,7 @@ pub enum PromptField {
 /// `response_format`: `{"type":"text"}` (free), `{"type":"json_object"}`
 /// (any JSON object) or `{"type":"json_schema","json_schema":{"schema":…}}`.
 fn response_format_schema(format: &Value) -> Result<Option<Value>> {
-    let bad = |why: &str| {
-        Error::invalid_param(
-            "response_format",
-            format!("invalid 'response_format': {why}"),
-        )
-    };
+    let bad = |why: &str| Error::invalid_param("response_format", format!("invalid 'response_format': {why}"));
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(json!({"type": "object"}))),
@@ -226,9 +211,7 @@ fn response_format_schema(format: &Value) -> Result<Option<Value>> {
             .cloned()
             .map(Some)
             .ok_or_else(|| bad("'json_schema.schema' must be an object")),
-        _ => Err(bad(
-            "'type' must be \"text\", \"json_object\" or \"json_schema\"",
-        )),
+        _ => Err(bad("'type' must be \"text\", \"json_object\" or \"json_schema\"")),
     }
 }
 

@@ -49,10 +49,7 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
             if !response.tool_calls.is_empty() {
                 message.insert("tool_calls".into(), json!(response.tool_calls));
             }
-            let logprobs = response
-                .logprobs
-                .as_deref()
-                .map_or(Value::Null, chat_logprobs_json);
+            let logprobs = response.logprobs.as_deref().map_or(Value::Null, chat_logprobs_json);
             json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason})
         }
         Endpoint::Completion => {
@@ -131,8 +128,7 @@ impl ChunkBuilder {
 
     /// The first chat chunk carries the role (completions have none).
     pub fn role(&self) -> Option<Value> {
-        (self.endpoint == Endpoint::Chat)
-            .then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
+        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"role": "assistant", "content": ""}), None))
     }
 
     /// A text delta with the log-probabilities of the tokens it came from.
@@ -144,8 +140,7 @@ impl ChunkBuilder {
 
     /// Reasoning has no place in a text completion; it is dropped there.
     pub fn reasoning(&self, text: &str) -> Option<Value> {
-        (self.endpoint == Endpoint::Chat)
-            .then(|| self.delta(json!({"reasoning_content": text}), None))
+        (self.endpoint == Endpoint::Chat).then(|| self.delta(json!({"reasoning_content": text}), None))
     }
 
     pub fn tool_call(&self, delta: &ToolCallDelta) -> Option<Value> {
