@@ -3,7 +3,9 @@
 
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::metrics;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
 use llmlab_core::{ChatEvent, ChatEventSender, Error, GenerationParams, Result};
@@ -55,9 +58,34 @@ enum Command {
 
 /// Handle to a running engine thread. Dropping it stops the thread after the
 /// job in progress.
+/// Requests waiting for and running on the engine, exported as gauges.
+#[derive(Debug)]
+struct EngineLoad {
+    model: String,
+    queued: AtomicUsize,
+}
+
+impl EngineLoad {
+    fn enqueued(&self) {
+        let depth = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::queue_depth(&self.model, depth);
+    }
+
+    fn started(&self) {
+        let depth = self.queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        metrics::queue_depth(&self.model, depth);
+        metrics::active_sequences(&self.model, 1);
+    }
+
+    fn finished(&self) {
+        metrics::active_sequences(&self.model, 0);
+    }
+}
+
 pub(crate) struct Engine {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
+    load: Arc<EngineLoad>,
 }
 
 impl Engine {
@@ -73,10 +101,17 @@ impl Engine {
         }
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (commands, command_rx) = mpsc::channel();
+        let load = Arc::new(EngineLoad {
+            model: spec.id.clone(),
+            queued: AtomicUsize::new(0),
+        });
         let spec = spec.clone();
         let thread = std::thread::Builder::new()
             .name(format!("engine-{}", spec.id))
-            .spawn(move || engine_main(&spec, &command_rx, &ready_tx))
+            .spawn({
+                let load = Arc::clone(&load);
+                move || engine_main(&spec, &load, &command_rx, &ready_tx)
+            })
             .map_err(|e| Error::internal(format!("cannot start engine thread: {e}")))?;
         let info = ready_rx
             .recv()
@@ -85,15 +120,18 @@ impl Engine {
             Self {
                 commands,
                 thread: Some(thread),
+                load,
             },
             info,
         ))
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
-        self.commands
-            .send(Command::Generate(Box::new(job)))
-            .map_err(|_| Error::unavailable("the model's engine has stopped"))
+        self.load.enqueued();
+        self.commands.send(Command::Generate(Box::new(job))).map_err(|_| {
+            self.load.queued.fetch_sub(1, Ordering::SeqCst);
+            Error::unavailable("the model's engine has stopped")
+        })
     }
 }
 
@@ -106,7 +144,12 @@ impl Drop for Engine {
     }
 }
 
-fn engine_main(spec: &ModelSpec, commands: &Receiver<Command>, ready: &mpsc::SyncSender<Result<ModelInfo>>) {
+fn engine_main(
+    spec: &ModelSpec,
+    load: &EngineLoad,
+    commands: &Receiver<Command>,
+    ready: &mpsc::SyncSender<Result<ModelInfo>>,
+) {
     // The context borrows the model; both are locals of this thread, so the
     // context is dropped first and neither ever leaves the thread.
     let model = match load_model(spec) {
@@ -129,7 +172,9 @@ fn engine_main(spec: &ModelSpec, commands: &Receiver<Command>, ready: &mpsc::Syn
         return;
     }
     let mut batch = LlamaBatch::new(spec.batch_size as usize, 1);
+    metrics::model_memory(&spec.id, model.size());
     while let Ok(Command::Generate(job)) = commands.recv() {
+        load.started();
         let span = job.span.clone();
         let _entered = span.enter();
         let events = job.events.clone();
@@ -142,6 +187,7 @@ fn engine_main(spec: &ModelSpec, commands: &Receiver<Command>, ready: &mpsc::Syn
             tracing::error!("generation panicked; the engine continues with the next request");
             let _ = events.send(ChatEvent::Error(Error::internal("generation failed unexpectedly")));
         }
+        load.finished();
     }
 }
 
