@@ -23,7 +23,7 @@ use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolC
 use llmlab_core::{ChatEvent, ChatEventSender, Error, GenerationParams, Result};
 
 use crate::backend::backend;
-use crate::generate::{run_job, TokenPolicy};
+use crate::generate::{run_job, KvCache, TokenPolicy};
 
 /// What the rest of the crate learns about a model once it is loaded.
 #[derive(Debug, Clone)]
@@ -173,6 +173,7 @@ fn engine_main(
     }
     let mut batch = LlamaBatch::new(spec.batch_size as usize, 1);
     metrics::model_memory(&spec.id, model.size());
+    let mut kv = KvCache::default();
     while let Ok(Command::Generate(job)) = commands.recv() {
         load.started();
         let span = job.span.clone();
@@ -181,7 +182,7 @@ fn engine_main(
         // A bug in our per-job code must not take the engine (and every
         // later request) down with it.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            run_job(&model, &mut ctx, &mut batch, &policy, *job)
+            run_job(&model, &mut ctx, &mut batch, &policy, &mut kv, *job)
         }));
         if outcome.is_err() {
             tracing::error!("generation panicked; the engine continues with the next request");

@@ -56,10 +56,11 @@ pub(crate) fn run_job(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch<'_>,
     policy: &TokenPolicy,
+    kv: &mut KvCache,
     mut job: Job,
 ) {
     let events = job.events.clone();
-    let terminal = match generate(model, ctx, batch, policy, &mut job) {
+    let terminal = match generate(model, ctx, batch, policy, kv, &mut job) {
         Ok(finish_reason) => ChatEvent::Done { finish_reason },
         Err(error) => ChatEvent::Error(error),
     };
@@ -75,6 +76,7 @@ fn generate(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch<'_>,
     policy: &TokenPolicy,
+    kv: &mut KvCache,
     job: &mut Job,
 ) -> Result<FinishReason> {
     let started = Instant::now();
@@ -102,21 +104,37 @@ fn generate(
     // grammar fails the request without wasting the prompt's compute.
     let mut sampler = build_request_sampler(model, &job.params)?;
 
-    ctx.clear_kv_cache();
-    let n_batch = batch_capacity(ctx);
-    for (chunk_index, chunk) in prompt.chunks(n_batch).enumerate() {
+    // Reuse the part of the KV cache that matches this prompt's start. The
+    // cache's token list is taken out while we work: if anything fails
+    // half-way it stays empty and the next job starts from a clean cache.
+    let mut in_cache = std::mem::take(&mut kv.tokens);
+    let mut reused = common_prefix(&in_cache, &prompt).min(prompt.len() - 1);
+    if reused == 0
+        || !ctx
+            .clear_kv_cache_seq(Some(0), Some(reused as u32), None)
+            .unwrap_or(false)
+    {
+        ctx.clear_kv_cache();
+        reused = 0;
+    }
+    tracing::debug!(reused, "prompt tokens reused from the KV cache");
+    in_cache.truncate(reused);
+    let reproducible = job.params.sampling.temperature.is_some_and(|t| t <= 0.0) || job.params.sampling.seed.is_some();
+    for range in prompt_chunks(reused, prompt.len(), batch_capacity(ctx), reproducible) {
         if is_cancelled(job) {
+            kv.tokens = in_cache;
             return Ok(FinishReason::Cancelled);
         }
         batch.clear();
-        let offset = chunk_index * n_batch;
+        let chunk = &prompt[range.clone()];
         for (i, token) in chunk.iter().enumerate() {
-            let pos = offset + i;
+            let pos = range.start + i;
             let wants_logits = pos + 1 == prompt.len();
             batch.add(*token, pos as i32, &[0], wants_logits).map_err(internal)?;
         }
         ctx.decode(batch)
             .map_err(|e| Error::internal(format!("prompt decode failed: {e}")))?;
+        in_cache.extend_from_slice(chunk);
     }
 
     let mut text = TokenTextAssembler::new(&job.params.stop);
@@ -169,8 +187,10 @@ fn generate(
         position += 1;
         ctx.decode(batch)
             .map_err(|e| Error::internal(format!("decode failed: {e}")))?;
+        in_cache.push(token);
         logits_index = 0;
     };
+    kv.tokens = in_cache;
 
     if finish_reason != FinishReason::Cancelled {
         let first = first_token_at.unwrap_or_else(Instant::now);
@@ -181,10 +201,10 @@ fn generate(
             queue_ms,
             prompt_ms,
             generation_ms,
-            prompt_tokens_per_second: per_second(prompt.len() as u32, prompt_ms),
+            prompt_tokens_per_second: per_second((prompt.len() - reused) as u32, prompt_ms),
             generation_tokens_per_second: per_second(decoded_after_first, generation_ms),
         };
-        let usage = Usage::new(prompt.len() as u32, generated);
+        let usage = Usage::new(prompt.len() as u32, generated).with_cached(reused as u32);
         tracing::debug!(?usage, ?timings, "generation finished");
         let _ = job.events.send(ChatEvent::Usage { usage, timings });
     }
@@ -218,6 +238,35 @@ fn token_logprob(
         bytes: piece.to_vec(),
         top_logprobs,
     }
+}
+
+/// Tokens whose keys and values sit in sequence 0 of the context, in order,
+/// so that a prompt starting the same way (a continued conversation, a
+/// repeated system prompt) only processes what is new.
+#[derive(Debug, Default)]
+pub(crate) struct KvCache {
+    tokens: Vec<LlamaToken>,
+}
+
+/// Ranges of prompt positions to decode, `n_batch` at a time, after the
+/// `reused` ones. When the request must be reproducible (greedy or seeded),
+/// the last prompt token is decoded on its own: its logits then come from
+/// the same single-token kernels whether or not the rest of the prompt was
+/// cached, so a cache hit cannot change the answer.
+fn prompt_chunks(reused: usize, len: usize, n_batch: usize, reproducible: bool) -> Vec<std::ops::Range<usize>> {
+    let split_at = if reproducible { len - 1 } else { len };
+    let mut ranges: Vec<_> = (reused..split_at)
+        .step_by(n_batch.max(1))
+        .map(|s| s..(s + n_batch).min(split_at))
+        .collect();
+    if split_at < len && reused < len {
+        ranges.push(split_at.max(reused)..len);
+    }
+    ranges
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Where generated text goes: through the request's stream processors
@@ -295,5 +344,20 @@ fn per_second(tokens: u32, millis: f64) -> f64 {
         f64::from(tokens) * 1000.0 / millis
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt_chunks;
+
+    #[test]
+    fn prompt_chunks_cover_the_prompt_once() {
+        assert_eq!(prompt_chunks(0, 5, 2, false), [0..2, 2..4, 4..5]);
+        assert_eq!(prompt_chunks(0, 5, 8, true), [0..4, 4..5]);
+        assert_eq!(prompt_chunks(3, 5, 8, true), [3..4, 4..5]);
+        assert_eq!(prompt_chunks(4, 5, 8, true), [4..5]);
+        assert_eq!(prompt_chunks(4, 5, 8, false), [4..5]);
+        assert_eq!(prompt_chunks(0, 1, 8, true), [0..1]);
     }
 }

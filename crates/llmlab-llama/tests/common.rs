@@ -28,3 +28,11 @@ pub fn spec(id: &str) -> ModelSpec {
 pub fn pipeline(cell: &'static OnceLock<LlamaChatPipeline>, id: &str) -> &'static LlamaChatPipeline {
     cell.get_or_init(|| LlamaChatPipeline::load(&spec(id)).expect("model loads"))
 }
+
+/// Tests of one binary share one engine, which runs requests one at a time
+/// anyway; taking this lock keeps each test's requests back to back, so
+/// tests about the KV cache see their own previous request.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -50,6 +50,7 @@ fn ask(question: &str, params: GenerationParams) -> ChatResponse {
 
 #[test]
 fn greedy_generation_is_deterministic() {
+    let _turn = common::serial();
     let a = ask("Name three prime numbers.", greedy(24));
     let b = ask("Name three prime numbers.", greedy(24));
     assert!(!a.content.is_empty());
@@ -72,6 +73,7 @@ fn greedy_generation_is_deterministic() {
 
 #[test]
 fn stop_string_is_honoured_and_never_emitted() {
+    let _turn = common::serial();
     let question = "Count from 1 to 20, separated by commas.";
     let full = ask(question, greedy(60)).content;
     // A stop string taken from the middle of the greedy answer: generation
@@ -90,6 +92,7 @@ fn stop_string_is_honoured_and_never_emitted() {
 
 #[test]
 fn max_tokens_gives_length() {
+    let _turn = common::serial();
     let r = ask("Write a long story about a lighthouse keeper.", greedy(5));
     assert_eq!(r.finish_reason, FinishReason::Length);
     assert_eq!(r.usage.completion_tokens, 5);
@@ -99,6 +102,7 @@ fn max_tokens_gives_length() {
 
 #[test]
 fn natural_end_gives_stop() {
+    let _turn = common::serial();
     let r = ask("Reply with the single word: yes", greedy(32));
     assert_eq!(r.finish_reason, FinishReason::Stop);
     assert!(r.usage.completion_tokens < 32);
@@ -106,6 +110,7 @@ fn natural_end_gives_stop() {
 
 #[test]
 fn cancelling_ends_generation_within_one_decode_step() {
+    let _turn = common::serial();
     let cancel = CancellationToken::new();
     let request = CompletionRequest {
         model: MODEL.into(),
@@ -144,6 +149,7 @@ fn cancelling_ends_generation_within_one_decode_step() {
 
 #[test]
 fn dropping_the_stream_cancels_and_frees_the_engine() {
+    let _turn = common::serial();
     let request = CompletionRequest {
         model: MODEL.into(),
         prompt: "The history of the Roman empire".into(),
@@ -167,6 +173,7 @@ fn dropping_the_stream_cancels_and_frees_the_engine() {
 
 #[test]
 fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
+    let _turn = common::serial();
     let request = ChatRequest {
         model: MODEL.into(),
         messages: vec![
@@ -197,6 +204,7 @@ fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
 
 #[test]
 fn tools_are_rendered_into_the_prompt() {
+    let _turn = common::serial();
     let tool: llmlab_core::ToolDefinition = serde_json::from_value(serde_json::json!({
         "type": "function",
         "function": {"name": "get_weather", "description": "Weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -219,6 +227,7 @@ fn tools_are_rendered_into_the_prompt() {
 
 #[test]
 fn invalid_requests_are_rejected_with_the_field_named() {
+    let _turn = common::serial();
     let too_long = "word ".repeat(6000);
     let err = model()
         .chat(
@@ -268,6 +277,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
 
 #[test]
 fn multibyte_output_streams_as_whole_characters() {
+    let _turn = common::serial();
     let request = ChatRequest {
         model: MODEL.into(),
         messages: vec![ChatMessage::user(
@@ -290,6 +300,7 @@ fn multibyte_output_streams_as_whole_characters() {
 
 #[test]
 fn logprobs_describe_the_sampled_tokens() {
+    let _turn = common::serial();
     let params = GenerationParams {
         logprobs: Some(3),
         ..greedy(6)
@@ -339,6 +350,7 @@ fn ask_with_tools(tool_choice: llmlab_core::ToolChoice) -> ChatResponse {
 
 #[test]
 fn a_tool_call_reply_becomes_a_tool_call() {
+    let _turn = common::serial();
     // The model ignores its <tool_call> format and answers with a bare JSON
     // object; it must still reach the client as a call, not as content.
     for choice in [
@@ -359,7 +371,42 @@ fn a_tool_call_reply_becomes_a_tool_call() {
 
 #[test]
 fn tool_choice_none_hides_the_tools() {
+    let _turn = common::serial();
     let r = ask_with_tools(llmlab_core::ToolChoice::None);
     assert!(r.tool_calls.is_empty());
     assert_ne!(r.finish_reason, FinishReason::ToolCalls);
+}
+
+#[test]
+fn a_continued_conversation_reuses_the_cached_prefix() {
+    let _turn = common::serial();
+    let question = "List the planets of the solar system, one word each.";
+    let first = ask(question, greedy(8));
+    // The same prompt again: everything but the last prompt token is reused
+    // (one token is always processed to get fresh logits).
+    let second = ask(question, greedy(8));
+    assert_eq!(second.usage.cached_tokens, first.usage.prompt_tokens - 1);
+    // Reuse does not change the answer.
+    assert_eq!(first.content, second.content);
+    // A follow-up turn reuses the first turn's prompt and answer.
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![
+            ChatMessage::user(question),
+            ChatMessage::assistant(&second.content),
+            ChatMessage::user("And moons?"),
+        ],
+        params: greedy(4),
+        ..ChatRequest::default()
+    };
+    let third = model()
+        .chat(request, CancellationToken::new())
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert!(
+        third.usage.cached_tokens >= first.usage.prompt_tokens,
+        "{:?}",
+        third.usage
+    );
 }

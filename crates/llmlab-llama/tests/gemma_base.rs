@@ -18,6 +18,7 @@ static PIPELINE: OnceLock<LlamaChatPipeline> = OnceLock::new();
 
 #[test]
 fn chat_without_a_template_is_a_clear_error() {
+    let _turn = common::serial();
     let model = common::pipeline(&PIPELINE, MODEL);
     assert!(!model.has_chat_template());
     let err = model
@@ -40,6 +41,7 @@ fn chat_without_a_template_is_a_clear_error() {
 
 #[test]
 fn plain_completion_works_and_is_deterministic() {
+    let _turn = common::serial();
     let model = common::pipeline(&PIPELINE, MODEL);
     let request = CompletionRequest {
         model: MODEL.into(),

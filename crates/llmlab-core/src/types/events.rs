@@ -41,6 +41,9 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// Prompt tokens whose KV cache was reused instead of processed again.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 impl Usage {
@@ -49,7 +52,13 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            cached_tokens: 0,
         }
+    }
+
+    pub fn with_cached(mut self, cached_tokens: u32) -> Self {
+        self.cached_tokens = cached_tokens;
+        self
     }
 }
 

@@ -148,8 +148,12 @@ fn answer(
     }
     if let (true, Some((usage, t))) = (args.stats, stats) {
         eprintln!(
-            "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s]",
-            usage.prompt_tokens, t.prompt_tokens_per_second, usage.completion_tokens, t.generation_tokens_per_second
+            "[{} prompt tokens ({} cached) at {:.1} t/s, {} generated at {:.1} t/s]",
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            t.prompt_tokens_per_second,
+            usage.completion_tokens,
+            t.generation_tokens_per_second
         );
     }
     Ok(())
