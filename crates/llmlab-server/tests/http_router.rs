@@ -36,7 +36,7 @@ async fn chat_non_stream_has_openai_shape_and_headers() {
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(
         body["usage"],
-        json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+        json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "prompt_tokens_details": {"cached_tokens": 0}})
     );
     assert_eq!(reply.headers["x-request-id"], "req-42");
     for header in [
