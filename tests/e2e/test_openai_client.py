@@ -140,3 +140,20 @@ def test_streamed_tool_call_is_reassembled(client):
     assert name == "get_weather"
     assert json.loads(arguments)["city"] == "Paris"
     assert finish == "tool_calls"
+
+
+def test_tool_result_round_trip(client):
+    messages = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=60, **GREEDY)
+    call = first.choices[0].message.tool_calls[0]
+    # The SDK's own message object (content None) goes back as the assistant turn.
+    messages.append(first.choices[0].message.model_dump(exclude_none=False))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21, "sky": "sunny"}'})
+    # Tools stay declared but may not be called again (the 0.5B model would
+    # happily call the same tool forever).
+    second = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=40, **GREEDY
+    )
+    answer = second.choices[0].message.content or ""
+    assert second.choices[0].finish_reason in ("stop", "length")
+    assert "21" in answer or "sunny" in answer.lower(), answer

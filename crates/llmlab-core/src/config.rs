@@ -20,6 +20,30 @@ pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
 pub const DEFAULT_BATCH_SIZE: u32 = 512;
 pub const MIN_CONTEXT_SIZE: u32 = 64;
 
+/// HTTP server defaults (`llmlab serve`).
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_SSE_KEEP_ALIVE_SECS: u64 = 5;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+
+/// Base URL of a local llmlab's OpenAI API (what `llmlab bench` targets).
+pub fn default_api_base() -> String {
+    format!("http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1")
+}
+
+/// Log filter when `LLMLAB_LOG` is unset: llama.cpp's own chatter is kept at
+/// warnings unless asked for.
+pub const DEFAULT_LOG_FILTER: &str =
+    "warn,llmlab=info,llmlab_server=info,llmlab_core=info,llmlab_llama=info,llama_cpp_2=warn";
+
+/// Requests that may wait for one model's engine; more are refused with
+/// `Overloaded` (HTTP 429 and `Retry-After`).
+pub const MAX_QUEUED_REQUESTS: usize = 64;
+
+/// Recent tokens the repetition penalties look at.
+pub const DEFAULT_PENALTY_LAST_N: i32 = 64;
+
 /// Sampling used when neither the request nor the model sets a value.
 /// These match llama-server's defaults so that answers are comparable.
 pub fn default_sampling() -> SamplingParams {
@@ -31,13 +55,13 @@ pub fn default_sampling() -> SamplingParams {
         repeat_penalty: Some(1.0),
         presence_penalty: Some(0.0),
         frequency_penalty: Some(0.0),
-        penalty_last_n: Some(64),
+        penalty_last_n: Some(DEFAULT_PENALTY_LAST_N),
         seed: None,
     }
 }
 
 /// Threads per model when nothing else is configured: one core less than
-/// the machine has (at least 1, at most 8).
+/// the machine has, at least 1 and at most 8.
 ///
 /// Measured on the 2-core development machine (bench/RESULTS.md, "Threads"):
 /// with every core busy-waiting in OpenMP, decode drops from 45 to 18 t/s as

@@ -56,6 +56,28 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// Load one pipeline on a blocking thread, recording metrics and logs.
+async fn load_pipeline(factory: Arc<dyn PipelineFactory>, spec: ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+    let id = spec.id.clone();
+    tracing::info!(model = %id, "loading model");
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
+        .await
+        .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))
+        .and_then(|result| result);
+    match &loaded {
+        Ok(_) => {
+            metrics::model_loaded(&id, started.elapsed());
+            tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
+        }
+        Err(e) => {
+            metrics::model_load_failed(&id);
+            tracing::error!(model = %id, error = %e, "model failed to load");
+        }
+    }
+    loaded
+}
+
 impl Service {
     pub fn new(registry: Registry, factory: Arc<dyn PipelineFactory>) -> Self {
         Self {
@@ -128,30 +150,23 @@ impl Service {
             ));
         }
         let slot = self.slot(&spec.id);
+        if let Some(pipeline) = slot.get() {
+            return Ok(Arc::clone(pipeline));
+        }
+        // The load runs in its own task: a caller that gives up (a client
+        // that disconnects) must not abandon a load others wait for, which
+        // would start a second copy of the model. Concurrent callers' tasks
+        // meet in the same cell, so there is still exactly one load.
         let factory = Arc::clone(&self.factory);
-        let pipeline = slot
-            .get_or_try_init(|| async move {
-                let id = spec.id.clone();
-                tracing::info!(model = %id, "loading model");
-                let started = std::time::Instant::now();
-                let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
-                    .await
-                    .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))
-                    .and_then(|result| result);
-                match &loaded {
-                    Ok(_) => {
-                        metrics::model_loaded(&id, started.elapsed());
-                        tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
-                    }
-                    Err(e) => {
-                        metrics::model_load_failed(&id);
-                        tracing::error!(model = %id, error = %e, "model failed to load");
-                    }
-                }
-                loaded
-            })
-            .await?;
-        Ok(Arc::clone(pipeline))
+        let task_slot = Arc::clone(&slot);
+        tokio::spawn(async move {
+            task_slot
+                .get_or_try_init(|| load_pipeline(factory, spec))
+                .await
+                .map(Arc::clone)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
     }
 
     fn slot(&self, id: &str) -> Slot {
@@ -257,6 +272,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(factory.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_gives_up_does_not_abandon_the_load() {
+        let mut factory = FakeFactory::new(Script::text(&["ok"]));
+        factory.load_delay = Duration::from_millis(300);
+        let factory = Arc::new(factory);
+        let svc = service(Arc::clone(&factory));
+        let impatient = tokio::time::timeout(
+            Duration::from_millis(50),
+            svc.chat(chat_request("fake-a"), CancellationToken::new()),
+        );
+        assert!(impatient.await.is_err(), "the first caller should time out");
+        svc.chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

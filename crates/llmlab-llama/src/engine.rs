@@ -17,10 +17,10 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::metrics;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
-use llmlab_core::{ChatEvent, ChatEventSender, Error, GenerationParams, Result};
+use llmlab_core::{config, metrics};
+use llmlab_core::{ChatEvent, ChatEventSender, Error, ErrorKind, GenerationParams, Result};
 
 use crate::backend::backend;
 use crate::generate::{run_job, KvCache, TokenPolicy};
@@ -56,9 +56,8 @@ enum Command {
     Shutdown,
 }
 
-/// Handle to a running engine thread. Dropping it stops the thread after the
-/// job in progress.
-/// Requests waiting for and running on the engine, exported as gauges.
+/// Requests waiting for and running on the engine, exported as gauges and
+/// bounded so that a burst is refused (429) instead of queued forever.
 #[derive(Debug)]
 struct EngineLoad {
     model: String,
@@ -66,9 +65,22 @@ struct EngineLoad {
 }
 
 impl EngineLoad {
-    fn enqueued(&self) {
+    fn enqueue(&self) -> Result<()> {
         let depth = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        if depth > config::MAX_QUEUED_REQUESTS {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "model '{}' already has {} requests waiting; retry later",
+                    self.model,
+                    depth - 1
+                ),
+            )
+            .with_retry_after(1));
+        }
         metrics::queue_depth(&self.model, depth);
+        Ok(())
     }
 
     fn started(&self) {
@@ -82,6 +94,8 @@ impl EngineLoad {
     }
 }
 
+/// Handle to a running engine thread. Dropping it stops the thread after the
+/// job in progress.
 pub(crate) struct Engine {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
@@ -127,7 +141,7 @@ impl Engine {
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
-        self.load.enqueued();
+        self.load.enqueue()?;
         self.commands.send(Command::Generate(Box::new(job))).map_err(|_| {
             self.load.queued.fetch_sub(1, Ordering::SeqCst);
             Error::unavailable("the model's engine has stopped")

@@ -27,20 +27,28 @@ pub(crate) struct TokenPolicy {
 const HARMONY_MESSAGE_END: &str = "<|end|>";
 
 impl TokenPolicy {
-    /// Harmony's markers are control tokens: they must be rendered as text
-    /// for the stream processor, and `<|end|>` must not stop generation
-    /// before the final channel.
+    /// Harmony, Mistral (`[TOOL_CALLS]`, `[ARGS]`) and Llama 3
+    /// (`<|python_tag|>`) write their markers as control tokens, which
+    /// llama.cpp renders as nothing unless asked: the stream processor must
+    /// see them. Harmony's `<|end|>` must also not stop generation before
+    /// the final channel.
     pub fn new(model: &LlamaModel, reasoning: ReasoningFormat, tools: ToolCallFormat) -> Self {
-        if reasoning != ReasoningFormat::Harmony && tools != ToolCallFormat::Harmony {
-            return Self::default();
-        }
-        let vocab = model.vocab();
-        let continue_after = match vocab.tokenize(HARMONY_MESSAGE_END.as_bytes(), false, true).as_slice() {
-            [single] => vec![*single],
-            _ => Vec::new(),
+        let harmony = reasoning == ReasoningFormat::Harmony || tools == ToolCallFormat::Harmony;
+        let render_special = harmony || matches!(tools, ToolCallFormat::Mistral | ToolCallFormat::Llama3);
+        let continue_after = if harmony {
+            match model
+                .vocab()
+                .tokenize(HARMONY_MESSAGE_END.as_bytes(), false, true)
+                .as_slice()
+            {
+                [single] => vec![*single],
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
         };
         Self {
-            render_special: true,
+            render_special,
             continue_after,
         }
     }
@@ -154,7 +162,7 @@ fn generate(
         let token = sampler.sample(ctx, logits_index);
         first_token_at.get_or_insert_with(Instant::now);
         if !job.params.ignore_eos && policy.ends_generation(model, token) {
-            break output.finish(&mut text, FinishReason::Stop);
+            break output.finish(Some(&mut text), FinishReason::Stop);
         }
         generated += 1;
         piece.clear();
@@ -173,11 +181,12 @@ fn generate(
             }
             StopScan::Stopped(chunk) => {
                 output.text(&chunk);
-                break output.finish(&mut text, FinishReason::Stop);
+                // What the assembler still holds comes after the stop string.
+                break output.finish(None, FinishReason::Stop);
             }
         }
         if generated >= max_new {
-            break output.finish(&mut text, FinishReason::Length);
+            break output.finish(Some(&mut text), FinishReason::Length);
         }
         if is_cancelled(job) {
             break FinishReason::Cancelled;
@@ -295,11 +304,14 @@ impl Output<'_> {
         self.events.send(event).is_ok()
     }
 
-    /// Generation ended for `reason`: release held-back text, flush the
-    /// processors, and report `tool_calls` when the reply was a call.
-    fn finish(&mut self, text: &mut TokenTextAssembler, reason: FinishReason) -> FinishReason {
-        let rest = text.finish();
-        self.text(&rest);
+    /// Generation ended for `reason`: release text held back by `text` (when
+    /// it was not cut by a stop string), flush the processors, and report
+    /// `tool_calls` when the reply was a call.
+    fn finish(&mut self, text: Option<&mut TokenTextAssembler>, reason: FinishReason) -> FinishReason {
+        if let Some(text) = text {
+            let rest = text.finish();
+            self.text(&rest);
+        }
         let Some(processor) = self.processor.as_mut() else {
             return reason;
         };
@@ -356,8 +368,8 @@ mod tests {
         assert_eq!(prompt_chunks(0, 5, 2, false), [0..2, 2..4, 4..5]);
         assert_eq!(prompt_chunks(0, 5, 8, true), [0..4, 4..5]);
         assert_eq!(prompt_chunks(3, 5, 8, true), [3..4, 4..5]);
-        assert_eq!(prompt_chunks(4, 5, 8, true), [4..5]);
-        assert_eq!(prompt_chunks(4, 5, 8, false), [4..5]);
-        assert_eq!(prompt_chunks(0, 1, 8, true), [0..1]);
+        assert_eq!(prompt_chunks(4, 5, 8, true), vec![4..5]);
+        assert_eq!(prompt_chunks(4, 5, 8, false), vec![4..5]);
+        assert_eq!(prompt_chunks(0, 1, 8, true), vec![0..1]);
     }
 }

@@ -1,6 +1,6 @@
 //! Log-probabilities of a sampled token and its strongest alternatives,
 //! computed from raw logits with a numerically stable log-softmax. Only
-//! called when a request (or a guard) asks for them: one pass over the
+//! called when a request asks for them: one pass over the
 //! vocabulary per token.
 
 /// (token id, log-probability) of `chosen`, and the `top_n` most likely

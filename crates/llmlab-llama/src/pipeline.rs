@@ -99,11 +99,14 @@ impl ChatPipeline for LlamaChatPipeline {
             request.params.json_schema = Some(schema);
         }
         let prompt = self.render_prompt(&request)?;
+        // A grammar forces JSON from the first token, so a think block the
+        // prompt opened can never be closed: route from content then.
+        let starts_in_reasoning = request.params.json_schema.is_none() && prompt_opens_reasoning(&prompt);
         let processor = ProcessorChain::new(
             self.info.reasoning_format,
             self.info.tool_call_format,
             &request.tools,
-            prompt_opens_reasoning(&prompt),
+            starts_in_reasoning,
         );
         self.submit(prompt, request.params, Some(processor), cancel)
     }

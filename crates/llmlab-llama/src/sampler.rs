@@ -37,7 +37,9 @@ pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampl
     let presence = params.presence_penalty.unwrap_or(0.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     if repeat != 1.0 || presence != 0.0 || frequency != 0.0 {
-        let last_n = params.penalty_last_n.unwrap_or(64);
+        let last_n = params
+            .penalty_last_n
+            .unwrap_or(llmlab_core::config::DEFAULT_PENALTY_LAST_N);
         chain.push(LlamaSampler::penalties(n_vocab, last_n, repeat, frequency, presence));
     }
     let temperature = params.temperature.unwrap_or(0.0);

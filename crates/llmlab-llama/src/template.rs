@@ -123,8 +123,18 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
 
-fn strftime_now(format: String) -> String {
-    chrono::Local::now().format(&format).to_string()
+/// Current local time; an invalid format is a template error, not a panic
+/// (chrono's `Display` fails on unknown specifiers).
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: invalid format '{format}'"),
+        )
+    })?;
+    Ok(out)
 }
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False)`
@@ -242,6 +252,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.render(&[ChatMessage::user("x")], &[]).unwrap(), "x<s>4");
+    }
+
+    #[test]
+    fn an_invalid_strftime_format_is_an_error_not_a_panic() {
+        let t = ChatTemplate::new("{{ strftime_now('%Q') }}", "", "").unwrap();
+        assert!(t.render(&[ChatMessage::user("x")], &[]).is_err());
     }
 
     #[test]

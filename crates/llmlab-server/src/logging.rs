@@ -10,11 +10,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// llama.cpp's own chatter is kept at warnings unless asked for.
-const DEFAULT_FILTER: &str = "warn,llmlab=info,llmlab_llama=info,llama_cpp_2=warn";
-
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("LLMLAB_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::try_from_env("LLMLAB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(llmlab_core::config::DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

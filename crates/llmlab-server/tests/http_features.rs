@@ -207,7 +207,7 @@ async fn metrics_count_a_scripted_request() {
     assert_eq!(delta("llmlab_requests_total", &ok), 1.0, "{after}");
     let unknown = [
         ("route", "/v1/chat/completions"),
-        ("model", "metrics-only-model"),
+        ("model", "unknown"),
         ("status", "404"),
     ];
     assert_eq!(delta("llmlab_requests_total", &unknown), 1.0);

@@ -399,3 +399,38 @@ fn openapi_document_lists_every_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_error_before_the_first_token_of_a_stream_gets_a_status() {
+    let script = Script {
+        events: vec![ChatEvent::Error(Error::invalid_param(
+            "messages",
+            "the prompt is 9000 tokens but the model's context holds 4096",
+        ))],
+        delay: Duration::ZERO,
+        reject: None,
+    };
+    let h = harness(script, None);
+    let reply = send(
+        &h.state,
+        post("/v1/chat/completions", chat_body(json!({"stream": true}))),
+    )
+    .await;
+    reply.assert_error(400, Some("messages"));
+}
+
+#[tokio::test]
+async fn assistant_turns_with_null_content_are_accepted() {
+    let h = harness(Script::text(&["ok"]), None);
+    let body = json!({"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    ]});
+    assert_eq!(
+        send(&h.state, post("/v1/chat/completions", body.to_string()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

@@ -99,15 +99,27 @@ fn function_type() -> String {
     "function".to_owned()
 }
 
+/// Deserialize `null` as the type's default (serde's `default` only covers
+/// a missing field).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
-    #[serde(default)]
+    /// `null` is what OpenAI clients send for an assistant turn that only
+    /// called tools; it reads as empty text.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub content: MessageContent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_default")]
     pub tool_calls: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
@@ -342,7 +354,13 @@ impl ChatRequest {
             }
         }
         // Fails early (naming tool_choice) when the choice is impossible.
-        super::forced_tool_call_schema(&self.tools, &self.tool_choice)?;
+        let forced = super::forced_tool_call_schema(&self.tools, &self.tool_choice)?;
+        if forced.is_some() && self.params.json_schema.is_some() {
+            return Err(Error::invalid_param(
+                "response_format",
+                "'response_format' cannot be combined with a forced 'tool_choice'",
+            ));
+        }
         self.params.validate()
     }
 }
@@ -359,5 +377,19 @@ pub struct CompletionRequest {
 impl CompletionRequest {
     pub fn validate(&self) -> crate::Result<()> {
         self.params.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_content_and_tool_calls_read_as_empty() {
+        let m: ChatMessage = serde_json::from_str(r#"{"role":"assistant","content":null,"tool_calls":null}"#).unwrap();
+        assert_eq!(m.content, MessageContent::Text(String::new()));
+        assert!(m.tool_calls.is_empty());
+        let err = serde_json::from_str::<ChatMessage>(r#"{"role":"user","content":5}"#);
+        assert!(err.is_err());
     }
 }

@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 
 use crate::Error;
 
-/// Why generation ended. Serialises to OpenAI's values; `cancelled` never
-/// reaches an OpenAI client because a cancelled request has no client left.
+/// Why generation ended. Serialises to OpenAI's values, plus `cancelled`,
+/// which transports turn into an error (the client left, or the server is
+/// shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -150,6 +151,8 @@ pub trait StreamObserver: Send {
 pub struct ChatStream {
     rx: mpsc::UnboundedReceiver<ChatEvent>,
     observer: Option<Box<dyn StreamObserver>>,
+    /// An event already received (and observed) by `peek_within`.
+    front: Option<ChatEvent>,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -168,7 +171,14 @@ pub type ChatEventSender = mpsc::UnboundedSender<ChatEvent>;
 impl ChatStream {
     pub fn channel() -> (ChatEventSender, ChatStream) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (tx, ChatStream { rx, observer: None })
+        (
+            tx,
+            ChatStream {
+                rx,
+                observer: None,
+                front: None,
+            },
+        )
     }
 
     /// A stream that yields the given events (used by tests and fakes).
@@ -194,14 +204,32 @@ impl ChatStream {
     }
 
     pub async fn next_event(&mut self) -> Option<ChatEvent> {
+        if let Some(event) = self.front.take() {
+            return Some(event);
+        }
         let event = self.rx.recv().await;
         self.seen(event)
     }
 
     /// Blocking receive for synchronous callers (CLI, tests outside a runtime).
     pub fn blocking_next(&mut self) -> Option<ChatEvent> {
+        if let Some(event) = self.front.take() {
+            return Some(event);
+        }
         let event = self.rx.blocking_recv();
         self.seen(event)
+    }
+
+    /// The first event, if it arrives within `wait`; it stays in the stream.
+    /// Transports use it to answer errors found before generation (a prompt
+    /// too long for the context) with a proper status instead of a stream.
+    pub async fn peek_within(&mut self, wait: std::time::Duration) -> Option<&ChatEvent> {
+        if self.front.is_none() {
+            if let Ok(event) = tokio::time::timeout(wait, self.rx.recv()).await {
+                self.front = self.seen(event);
+            }
+        }
+        self.front.as_ref()
     }
 
     /// Drain the stream into one response, blocking the current thread
@@ -228,6 +256,9 @@ impl futures_core::Stream for ChatStream {
     type Item = ChatEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChatEvent>> {
+        if let Some(event) = self.front.take() {
+            return Poll::Ready(Some(event));
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(event) => Poll::Ready(self.seen(event)),
             Poll::Pending => Poll::Pending,

@@ -17,7 +17,7 @@ use stats::{LevelReport, RequestSample};
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Base URL of the OpenAI-compatible API (ending in /v1).
-    #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+    #[arg(long, default_value_t = llmlab_core::config::default_api_base())]
     pub url: String,
     /// Model id to request.
     #[arg(long, default_value = "")]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::config;
 use llmlab_core::service::Service;
 
 use super::CommonArgs;
@@ -15,24 +16,24 @@ use crate::http::{self, AppState, HttpConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    #[arg(long, env = "LLMLAB_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = "LLMLAB_HOST", default_value = config::DEFAULT_HOST)]
     pub host: IpAddr,
-    #[arg(long, env = "LLMLAB_PORT", default_value_t = 8080)]
+    #[arg(long, env = "LLMLAB_PORT", default_value_t = config::DEFAULT_PORT)]
     pub port: u16,
     /// Require `Authorization: Bearer <key>` on /v1 routes.
     #[arg(long, env = "LLMLAB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Largest accepted request body, in bytes.
-    #[arg(long, env = "LLMLAB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "LLMLAB_MAX_BODY_BYTES", default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Seconds between SSE keep-alive comments.
-    #[arg(long, env = "LLMLAB_SSE_KEEP_ALIVE_SECS", default_value_t = 5)]
+    #[arg(long, env = "LLMLAB_SSE_KEEP_ALIVE_SECS", default_value_t = config::DEFAULT_SSE_KEEP_ALIVE_SECS)]
     pub sse_keep_alive_secs: u64,
     /// Send the usage chunk on every stream, even without stream_options.include_usage.
     #[arg(long, env = "LLMLAB_ALWAYS_INCLUDE_USAGE")]
     pub always_include_usage: bool,
     /// Seconds in-flight requests get to finish on shutdown before they are cancelled.
-    #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
     /// Do not load the default model at start-up (it loads on first use).
     #[arg(long, env = "LLMLAB_NO_PRELOAD")]

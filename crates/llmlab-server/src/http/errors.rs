@@ -25,8 +25,9 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        // 499 is nginx's "client closed request"; nobody is left to read it.
-        ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        // A client that cancelled is gone; one that still reads was cancelled
+        // by the server (shutdown ran out of grace time).
+        ErrorKind::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -73,6 +74,21 @@ impl ApiError {
     pub fn for_model(mut self, model: &super::handlers::ModelLabel) -> Self {
         self.model = Some(model.0.clone());
         self
+    }
+
+    /// A request body that could not be read: too large (413) or broken.
+    pub fn from_body_rejection(rejection: &axum::extract::rejection::BytesRejection, limit: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            )
+        } else {
+            Self::http(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {rejection}"),
+            )
+        }
     }
 
     /// The JSON envelope (also used inside SSE `data:` lines).
@@ -139,6 +155,7 @@ mod tests {
             (ErrorKind::Unavailable, 503),
             (ErrorKind::Timeout, 504),
             (ErrorKind::Internal, 500),
+            (ErrorKind::Cancelled, 503),
         ];
         for (kind, status) in cases {
             assert_eq!(status_for(kind).as_u16(), status, "{kind:?}");

@@ -1,5 +1,5 @@
 //! Endpoint handlers: decode, call the core service, encode. Nothing here
-//! validates generation settings or maps errors by itself.
+//! validates generation settings or maps errors by itself (see errors.rs).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use llmlab_core::{ChatStream, Timings};
+use llmlab_core::{ChatEvent, ChatStream, Timings};
 
 use super::errors::ApiError;
 use super::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
@@ -20,11 +20,18 @@ use super::AppState;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The model a response was for, carried to the metrics middleware.
+/// The model a response was for, carried to the metrics middleware. Only
+/// registry ids become labels: a client inventing model names must not
+/// create unbounded metric series.
 #[derive(Debug, Clone)]
 pub struct ModelLabel(pub String);
 
 impl ModelLabel {
+    fn for_request(state: &AppState, model: &str) -> Self {
+        let known = state.service.registry().get(model).is_some();
+        Self(if known { model.to_owned() } else { "unknown".to_owned() })
+    }
+
     fn attach(&self, mut response: Response) -> Response {
         response.extensions_mut().insert(self.clone());
         response
@@ -32,19 +39,7 @@ impl ModelLabel {
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::http(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {limit} bytes"),
-            )
-        } else {
-            ApiError::http(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read request body: {rejection}"),
-            )
-        }
-    })
+    body.map_err(|rejection| ApiError::from_body_rejection(&rejection, limit))
 }
 
 pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -54,7 +49,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         request.model = state.service.default_model().to_owned();
     }
     let meta = ResponseMeta::new(Endpoint::Chat.id_prefix(), &request.model);
-    let model = ModelLabel(request.model.clone());
+    let model = ModelLabel::for_request(&state, &request.model);
     let events = state
         .service
         .chat(request, state.shutdown.child_token())
@@ -73,7 +68,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
         request.model = state.service.default_model().to_owned();
     }
     let meta = ResponseMeta::new(Endpoint::Completion.id_prefix(), &request.model);
-    let model = ModelLabel(request.model.clone());
+    let model = ModelLabel::for_request(&state, &request.model);
     let events = state
         .service
         .complete(request, state.shutdown.child_token())
@@ -89,10 +84,16 @@ async fn answer(
     state: &AppState,
     endpoint: Endpoint,
     meta: ResponseMeta,
-    events: ChatStream,
+    mut events: ChatStream,
     delivery: Delivery,
 ) -> ApiResult {
     if delivery.stream {
+        // Errors found before the first token (prompt longer than the
+        // context, a schema that is not a grammar) arrive at once when the
+        // engine is free: answer those with a status, not a 200 stream.
+        if let Some(ChatEvent::Error(error)) = events.peek_within(state.config.sse_keep_alive).await {
+            return Err(error.clone().into());
+        }
         let include_usage = delivery.include_usage || state.config.always_include_usage;
         let stream = sse_events(
             events,

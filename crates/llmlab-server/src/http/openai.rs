@@ -148,12 +148,6 @@ impl OpenAiRequest {
             .map(ToolChoice::from_openai)
             .transpose()?
             .unwrap_or_default();
-        if params.json_schema.is_some() && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
-            return Err(Error::invalid_param(
-                "response_format",
-                "'response_format' cannot be combined with a forced 'tool_choice'",
-            ));
-        }
         let request = ChatRequest {
             model: self.model,
             messages,
@@ -245,7 +239,8 @@ pub fn completion_logprobs_json(items: &[TokenLogprob], offset: usize) -> Value 
     let mut at = offset;
     for item in items {
         text_offset.push(at);
-        at += item.token.len();
+        // Byte offsets into the UTF-8 text (a token may hold part of a character).
+        at += item.bytes.len();
     }
     let top: Vec<Value> = items
         .iter()

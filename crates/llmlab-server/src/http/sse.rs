@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use axum::response::sse::Event;
 use futures::Stream;
 
-use llmlab_core::{ChatEvent, ChatStream, Error, FinishReason};
+use llmlab_core::{ChatEvent, ChatStream, Error, ErrorKind, FinishReason};
 
 use super::errors::{envelope, status_for};
 use super::responses::ChunkBuilder;
@@ -55,7 +55,7 @@ pub fn sse_events(
                 ChatEvent::Done { finish_reason: FinishReason::Cancelled } => {
                     // The client is still here, so the server cancelled:
                     // shutdown ran out of grace time.
-                    yield error_event(&Error::unavailable("the server is shutting down; the request was cancelled"));
+                    yield error_event(&Error::new(ErrorKind::Cancelled, "the request was cancelled: the server is shutting down"));
                     break;
                 }
                 ChatEvent::Done { finish_reason } => {
