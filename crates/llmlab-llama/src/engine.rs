@@ -204,6 +204,18 @@ fn engine_main(
         }
         load.finished();
     }
+    // Shutting down: requests still queued get a clear answer instead of a
+    // stream that just ends.
+    while let Ok(command) = commands.try_recv() {
+        if let Command::Generate(job) = command {
+            load.started();
+            let _ = job.events.send(ChatEvent::Error(Error::unavailable(format!(
+                "model '{}' was unloaded",
+                spec.id
+            ))));
+            load.finished();
+        }
+    }
 }
 
 fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
