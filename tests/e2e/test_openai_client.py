@@ -157,3 +157,22 @@ def test_tool_result_round_trip(client):
     answer = second.choices[0].message.content or ""
     assert second.choices[0].finish_reason in ("stop", "length")
     assert "21" in answer or "sunny" in answer.lower(), answer
+
+
+def test_admin_load_unload_and_ps(server):
+    import subprocess
+    import urllib.request
+
+    from conftest import _binary
+
+    def post(path):
+        req = urllib.request.Request(server + path, method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())
+
+    assert post("/v1/models/gemma-3-270m/load")["state"] == "loaded"
+    ps = subprocess.run([_binary(), "ps", "--url", server + "/v1"], capture_output=True, text=True, check=True).stdout
+    assert "gemma-3-270m" in ps and "loaded" in ps
+    assert post("/v1/models/gemma-3-270m/unload")["state"] == "unloaded"
+    ps = subprocess.run([_binary(), "ps", "--url", server + "/v1"], capture_output=True, text=True, check=True).stdout
+    assert "gemma-3-270m" not in ps

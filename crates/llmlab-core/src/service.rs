@@ -25,12 +25,15 @@ pub trait PipelineFactory: Send + Sync + 'static {
     fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
 }
 
-/// Whether a model is in memory.
+/// Where a model is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelState {
     Unloaded,
+    Loading,
     Loaded,
+    /// The last load failed; the next request tries again.
+    Failed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,7 +41,14 @@ pub struct ModelStatus {
     pub id: String,
     pub kind: ModelKind,
     pub state: ModelState,
+    /// Why the last load failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// Loads in progress and the last failure per model (loaded models are
+/// known from their slot).
+type LoadNotes = Arc<Mutex<HashMap<String, Result<(), String>>>>;
 
 type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
 
@@ -46,6 +56,8 @@ pub struct Service {
     registry: Registry,
     factory: Arc<dyn PipelineFactory>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// `Ok(())` while a load runs, `Err(reason)` after one failed.
+    notes: LoadNotes,
 }
 
 impl std::fmt::Debug for Service {
@@ -56,9 +68,20 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// A poisoned lock only means another thread panicked while holding it;
+/// the maps stay consistent, so keep going.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Load one pipeline on a blocking thread, recording metrics and logs.
-async fn load_pipeline(factory: Arc<dyn PipelineFactory>, spec: ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+async fn load_pipeline(
+    factory: Arc<dyn PipelineFactory>,
+    spec: ModelSpec,
+    notes: LoadNotes,
+) -> Result<Arc<dyn ChatPipeline>> {
     let id = spec.id.clone();
+    lock(&notes).insert(id.clone(), Ok(()));
     tracing::info!(model = %id, "loading model");
     let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
@@ -67,10 +90,12 @@ async fn load_pipeline(factory: Arc<dyn PipelineFactory>, spec: ModelSpec) -> Re
         .and_then(|result| result);
     match &loaded {
         Ok(_) => {
+            lock(&notes).remove(&id);
             metrics::model_loaded(&id, started.elapsed());
             tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
         }
         Err(e) => {
+            lock(&notes).insert(id.clone(), Err(e.message.clone()));
             metrics::model_load_failed(&id);
             tracing::error!(model = %id, error = %e, "model failed to load");
         }
@@ -84,6 +109,7 @@ impl Service {
             registry,
             factory,
             slots: Mutex::new(HashMap::new()),
+            notes: LoadNotes::default(),
         }
     }
 
@@ -122,19 +148,44 @@ impl Service {
     }
 
     pub fn models(&self) -> Vec<ModelStatus> {
+        let notes = lock(&self.notes).clone();
         self.registry
             .models
             .iter()
-            .map(|m| ModelStatus {
-                id: m.id.clone(),
-                kind: m.kind,
-                state: if self.is_loaded(&m.id) {
-                    ModelState::Loaded
-                } else {
-                    ModelState::Unloaded
-                },
+            .map(|m| {
+                let (state, error) = match (self.is_loaded(&m.id), notes.get(&m.id)) {
+                    (true, _) => (ModelState::Loaded, None),
+                    (false, Some(Ok(()))) => (ModelState::Loading, None),
+                    (false, Some(Err(reason))) => (ModelState::Failed, Some(reason.clone())),
+                    (false, None) => (ModelState::Unloaded, None),
+                };
+                ModelStatus {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    state,
+                    error,
+                }
             })
             .collect()
+    }
+
+    /// Unload a model now. Its running request finishes; requests queued
+    /// behind it are answered with an error. Returns whether it was loaded.
+    pub async fn unload(&self, id: &str) -> Result<bool> {
+        self.registry.require(id)?;
+        let old = lock(&self.slots).remove(id);
+        let pipeline = old.and_then(|slot| slot.get().cloned());
+        let was_loaded = pipeline.is_some();
+        if let Some(pipeline) = pipeline {
+            // Dropping a pipeline joins its engine thread: not on a runtime worker.
+            tokio::task::spawn_blocking(move || drop(pipeline))
+                .await
+                .map_err(|e| Error::internal(format!("unloading '{id}' failed: {e}")))?;
+            metrics::model_evicted(id);
+            tracing::info!(model = %id, "model unloaded");
+        }
+        lock(&self.notes).remove(id);
+        Ok(was_loaded)
     }
 
     /// Resolve the model id (filling in the default) and get its pipeline.
@@ -158,10 +209,11 @@ impl Service {
         // would start a second copy of the model. Concurrent callers' tasks
         // meet in the same cell, so there is still exactly one load.
         let factory = Arc::clone(&self.factory);
+        let notes = Arc::clone(&self.notes);
         let task_slot = Arc::clone(&slot);
         tokio::spawn(async move {
             task_slot
-                .get_or_try_init(|| load_pipeline(factory, spec))
+                .get_or_try_init(|| load_pipeline(factory, spec, notes))
                 .await
                 .map(Arc::clone)
         })
@@ -170,7 +222,7 @@ impl Service {
     }
 
     fn slot(&self, id: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = lock(&self.slots);
         Arc::clone(slots.entry(id.to_owned()).or_default())
     }
 
@@ -289,6 +341,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn states_follow_load_failure_and_unload() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("bad file"));
+        let svc = service(Arc::clone(&factory));
+        let state = |svc: &Service| svc.models().into_iter().find(|m| m.id == "fake-a").unwrap();
+        assert_eq!(state(&svc).state, ModelState::Unloaded);
+        svc.load("fake-a").await.unwrap_err();
+        assert_eq!(
+            (state(&svc).state, state(&svc).error.as_deref()),
+            (ModelState::Failed, Some("bad file"))
+        );
+        *factory.fail_loads.lock().unwrap() = None;
+        svc.load("fake-a").await.unwrap();
+        assert_eq!(state(&svc).state, ModelState::Loaded);
+        assert!(svc.unload("fake-a").await.unwrap());
+        assert_eq!(state(&svc).state, ModelState::Unloaded);
+        assert!(!svc.unload("fake-a").await.unwrap());
+        assert_eq!(svc.unload("nope").await.unwrap_err().kind, ErrorKind::NotFound);
+        // The next request loads it again.
+        svc.chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -390,6 +390,8 @@ fn openapi_document_lists_every_route() {
         ("/v1/completions", "post"),
         ("/v1/models", "get"),
         ("/v1/models/{id}", "get"),
+        ("/v1/models/{id}/load", "post"),
+        ("/v1/models/{id}/unload", "post"),
         ("/health", "get"),
         ("/openapi.json", "get"),
     ] {
@@ -432,5 +434,29 @@ async fn assistant_turns_with_null_content_are_accepted() {
             .await
             .status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn models_can_be_loaded_and_unloaded_by_request() {
+    let h = harness(Script::text(&["x"]), None);
+    let load = send(&h.state, post("/v1/models/fake-b/load", "")).await;
+    assert_eq!(load.status, StatusCode::OK, "{}", load.body);
+    assert_eq!(load.json()["state"], "loaded");
+    let unload = send(&h.state, post("/v1/models/fake-b/unload", "")).await.json();
+    assert_eq!(unload["state"], "unloaded");
+    send(&h.state, post("/v1/models/nope/load", ""))
+        .await
+        .assert_error(404, None);
+    *h.factory.fail_loads.lock().unwrap() = Some(Error::unavailable("corrupt file"));
+    send(&h.state, post("/v1/models/fake-a/load", ""))
+        .await
+        .assert_error(503, None);
+    let failed = send(&h.state, Request::get("/v1/models/fake-a").body(Body::empty()).unwrap())
+        .await
+        .json();
+    assert_eq!(
+        (failed["state"].as_str(), failed["error"].as_str()),
+        (Some("failed"), Some("corrupt file"))
     );
 }

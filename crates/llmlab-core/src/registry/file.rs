@@ -72,10 +72,15 @@ pub struct Registry {
 impl Registry {
     /// Load `file`, apply environment overrides and validate. Relative model
     /// paths are resolved against `models_dir`.
+    /// GGUF files in `models_dir` that the file does not list are added as
+    /// chat models with default settings.
     pub fn load(file: &Path, models_dir: &Path) -> Result<Self, RegistryError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| RegistryError::new(file, None, None, format!("cannot read: {e}")))?;
-        Self::parse(&text, file, models_dir, |key| std::env::var(key).ok())
+        let mut registry = Self::parse(&text, file, models_dir, |key| std::env::var(key).ok())?;
+        let found = super::scan::discover_gguf_models(models_dir, &registry.models);
+        registry.models.extend(found);
+        Ok(registry)
     }
 
     /// Parse registry text. `env` looks up environment variables (injected

@@ -3,7 +3,9 @@
 
 mod env_overrides;
 mod file;
+mod scan;
 mod spec;
 
 pub use file::{Registry, RegistryError};
+pub use scan::discover_gguf_models;
 pub use spec::{BackendKind, ModelKind, ModelSource, ModelSpec, PypiPart};

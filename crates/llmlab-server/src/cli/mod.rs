@@ -3,6 +3,7 @@
 mod bench_engine;
 mod chat;
 mod models;
+mod ps;
 mod serve;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// Show the models a running server holds.
+    Ps(ps::PsArgs),
     /// Fetch model files (the default model when no id is given).
     Pull(PullArgs),
     /// Load-test an OpenAI-compatible endpoint (ours or a peer's).
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => chat::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),
         Command::Pull(args) => pull(&cli.common, args),
+        Command::Ps(args) => ps::run(&args),
         Command::Bench(args) => bench(&args),
         Command::BenchEngine(args) => bench_engine::run(&cli.common, args),
     }

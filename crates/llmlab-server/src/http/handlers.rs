@@ -138,14 +138,35 @@ fn add_timing_headers(headers: &mut HeaderMap, t: &Timings) {
 }
 
 fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
-    json!({
+    let mut model = json!({
         "id": status.id,
         "object": "model",
         "created": 0,
         "owned_by": "llmlab",
         "kind": status.kind.as_str(),
         "state": status.state,
-    })
+    });
+    if let Some(error) = &status.error {
+        model["error"] = json!(error);
+    }
+    model
+}
+
+fn model_status(state: &AppState, id: &str) -> Response {
+    let status = state.service.models().into_iter().find(|m| m.id == id);
+    Json(status.as_ref().map(model_json)).into_response()
+}
+
+/// `POST /v1/models/{id}/load`: load now (waits for the load).
+pub async fn load_model(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    state.service.load(&id).await?;
+    Ok(model_status(&state, &id))
+}
+
+/// `POST /v1/models/{id}/unload`: free the model's memory now.
+pub async fn unload_model(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    state.service.unload(&id).await?;
+    Ok(model_status(&state, &id))
 }
 
 pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -155,8 +176,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Valu
 
 pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     state.service.registry().require(&id)?;
-    let status = state.service.models().into_iter().find(|m| m.id == id);
-    Ok(Json(status.as_ref().map(model_json)).into_response())
+    Ok(model_status(&state, &id))
 }
 
 /// 200 once the default model is loaded; 503 while it loads (or failed).

@@ -49,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
+        .route("/v1/models/{id}/load", post(handlers::load_model))
+        .route("/v1/models/{id}/unload", post(handlers::unload_model))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_api_key,
