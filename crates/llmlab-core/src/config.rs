@@ -41,6 +41,13 @@ pub const DEFAULT_LOG_FILTER: &str =
 /// `Overloaded` (HTTP 429 and `Retry-After`).
 pub const MAX_QUEUED_REQUESTS: usize = 64;
 
+/// How long an idle model stays loaded unless the registry or the request
+/// says otherwise (Ollama's default).
+pub const DEFAULT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// How often idle models are checked against their keep-alive.
+pub const KEEP_ALIVE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Recent tokens the repetition penalties look at.
 pub const DEFAULT_PENALTY_LAST_N: i32 = 64;
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod error;
+pub mod keep_alive;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::keep_alive::KeepAlive;
 use crate::metrics::{self, GenerationMeter};
 use crate::pipeline::ChatPipeline;
 use crate::registry::{ModelKind, ModelSpec, Registry};
@@ -52,12 +53,43 @@ type LoadNotes = Arc<Mutex<HashMap<String, Result<(), String>>>>;
 
 type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
 
+/// Requests using a model right now, and since when it is idle.
+#[derive(Debug)]
+struct ModelUse {
+    active: usize,
+    idle_since: tokio::time::Instant,
+    keep_alive: KeepAlive,
+}
+
+type Uses = Arc<Mutex<HashMap<String, ModelUse>>>;
+
+/// Held while a request uses a model (it travels with the request's
+/// stream). A leased model is never unloaded for idleness; dropping the last
+/// lease starts its keep-alive countdown.
+#[derive(Debug)]
+pub struct ModelLease {
+    uses: Uses,
+    id: String,
+}
+
+impl Drop for ModelLease {
+    fn drop(&mut self) {
+        if let Some(model) = lock(&self.uses).get_mut(&self.id) {
+            model.active = model.active.saturating_sub(1);
+            if model.active == 0 {
+                model.idle_since = tokio::time::Instant::now();
+            }
+        }
+    }
+}
+
 pub struct Service {
     registry: Registry,
     factory: Arc<dyn PipelineFactory>,
     slots: Mutex<HashMap<String, Slot>>,
     /// `Ok(())` while a load runs, `Err(reason)` after one failed.
     notes: LoadNotes,
+    uses: Uses,
 }
 
 impl std::fmt::Debug for Service {
@@ -110,6 +142,7 @@ impl Service {
             factory,
             slots: Mutex::new(HashMap::new()),
             notes: LoadNotes::default(),
+            uses: Uses::default(),
         }
     }
 
@@ -124,23 +157,96 @@ impl Service {
     /// Chat with the model the request names (the default one when empty).
     pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let pipeline = self.chat_pipeline(&mut request.model).await?;
+        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
-        Ok(pipeline.chat(request, cancel)?.observed(meter))
+        Ok(pipeline.chat(request, cancel)?.observed(meter).holding(lease))
     }
 
     /// Plain completion with the model the request names.
     pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let pipeline = self.chat_pipeline(&mut request.model).await?;
+        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
-        Ok(pipeline.complete(request, cancel)?.observed(meter))
+        Ok(pipeline.complete(request, cancel)?.observed(meter).holding(lease))
     }
 
-    /// Load a model now (start-up preloading, admin endpoints).
-    pub async fn load(&self, id: &str) -> Result<()> {
+    /// Load a model now (start-up preloading, admin endpoints); `keep_alive`
+    /// replaces the model's own (preloaded models are kept `Forever`).
+    pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<()> {
         let mut id = id.to_owned();
-        self.chat_pipeline(&mut id).await.map(|_| ())
+        self.leased_pipeline(&mut id, keep_alive).await.map(|_| ())
+    }
+
+    /// Take a lease on the model (before loading it, so that it cannot be
+    /// found idle between load and use), then get or load its pipeline.
+    async fn leased_pipeline(
+        &self,
+        model: &mut String,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<(Arc<dyn ChatPipeline>, ModelLease)> {
+        if model.is_empty() {
+            model.clone_from(&self.registry.default_model);
+        }
+        let spec = self.registry.require(model)?;
+        let lease = {
+            let mut uses = lock(&self.uses);
+            let usage = uses.entry(spec.id.clone()).or_insert_with(|| ModelUse {
+                active: 0,
+                idle_since: tokio::time::Instant::now(),
+                keep_alive: spec.keep_alive,
+            });
+            usage.active += 1;
+            // Ollama's rule: the latest request's keep-alive applies.
+            usage.keep_alive = keep_alive.unwrap_or(spec.keep_alive);
+            ModelLease {
+                uses: Arc::clone(&self.uses),
+                id: spec.id.clone(),
+            }
+        };
+        let pipeline = self.chat_pipeline(model).await?;
+        Ok((pipeline, lease))
+    }
+
+    /// Unload every idle model whose keep-alive ran out.
+    pub async fn unload_expired(&self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<(String, Slot)> = {
+            let uses = lock(&self.uses);
+            let mut slots = lock(&self.slots);
+            let ids: Vec<String> = uses
+                .iter()
+                .filter(|(id, u)| {
+                    u.active == 0
+                        && slots.get(*id).is_some_and(|slot| slot.initialized())
+                        && matches!(u.keep_alive, KeepAlive::For(d) if now.duration_since(u.idle_since) >= d)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| slots.remove(&id).map(|slot| (id, slot)))
+                .collect()
+        };
+        for (id, slot) in expired {
+            if let Some(pipeline) = slot.get().cloned() {
+                let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
+                metrics::model_evicted(&id);
+                tracing::info!(model = %id, "model unloaded after its keep-alive");
+            }
+        }
+    }
+
+    /// Check keep-alives every [`config::KEEP_ALIVE_CHECK_INTERVAL`] until
+    /// the service is dropped.
+    pub fn spawn_keep_alive(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::config::KEEP_ALIVE_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(service) = service.upgrade() else { return };
+                service.unload_expired().await;
+            }
+        })
     }
 
     pub fn is_loaded(&self, id: &str) -> bool {
@@ -350,13 +456,13 @@ mod tests {
         let svc = service(Arc::clone(&factory));
         let state = |svc: &Service| svc.models().into_iter().find(|m| m.id == "fake-a").unwrap();
         assert_eq!(state(&svc).state, ModelState::Unloaded);
-        svc.load("fake-a").await.unwrap_err();
+        svc.load("fake-a", None).await.unwrap_err();
         assert_eq!(
             (state(&svc).state, state(&svc).error.as_deref()),
             (ModelState::Failed, Some("bad file"))
         );
         *factory.fail_loads.lock().unwrap() = None;
-        svc.load("fake-a").await.unwrap();
+        svc.load("fake-a", None).await.unwrap();
         assert_eq!(state(&svc).state, ModelState::Loaded);
         assert!(svc.unload("fake-a").await.unwrap());
         assert_eq!(state(&svc).state, ModelState::Unloaded);
@@ -366,6 +472,62 @@ mod tests {
         svc.chat(chat_request("fake-a"), CancellationToken::new())
             .await
             .unwrap();
+        assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    }
+
+    fn with_keep_alive(model: &str, keep_alive: Option<KeepAlive>) -> ChatRequest {
+        ChatRequest {
+            keep_alive,
+            ..chat_request(model)
+        }
+    }
+
+    /// Let the keep-alive task and spawned unloads run on virtual time.
+    async fn advance(by: Duration) {
+        tokio::time::advance(by).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_models_unload_after_their_keep_alive_and_leased_ones_never() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        let svc = service(Arc::clone(&factory));
+        let _keeper = svc.spawn_keep_alive();
+        // Default keep-alive (5 minutes) from the registry.
+        svc.chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap()
+            .collect_response()
+            .await
+            .unwrap();
+        advance(Duration::from_secs(4 * 60)).await;
+        assert!(svc.is_loaded("fake-a"));
+        advance(Duration::from_secs(61 + 2)).await;
+        assert!(!svc.is_loaded("fake-a"), "idle past its keep-alive");
+
+        // A stream that is still being read holds a lease.
+        let held = svc
+            .chat(
+                with_keep_alive("fake-a", Some(KeepAlive::For(Duration::ZERO))),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        advance(Duration::from_secs(3600)).await;
+        assert!(svc.is_loaded("fake-a"), "a leased model is never unloaded");
+        drop(held);
+        advance(Duration::from_secs(2)).await;
+        assert!(
+            !svc.is_loaded("fake-a"),
+            "keep_alive 0 unloads once the last request ends"
+        );
+
+        // Negative keep-alive: never.
+        svc.load("fake-b", Some(KeepAlive::Forever)).await.unwrap();
+        advance(Duration::from_secs(24 * 3600)).await;
+        assert!(svc.is_loaded("fake-b"));
         assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
     }
 

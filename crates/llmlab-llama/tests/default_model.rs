@@ -40,6 +40,7 @@ fn ask(question: &str, params: GenerationParams) -> ChatResponse {
         tools: Vec::new(),
         tool_choice: Default::default(),
         params,
+        keep_alive: None,
     };
     model()
         .chat(request, CancellationToken::new())
@@ -119,6 +120,7 @@ fn cancelling_ends_generation_within_one_decode_step() {
             ignore_eos: true,
             ..greedy(400)
         },
+        keep_alive: None,
     };
     let mut stream = model().complete(request, cancel.clone()).unwrap();
     let mut before = 0;
@@ -157,6 +159,7 @@ fn dropping_the_stream_cancels_and_frees_the_engine() {
             ignore_eos: true,
             ..greedy(2000)
         },
+        keep_alive: None,
     };
     let mut stream = model().complete(request, CancellationToken::new()).unwrap();
     assert!(matches!(stream.blocking_next(), Some(ChatEvent::Content(_))));
@@ -185,6 +188,7 @@ fn multi_turn_conversation_renders_exactly_as_the_template_defines() {
         tools: Vec::new(),
         tool_choice: Default::default(),
         params: GenerationParams::default(),
+        keep_alive: None,
     };
     assert_eq!(
         model().render_prompt(&request).unwrap(),
@@ -216,6 +220,7 @@ fn tools_are_rendered_into_the_prompt() {
         tools: vec![tool],
         tool_choice: Default::default(),
         params: GenerationParams::default(),
+        keep_alive: None,
     };
     let prompt = model().render_prompt(&request).unwrap();
     assert!(
@@ -237,6 +242,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
                 tools: Vec::new(),
                 tool_choice: Default::default(),
                 params: greedy(4),
+                keep_alive: None,
             },
             CancellationToken::new(),
         )
@@ -268,6 +274,7 @@ fn invalid_requests_are_rejected_with_the_field_named() {
                 tools: Vec::new(),
                 tool_choice: Default::default(),
                 params,
+                keep_alive: None,
             },
             CancellationToken::new(),
         )
@@ -286,6 +293,7 @@ fn multibyte_output_streams_as_whole_characters() {
         tools: Vec::new(),
         tool_choice: Default::default(),
         params: greedy(24),
+        keep_alive: None,
     };
     let mut stream = model().chat(request, CancellationToken::new()).unwrap();
     let mut text = String::new();
@@ -340,6 +348,7 @@ fn ask_with_tools(tool_choice: llmlab_core::ToolChoice) -> ChatResponse {
         tools: vec![weather_tool()],
         tool_choice,
         params: greedy(60),
+        keep_alive: None,
     };
     model()
         .chat(request, CancellationToken::new())

@@ -54,6 +54,7 @@ fn plain_completion_works_and_is_deterministic() {
             max_tokens: Some(8),
             ..GenerationParams::default()
         },
+        keep_alive: None,
     };
     let a = model
         .complete(request.clone(), CancellationToken::new())

@@ -242,14 +242,14 @@ async fn health_is_503_until_the_default_model_is_loaded() {
     let h = harness(Script::text(&["x"]), None);
     let health = || Request::get("/health").body(Body::empty()).unwrap();
     assert_eq!(send(&h.state, health()).await.status, StatusCode::SERVICE_UNAVAILABLE);
-    h.state.service.load("fake-a").await.unwrap();
+    h.state.service.load("fake-a", None).await.unwrap();
     assert_eq!(send(&h.state, health()).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn models_are_listed_with_their_state() {
     let h = harness(Script::text(&["x"]), None);
-    h.state.service.load("fake-b").await.unwrap();
+    h.state.service.load("fake-b", None).await.unwrap();
     let list = send(&h.state, Request::get("/v1/models").body(Body::empty()).unwrap())
         .await
         .json();
@@ -459,4 +459,33 @@ async fn models_can_be_loaded_and_unloaded_by_request() {
         (failed["state"].as_str(), failed["error"].as_str()),
         (Some("failed"), Some("corrupt file"))
     );
+}
+
+#[tokio::test]
+async fn keep_alive_is_validated() {
+    let h = harness(Script::text(&["x"]), None);
+    assert_eq!(
+        send(
+            &h.state,
+            post("/v1/chat/completions", chat_body(json!({"keep_alive": "10m"})))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(
+            &h.state,
+            post("/v1/chat/completions", chat_body(json!({"keep_alive": -1})))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    send(
+        &h.state,
+        post("/v1/chat/completions", chat_body(json!({"keep_alive": "soon"}))),
+    )
+    .await
+    .assert_error(400, Some("keep_alive"));
 }

@@ -55,6 +55,8 @@ pub(super) struct ModelEntry {
     pub chat_template_file: Option<String>,
     pub reasoning_format: Option<crate::stream::ReasoningFormat>,
     pub tool_call_format: Option<crate::stream::ToolCallFormat>,
+    /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
+    pub keep_alive: Option<String>,
     #[serde(default)]
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,
@@ -256,6 +258,10 @@ fn resolve(
         batch_size,
         gpu_layers: entry.gpu_layers.unwrap_or(0),
         chat_template,
+        keep_alive: match &entry.keep_alive {
+            None => crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
+            Some(text) => crate::keep_alive::KeepAlive::parse(text).map_err(|e| err("keep_alive", e.message))?,
+        },
         reasoning_format: entry.reasoning_format,
         tool_call_format: entry.tool_call_format,
         sampling: entry.sampling,
@@ -357,6 +363,7 @@ models:
                 "backend",
             ),
             (GOOD.replace("path: small.gguf", "path: ''"), "path"),
+            (GOOD.replace("context_size: 2048", "keep_alive: soon"), "keep_alive"),
         ];
         for (text, field) in cases {
             let err = parse(&text).unwrap_err();

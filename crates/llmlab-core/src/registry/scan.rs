@@ -40,6 +40,7 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         batch_size: config::DEFAULT_BATCH_SIZE,
         gpu_layers: 0,
         chat_template: None,
+        keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
         reasoning_format: None,
         tool_call_format: None,
         sampling: crate::SamplingParams::default(),

@@ -74,6 +74,8 @@ pub struct ModelSpec {
     pub reasoning_format: Option<ReasoningFormat>,
     /// How the model writes tool calls; `None` = detect from the chat template.
     pub tool_call_format: Option<ToolCallFormat>,
+    /// How long the model stays loaded when idle (requests may override).
+    pub keep_alive: crate::keep_alive::KeepAlive,
     /// Model-level sampling defaults (request values win).
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,

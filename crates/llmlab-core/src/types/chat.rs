@@ -334,6 +334,9 @@ pub struct ChatRequest {
     pub tool_choice: super::ToolChoice,
     #[serde(default)]
     pub params: GenerationParams,
+    /// How long the model stays loaded after this request (Ollama's meaning).
+    #[serde(skip)]
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
 }
 
 impl ChatRequest {
@@ -372,6 +375,8 @@ pub struct CompletionRequest {
     pub prompt: String,
     #[serde(default)]
     pub params: GenerationParams,
+    #[serde(skip)]
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
 }
 
 impl CompletionRequest {

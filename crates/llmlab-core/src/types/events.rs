@@ -153,6 +153,8 @@ pub struct ChatStream {
     observer: Option<Box<dyn StreamObserver>>,
     /// An event already received (and observed) by `peek_within`.
     front: Option<ChatEvent>,
+    /// Kept alive as long as the stream (the model lease).
+    _guard: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -177,6 +179,7 @@ impl ChatStream {
                 rx,
                 observer: None,
                 front: None,
+                _guard: None,
             },
         )
     }
@@ -188,6 +191,13 @@ impl ChatStream {
             let _ = tx.send(event);
         }
         stream
+    }
+
+    /// Keep `guard` alive until the stream is dropped (a model lease: the
+    /// model cannot be unloaded for idleness while someone reads from it).
+    pub fn holding(mut self, guard: impl std::any::Any + Send) -> Self {
+        self._guard = Some(Box::new(guard));
+        self
     }
 
     /// Attach an observer that sees each event as it is received.

@@ -34,6 +34,7 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
         let request = CompletionRequest {
             model: id.clone(),
             prompt: "Once".into(),
+            keep_alive: None,
             params: GenerationParams {
                 sampling: SamplingParams {
                     temperature: Some(0.0),

@@ -104,6 +104,7 @@ fn answer(
             model: String::new(),
             prompt: prompt.to_owned(),
             params: args.params(),
+            keep_alive: None,
         };
         pipeline.complete(request, cancel)?
     } else {
@@ -113,6 +114,7 @@ fn answer(
             messages: history.clone(),
             tools: Vec::new(),
             tool_choice: Default::default(),
+            keep_alive: None,
             params: args.params(),
         };
         pipeline.chat(request, cancel)?

@@ -8,6 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::config;
+use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::service::Service;
 
 use super::CommonArgs;
@@ -47,11 +48,13 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let service = Arc::new(Service::new(registry, Arc::new(BackendFactory)));
+        service.spawn_keep_alive();
         if !args.no_preload {
             let preload = Arc::clone(&service);
             tokio::spawn(async move {
                 let model = preload.default_model().to_owned();
-                if let Err(e) = preload.load(&model).await {
+                // A preloaded default model stays loaded: /health reports it.
+                if let Err(e) = preload.load(&model, Some(KeepAlive::Forever)).await {
                     tracing::error!(%model, error = %e, "default model failed to load; /health stays 503");
                 }
             });

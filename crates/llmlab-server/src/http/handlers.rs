@@ -159,7 +159,7 @@ fn model_status(state: &AppState, id: &str) -> Response {
 
 /// `POST /v1/models/{id}/load`: load now (waits for the load).
 pub async fn load_model(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    state.service.load(&id).await?;
+    state.service.load(&id, None).await?;
     Ok(model_status(&state, &id))
 }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::{
     ChatMessage, ChatRequest, CompletionRequest, Error, GenerationParams, Result, SamplingParams, TokenLogprob,
     ToolChoice, ToolDefinition, Usage,
@@ -44,6 +45,9 @@ pub struct OpenAiRequest {
     pub tools: Option<Vec<ToolDefinition>>,
     pub tool_choice: Option<Value>,
     pub response_format: Option<Value>,
+    /// llmlab extension with Ollama's meaning: how long the model stays
+    /// loaded after this request ("5m", "0", "-1", or seconds).
+    pub keep_alive: Option<Value>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i32>,
@@ -136,8 +140,14 @@ impl OpenAiRequest {
         }
     }
 
+    /// Ollama's `keep_alive`: a duration string or seconds.
+    fn keep_alive(&self) -> Result<Option<KeepAlive>> {
+        self.keep_alive.as_ref().map(KeepAlive::from_json).transpose()
+    }
+
     pub fn into_chat(self) -> Result<(ChatRequest, Delivery)> {
         let params = self.params()?;
+        let keep_alive = self.keep_alive()?;
         let delivery = self.delivery();
         let messages = self
             .messages
@@ -154,12 +164,14 @@ impl OpenAiRequest {
             tools: self.tools.unwrap_or_default(),
             tool_choice,
             params,
+            keep_alive,
         };
         Ok((request, delivery))
     }
 
     pub fn into_completion(self) -> Result<(CompletionRequest, Delivery)> {
         let params = self.params()?;
+        let keep_alive = self.keep_alive()?;
         let delivery = self.delivery();
         let prompt = match self.prompt {
             None => return Err(Error::invalid_param("prompt", "'prompt' is required")),
@@ -177,6 +189,7 @@ impl OpenAiRequest {
                 model: self.model,
                 prompt,
                 params,
+                keep_alive,
             },
             delivery,
         ))
