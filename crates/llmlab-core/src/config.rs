@@ -48,6 +48,42 @@ pub const DEFAULT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_se
 /// How often idle models are checked against their keep-alive.
 pub const KEEP_ALIVE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Memory loaded models may hold together when `--memory-budget` is not set:
+/// 90% of the machine's RAM (none when it cannot be read).
+pub fn default_memory_budget() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 10 * 9)
+}
+
+/// Parse a byte size: `123`, `512M`, `12G`, `1.5G` (binary units).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => (&text[..at], text[at..].to_ascii_uppercase()),
+        None => (text, String::new()),
+    };
+    let scale: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("unknown size unit in '{text}'")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("invalid size '{text}'"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("invalid size '{text}'"));
+    }
+    Ok((value * scale as f64) as u64)
+}
+
 /// Recent tokens the repetition penalties look at.
 pub const DEFAULT_PENALTY_LAST_N: i32 = 64;
 
@@ -101,4 +137,18 @@ pub fn models_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     cache.join("llmlab").join("models")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("123"), Ok(123));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert!(parse_bytes("lots").is_err() && parse_bytes("5X").is_err() && parse_bytes("-1G").is_err());
+    }
 }

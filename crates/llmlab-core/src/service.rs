@@ -24,6 +24,11 @@ use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
 pub trait PipelineFactory: Send + Sync + 'static {
     /// Load a chat model. Blocking: the service calls it on a blocking thread.
     fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
+
+    /// Memory the model will hold once loaded, estimated before loading.
+    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
+        Ok(std::fs::metadata(&spec.path).map_or(0, |m| m.len()))
+    }
 }
 
 /// Where a model is in its life.
@@ -90,6 +95,10 @@ pub struct Service {
     /// `Ok(())` while a load runs, `Err(reason)` after one failed.
     notes: LoadNotes,
     uses: Uses,
+    /// Bytes loaded models may hold together; `None`: no limit.
+    memory_budget: Option<u64>,
+    /// Estimated bytes of each model loaded (or loading).
+    footprint: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -143,6 +152,63 @@ impl Service {
             slots: Mutex::new(HashMap::new()),
             notes: LoadNotes::default(),
             uses: Uses::default(),
+            memory_budget: None,
+            footprint: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuse (503) to load models that would not fit in `bytes`, after
+    /// unloading idle models, least recently used first.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Make room for `spec` within the memory budget: evict idle models, least
+    /// recently used first; refuse with the figures when it cannot fit.
+    async fn make_room(&self, spec: &ModelSpec) -> Result<()> {
+        let Some(budget) = self.memory_budget else {
+            return Ok(());
+        };
+        let factory = Arc::clone(&self.factory);
+        let probe = spec.clone();
+        let needed = tokio::task::spawn_blocking(move || factory.estimate_bytes(&probe))
+            .await
+            .map_err(|e| Error::internal(format!("estimating memory failed: {e}")))??;
+        loop {
+            let used: u64 = lock(&self.footprint)
+                .iter()
+                .filter(|(id, _)| *id != &spec.id)
+                .map(|(_, b)| b)
+                .sum();
+            if used + needed <= budget {
+                lock(&self.footprint).insert(spec.id.clone(), needed);
+                return Ok(());
+            }
+            let victim = {
+                let uses = lock(&self.uses);
+                let footprint = lock(&self.footprint);
+                footprint
+                    .keys()
+                    .filter(|id| *id != &spec.id && self.is_loaded(id))
+                    .filter_map(|id| {
+                        uses.get(id)
+                            .filter(|u| u.active == 0)
+                            .map(|u| (id.clone(), u.idle_since))
+                    })
+                    .min_by_key(|(_, idle_since)| *idle_since)
+                    .map(|(id, _)| id)
+            };
+            let Some(victim) = victim else {
+                let available = budget.saturating_sub(used);
+                return Err(Error::unavailable(format!(
+                    "model '{}' needs about {needed} bytes but only {available} of the {budget}-byte memory budget are free, and every loaded model is in use",
+                    spec.id
+                ))
+                .with_retry_after(5));
+            };
+            tracing::info!(model = %victim, for_model = %spec.id, "unloading the least recently used idle model to make room");
+            self.unload(&victim).await?;
         }
     }
 
@@ -230,6 +296,7 @@ impl Service {
             if let Some(pipeline) = slot.get().cloned() {
                 let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
                 metrics::model_evicted(&id);
+                lock(&self.footprint).remove(&id);
                 tracing::info!(model = %id, "model unloaded after its keep-alive");
             }
         }
@@ -291,6 +358,7 @@ impl Service {
             tracing::info!(model = %id, "model unloaded");
         }
         lock(&self.notes).remove(id);
+        lock(&self.footprint).remove(id);
         Ok(was_loaded)
     }
 
@@ -310,6 +378,7 @@ impl Service {
         if let Some(pipeline) = slot.get() {
             return Ok(Arc::clone(pipeline));
         }
+        self.make_room(&spec).await?;
         // The load runs in its own task: a caller that gives up (a client
         // that disconnects) must not abandon a load others wait for, which
         // would start a second copy of the model. Concurrent callers' tasks
@@ -317,14 +386,20 @@ impl Service {
         let factory = Arc::clone(&self.factory);
         let notes = Arc::clone(&self.notes);
         let task_slot = Arc::clone(&slot);
-        tokio::spawn(async move {
+        let id = spec.id.clone();
+        let loaded = tokio::spawn(async move {
             task_slot
                 .get_or_try_init(|| load_pipeline(factory, spec, notes))
                 .await
                 .map(Arc::clone)
         })
         .await
-        .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("model load task failed: {e}")))?;
+        if loaded.is_err() && !slot.initialized() {
+            // A failed load holds no memory.
+            lock(&self.footprint).remove(&id);
+        }
+        loaded
     }
 
     fn slot(&self, id: &str) -> Slot {
@@ -529,6 +604,50 @@ mod tests {
         advance(Duration::from_secs(24 * 3600)).await;
         assert!(svc.is_loaded("fake-b"));
         assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_evicts_idle_models_lru_first_and_refuses_when_all_are_busy() {
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        factory
+            .sizes
+            .lock()
+            .unwrap()
+            .extend([("fake-a".to_owned(), 60), ("fake-b".to_owned(), 60)]);
+        let svc =
+            Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>).with_memory_budget(100);
+        svc.load("fake-a", None).await.unwrap();
+        // b does not fit next to a; a is idle, so it goes.
+        svc.load("fake-b", None).await.unwrap();
+        assert!(!svc.is_loaded("fake-a") && svc.is_loaded("fake-b"));
+        // While b streams, a cannot evict it: 503 with the figures.
+        let busy = svc
+            .chat(chat_request("fake-b"), CancellationToken::new())
+            .await
+            .unwrap();
+        let err = svc
+            .chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        assert!(
+            err.message.contains("needs about 60 bytes but only 40 of the 100-byte"),
+            "{}",
+            err.message
+        );
+        assert!(err.retry_after_secs.is_some());
+        drop(busy);
+        svc.chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(svc.is_loaded("fake-a") && !svc.is_loaded("fake-b"));
+        // A load that fails leaves no phantom usage behind.
+        *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("broken"));
+        svc.load("fake-b", None).await.unwrap_err();
+        *factory.fail_loads.lock().unwrap() = None;
+        svc.unload("fake-a").await.unwrap();
+        factory.sizes.lock().unwrap().insert("fake-b".to_owned(), 100);
+        svc.load("fake-b", None).await.unwrap();
     }
 
     #[tokio::test]

@@ -133,6 +133,8 @@ pub struct FakeFactory {
     pub loads: AtomicUsize,
     pub load_delay: Duration,
     pub fail_loads: Mutex<Option<Error>>,
+    /// Estimated bytes per model id (0 when absent).
+    pub sizes: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl FakeFactory {
@@ -142,6 +144,7 @@ impl FakeFactory {
             loads: AtomicUsize::new(0),
             load_delay: Duration::ZERO,
             fail_loads: Mutex::new(None),
+            sizes: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -156,6 +159,10 @@ impl PipelineFactory for FakeFactory {
             return Err(error);
         }
         Ok(Arc::clone(&self.pipeline) as Arc<dyn ChatPipeline>)
+    }
+
+    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
+        Ok(self.sizes.lock().unwrap().get(&spec.id).copied().unwrap_or(0))
     }
 }
 

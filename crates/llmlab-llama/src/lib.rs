@@ -7,9 +7,11 @@ mod backend;
 mod engine;
 mod generate;
 mod logprobs;
+mod memory;
 mod pipeline;
 mod sampler;
 mod template;
 
+pub use memory::estimate_bytes;
 pub use pipeline::LlamaChatPipeline;
 pub use template::ChatTemplate;

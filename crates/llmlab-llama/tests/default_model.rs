@@ -419,3 +419,14 @@ fn a_continued_conversation_reuses_the_cached_prefix() {
         third.usage
     );
 }
+
+#[test]
+fn memory_estimate_covers_weights_and_kv_cache() {
+    let spec = common::spec(MODEL);
+    let file = std::fs::metadata(&spec.path).unwrap().len();
+    let estimate = llmlab_llama::estimate_bytes(&spec).unwrap();
+    // Qwen2.5-0.5B: 24 layers, 2 KV heads of 64 dims -> 2*24*2*64*4096*2 bytes = 48 MiB of KV cache.
+    let kv = 2 * 24 * 2 * 64 * 4096 * 2;
+    assert!(estimate >= file + kv, "{estimate} < {file} + {kv}");
+    assert!(estimate < file * 2, "{estimate} is far above the file size {file}");
+}

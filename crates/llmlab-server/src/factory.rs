@@ -22,4 +22,11 @@ impl PipelineFactory for BackendFactory {
             ))),
         }
     }
+
+    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
+        match spec.backend {
+            BackendKind::Llama => llmlab_llama::estimate_bytes(spec),
+            BackendKind::Candle => Ok(std::fs::metadata(&spec.path).map_or(0, |m| m.len())),
+        }
+    }
 }

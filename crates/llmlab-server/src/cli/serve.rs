@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown before they are cancelled.
     #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Memory all loaded models may hold together (e.g. 12G); idle models are
+    /// unloaded, least recently used first, to make room [default: 90% of RAM]
+    #[arg(long, env = "LLMLAB_MEMORY_BUDGET", value_parser = config::parse_bytes)]
+    pub memory_budget: Option<u64>,
     /// Do not load the default model at start-up (it loads on first use).
     #[arg(long, env = "LLMLAB_NO_PRELOAD")]
     pub no_preload: bool,
@@ -47,7 +51,11 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     http::prometheus::recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let service = Arc::new(Service::new(registry, Arc::new(BackendFactory)));
+        let mut service = Service::new(registry, Arc::new(BackendFactory));
+        if let Some(budget) = args.memory_budget.or_else(config::default_memory_budget) {
+            service = service.with_memory_budget(budget);
+        }
+        let service = Arc::new(service);
         service.spawn_keep_alive();
         if !args.no_preload {
             let preload = Arc::clone(&service);
