@@ -50,6 +50,15 @@ pub struct ModelStatus {
     /// Why the last load failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Estimated bytes held (loaded or loading models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Requests using the model now.
+    pub active_requests: usize,
+    /// When an idle loaded model will be unloaded (`None`: not scheduled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+    pub pinned: bool,
 }
 
 /// Loads in progress and the last failure per model (loaded models are
@@ -191,6 +200,7 @@ impl Service {
                 footprint
                     .keys()
                     .filter(|id| *id != &spec.id && self.is_loaded(id))
+                    .filter(|id| !self.registry.get(id).is_some_and(|m| m.pinned))
                     .filter_map(|id| {
                         uses.get(id)
                             .filter(|u| u.active == 0)
@@ -202,7 +212,7 @@ impl Service {
             let Some(victim) = victim else {
                 let available = budget.saturating_sub(used);
                 return Err(Error::unavailable(format!(
-                    "model '{}' needs about {needed} bytes but only {available} of the {budget}-byte memory budget are free, and every loaded model is in use",
+                    "model '{}' needs about {needed} bytes but only {available} of the {budget}-byte memory budget are free, and every other loaded model is in use or pinned",
                     spec.id
                 ))
                 .with_retry_after(5));
@@ -282,7 +292,8 @@ impl Service {
             let ids: Vec<String> = uses
                 .iter()
                 .filter(|(id, u)| {
-                    u.active == 0
+                    !self.registry.get(id).is_some_and(|m| m.pinned)
+                        && u.active == 0
                         && slots.get(*id).is_some_and(|slot| slot.initialized())
                         && matches!(u.keep_alive, KeepAlive::For(d) if now.duration_since(u.idle_since) >= d)
                 })
@@ -322,21 +333,38 @@ impl Service {
 
     pub fn models(&self) -> Vec<ModelStatus> {
         let notes = lock(&self.notes).clone();
+        let footprint = lock(&self.footprint).clone();
+        let uses = lock(&self.uses);
+        let now = tokio::time::Instant::now();
         self.registry
             .models
             .iter()
             .map(|m| {
-                let (state, error) = match (self.is_loaded(&m.id), notes.get(&m.id)) {
+                let loaded = self.is_loaded(&m.id);
+                let (state, error) = match (loaded, notes.get(&m.id)) {
                     (true, _) => (ModelState::Loaded, None),
                     (false, Some(Ok(()))) => (ModelState::Loading, None),
                     (false, Some(Err(reason))) => (ModelState::Failed, Some(reason.clone())),
                     (false, None) => (ModelState::Unloaded, None),
+                };
+                let usage = uses.get(&m.id);
+                let active_requests = usage.map_or(0, |u| u.active);
+                let expires_in_secs = match usage {
+                    Some(u) if loaded && u.active == 0 && !m.pinned => match u.keep_alive {
+                        KeepAlive::For(d) => Some(d.saturating_sub(now.duration_since(u.idle_since)).as_secs()),
+                        KeepAlive::Forever => None,
+                    },
+                    _ => None,
                 };
                 ModelStatus {
                     id: m.id.clone(),
                     kind: m.kind,
                     state,
                     error,
+                    memory_bytes: footprint.get(&m.id).copied(),
+                    active_requests,
+                    expires_in_secs,
+                    pinned: m.pinned,
                 }
             })
             .collect()
@@ -648,6 +676,38 @@ mod tests {
         svc.unload("fake-a").await.unwrap();
         factory.sizes.lock().unwrap().insert("fake-b".to_owned(), 100);
         svc.load("fake-b", None).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pinned_models_are_neither_expired_nor_evicted() {
+        let text = "models:\n  - {id: pinned, kind: chat, backend: llama, path: p.gguf, pinned: true, keep_alive: '0'}\n  - {id: other, kind: chat, backend: llama, path: o.gguf}\n";
+        let registry = Registry::parse(text, std::path::Path::new("r.yaml"), std::path::Path::new("/m"), |_| {
+            None
+        })
+        .unwrap();
+        let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+        factory
+            .sizes
+            .lock()
+            .unwrap()
+            .extend([("pinned".to_owned(), 60), ("other".to_owned(), 60)]);
+        let svc =
+            Arc::new(Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>).with_memory_budget(100));
+        let _keeper = svc.spawn_keep_alive();
+        svc.chat(chat_request("pinned"), CancellationToken::new())
+            .await
+            .unwrap()
+            .collect_response()
+            .await
+            .unwrap();
+        advance(Duration::from_secs(60)).await;
+        assert!(svc.is_loaded("pinned"), "keep_alive 0 does not unload a pinned model");
+        let err = svc.load("other", None).await.unwrap_err();
+        assert!(err.message.contains("in use or pinned"), "{}", err.message);
+        assert!(svc
+            .models()
+            .iter()
+            .any(|m| m.id == "pinned" && m.pinned && m.expires_in_secs.is_none()));
     }
 
     #[tokio::test]

@@ -58,6 +58,10 @@ pub(super) struct ModelEntry {
     /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
     pub keep_alive: Option<String>,
     #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub preload: bool,
+    #[serde(default)]
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
@@ -258,6 +262,8 @@ fn resolve(
         batch_size,
         gpu_layers: entry.gpu_layers.unwrap_or(0),
         chat_template,
+        pinned: entry.pinned,
+        preload: entry.preload,
         keep_alive: match &entry.keep_alive {
             None => crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
             Some(text) => crate::keep_alive::KeepAlive::parse(text).map_err(|e| err("keep_alive", e.message))?,

@@ -41,6 +41,8 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         gpu_layers: 0,
         chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
+        pinned: false,
+        preload: false,
         reasoning_format: None,
         tool_call_format: None,
         sampling: crate::SamplingParams::default(),

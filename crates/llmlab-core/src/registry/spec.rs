@@ -76,6 +76,10 @@ pub struct ModelSpec {
     pub tool_call_format: Option<ToolCallFormat>,
     /// How long the model stays loaded when idle (requests may override).
     pub keep_alive: crate::keep_alive::KeepAlive,
+    /// Never unloaded for idleness or to make room (explicit unload still works).
+    pub pinned: bool,
+    /// Loaded when the server starts.
+    pub preload: bool,
     /// Model-level sampling defaults (request values win).
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,

@@ -57,16 +57,24 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
         let service = Arc::new(service);
         service.spawn_keep_alive();
-        if !args.no_preload {
-            let preload = Arc::clone(&service);
-            tokio::spawn(async move {
-                let model = preload.default_model().to_owned();
-                // A preloaded default model stays loaded: /health reports it.
-                if let Err(e) = preload.load(&model, Some(KeepAlive::Forever)).await {
-                    tracing::error!(%model, error = %e, "default model failed to load; /health stays 503");
+        // The default model (unless --no-preload) and models marked
+        // `preload` load at start-up and stay loaded: /health reports the
+        // default one.
+        let preload: Vec<String> = service
+            .registry()
+            .models
+            .iter()
+            .filter(|m| m.preload || (!args.no_preload && m.id == service.default_model()))
+            .map(|m| m.id.clone())
+            .collect();
+        let loader = Arc::clone(&service);
+        tokio::spawn(async move {
+            for model in preload {
+                if let Err(e) = loader.load(&model, Some(KeepAlive::Forever)).await {
+                    tracing::error!(%model, error = %e, "preloading failed");
                 }
-            });
-        }
+            }
+        });
         let state = AppState {
             service,
             config: Arc::new(HttpConfig {

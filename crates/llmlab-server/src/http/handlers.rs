@@ -145,6 +145,10 @@ fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
         "owned_by": "llmlab",
         "kind": status.kind.as_str(),
         "state": status.state,
+        "active_requests": status.active_requests,
+        "pinned": status.pinned,
+        "memory_bytes": status.memory_bytes,
+        "expires_in_secs": status.expires_in_secs,
     });
     if let Some(error) = &status.error {
         model["error"] = json!(error);
