@@ -37,9 +37,10 @@ pub fn default_api_base() -> String {
 pub const DEFAULT_LOG_FILTER: &str =
     "warn,llmlab=info,llmlab_server=info,llmlab_core=info,llmlab_llama=info,llama_cpp_2=warn";
 
-/// Requests that may wait for one model's engine; more are refused with
-/// `Overloaded` (HTTP 429 and `Retry-After`).
-pub const MAX_QUEUED_REQUESTS: usize = 64;
+/// Requests that may wait for one model's engine unless the registry says
+/// otherwise (`max_queue`); more are refused with `Overloaded` (HTTP 429 and
+/// `Retry-After`).
+pub const DEFAULT_MAX_QUEUE: u32 = 64;
 
 /// How long an idle model stays loaded unless the registry or the request
 /// says otherwise (Ollama's default).

@@ -17,9 +17,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::metrics;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
-use llmlab_core::{config, metrics};
 use llmlab_core::{ChatEvent, ChatEventSender, Error, ErrorKind, GenerationParams, Result};
 
 use crate::backend::backend;
@@ -62,12 +62,13 @@ enum Command {
 struct EngineLoad {
     model: String,
     queued: AtomicUsize,
+    max_queue: usize,
 }
 
 impl EngineLoad {
     fn enqueue(&self) -> Result<()> {
         let depth = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
-        if depth > config::MAX_QUEUED_REQUESTS {
+        if depth > self.max_queue {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::new(
                 ErrorKind::Overloaded,
@@ -118,6 +119,7 @@ impl Engine {
         let load = Arc::new(EngineLoad {
             model: spec.id.clone(),
             queued: AtomicUsize::new(0),
+            max_queue: spec.max_queue as usize,
         });
         let spec = spec.clone();
         let thread = std::thread::Builder::new()

@@ -70,3 +70,29 @@ fn plain_completion_works_and_is_deterministic() {
     assert!(a.content.starts_with(" 6, 7"), "{:?}", a.content);
     assert!(matches!(a.finish_reason, FinishReason::Length | FinishReason::Stop));
 }
+
+#[test]
+fn a_full_queue_is_refused_as_overloaded() {
+    let _turn = common::serial();
+    let mut spec = common::spec(MODEL);
+    spec.max_queue = 1;
+    let model = LlamaChatPipeline::load(&spec).unwrap();
+    let long = || CompletionRequest {
+        model: MODEL.into(),
+        prompt: "Once upon a time".into(),
+        params: GenerationParams {
+            max_tokens: Some(500),
+            ignore_eos: true,
+            ..GenerationParams::default()
+        },
+        keep_alive: None,
+    };
+    let mut running = model.complete(long(), CancellationToken::new()).unwrap();
+    // Once the first request produces text it has left the queue.
+    assert!(running.blocking_next().is_some());
+    let waiting = model.complete(long(), CancellationToken::new()).unwrap();
+    let err = model.complete(long(), CancellationToken::new()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Overloaded);
+    assert!(err.retry_after_secs.is_some());
+    drop((running, waiting));
+}

@@ -61,6 +61,7 @@ pub(super) struct ModelEntry {
     pub pinned: bool,
     #[serde(default)]
     pub preload: bool,
+    pub max_queue: Option<u32>,
     #[serde(default)]
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,
@@ -262,6 +263,10 @@ fn resolve(
         batch_size,
         gpu_layers: entry.gpu_layers.unwrap_or(0),
         chat_template,
+        max_queue: match entry.max_queue {
+            Some(0) => return Err(err("max_queue", "must be at least 1".into())),
+            other => other.unwrap_or(config::DEFAULT_MAX_QUEUE),
+        },
         pinned: entry.pinned,
         preload: entry.preload,
         keep_alive: match &entry.keep_alive {
@@ -370,6 +375,7 @@ models:
             ),
             (GOOD.replace("path: small.gguf", "path: ''"), "path"),
             (GOOD.replace("context_size: 2048", "keep_alive: soon"), "keep_alive"),
+            (GOOD.replace("context_size: 2048", "max_queue: 0"), "max_queue"),
         ];
         for (text, field) in cases {
             let err = parse(&text).unwrap_err();

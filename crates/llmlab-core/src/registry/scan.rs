@@ -42,6 +42,7 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
         pinned: false,
+        max_queue: config::DEFAULT_MAX_QUEUE,
         preload: false,
         reasoning_format: None,
         tool_call_format: None,

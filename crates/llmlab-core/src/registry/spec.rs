@@ -80,6 +80,8 @@ pub struct ModelSpec {
     pub pinned: bool,
     /// Loaded when the server starts.
     pub preload: bool,
+    /// Requests that may wait for the engine before new ones get 429.
+    pub max_queue: u32,
     /// Model-level sampling defaults (request values win).
     pub sampling: SamplingParams,
     pub source: Option<ModelSource>,
