@@ -45,39 +45,37 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_chat()?;
-    if request.model.is_empty() {
-        request.model = state.service.default_model().to_owned();
-    }
-    let meta = ResponseMeta::new(Endpoint::Chat.id_prefix(), &request.model);
-    let model = ModelLabel::for_request(&state, &request.model);
-    let events = state
-        .service
-        .chat(request, state.shutdown.child_token())
-        .await
-        .map_err(|e| ApiError::from(e).for_model(&model))?;
-    answer(&state, Endpoint::Chat, meta, events, delivery)
-        .await
-        .map(|r| model.attach(r))
-        .map_err(|e| e.for_model(&model))
+    request.model = state.service.model_id(&request.model).to_owned();
+    let model = request.model.clone();
+    let events = state.service.chat(request, state.shutdown.child_token());
+    generate(&state, Endpoint::Chat, &model, events, delivery).await
 }
 
 pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_completion()?;
-    if request.model.is_empty() {
-        request.model = state.service.default_model().to_owned();
-    }
-    let meta = ResponseMeta::new(Endpoint::Completion.id_prefix(), &request.model);
-    let model = ModelLabel::for_request(&state, &request.model);
-    let events = state
-        .service
-        .complete(request, state.shutdown.child_token())
-        .await
-        .map_err(|e| ApiError::from(e).for_model(&model))?;
-    answer(&state, Endpoint::Completion, meta, events, delivery)
-        .await
-        .map(|r| model.attach(r))
-        .map_err(|e| e.for_model(&model))
+    request.model = state.service.model_id(&request.model).to_owned();
+    let model = request.model.clone();
+    let events = state.service.complete(request, state.shutdown.child_token());
+    generate(&state, Endpoint::Completion, &model, events, delivery).await
+}
+
+/// Await the core service's stream and answer it, labelling the response
+/// (or error) with the model for the request metrics.
+async fn generate(
+    state: &AppState,
+    endpoint: Endpoint,
+    model: &str,
+    events: impl std::future::Future<Output = llmlab_core::Result<ChatStream>>,
+    delivery: Delivery,
+) -> ApiResult {
+    let label = ModelLabel::for_request(state, model);
+    let meta = ResponseMeta::new(endpoint.id_prefix(), model);
+    let outcome = match events.await {
+        Ok(events) => answer(state, endpoint, meta, events, delivery).await,
+        Err(e) => Err(ApiError::from(e)),
+    };
+    outcome.map(|r| label.attach(r)).map_err(|e| e.for_model(&label))
 }
 
 async fn answer(

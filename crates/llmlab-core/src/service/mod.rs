@@ -1,0 +1,336 @@
+//! The facade every transport calls: validate, find the model in the
+//! registry, get (or load) its pipeline, run the request.
+//!
+//! Loading is lazy and single-flight: concurrent first requests for a model
+//! wait for one load. A failed load is reported to the requests waiting for
+//! it and tried again by the next request. (Eviction, leases and memory
+//! budgets belong to the pipeline cache, a later layer behind this facade.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+mod lifecycle;
+
+use crate::keep_alive::KeepAlive;
+use crate::metrics::{self, GenerationMeter};
+use crate::pipeline::ChatPipeline;
+use crate::registry::{ModelKind, ModelSpec, Registry};
+use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
+
+/// Creates pipelines for model specs; implemented once per binary over the
+/// compiled-in backends (and by fakes in tests).
+pub trait PipelineFactory: Send + Sync + 'static {
+    /// Load a chat model. Blocking: the service calls it on a blocking thread.
+    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
+
+    /// Memory the model will hold once loaded, estimated before loading.
+    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
+        Ok(std::fs::metadata(&spec.path).map_or(0, |m| m.len()))
+    }
+}
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Unloaded,
+    Loading,
+    Loaded,
+    /// The last load failed; the next request tries again.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub id: String,
+    pub kind: ModelKind,
+    pub state: ModelState,
+    /// Why the last load failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Estimated bytes held (loaded or loading models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Requests using the model now.
+    pub active_requests: usize,
+    /// When an idle loaded model will be unloaded (`None`: not scheduled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+    pub pinned: bool,
+}
+
+/// Loads in progress and the last failure per model (loaded models are
+/// known from their slot).
+type LoadNotes = Arc<Mutex<HashMap<String, Result<(), String>>>>;
+
+type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
+
+/// Requests using a model right now, and since when it is idle.
+#[derive(Debug)]
+struct ModelUse {
+    active: usize,
+    idle_since: tokio::time::Instant,
+    keep_alive: KeepAlive,
+}
+
+type Uses = Arc<Mutex<HashMap<String, ModelUse>>>;
+
+/// Held while a request uses a model (it travels with the request's
+/// stream). A leased model is never unloaded for idleness; dropping the last
+/// lease starts its keep-alive countdown.
+#[derive(Debug)]
+pub struct ModelLease {
+    uses: Uses,
+    id: String,
+}
+
+impl Drop for ModelLease {
+    fn drop(&mut self) {
+        if let Some(model) = lock(&self.uses).get_mut(&self.id) {
+            model.active = model.active.saturating_sub(1);
+            if model.active == 0 {
+                model.idle_since = tokio::time::Instant::now();
+            }
+        }
+    }
+}
+
+pub struct Service {
+    registry: Registry,
+    factory: Arc<dyn PipelineFactory>,
+    slots: Mutex<HashMap<String, Slot>>,
+    /// `Ok(())` while a load runs, `Err(reason)` after one failed.
+    notes: LoadNotes,
+    uses: Uses,
+    /// Bytes loaded models may hold together; `None`: no limit.
+    memory_budget: Option<u64>,
+    /// Estimated bytes of each model loaded (or loading).
+    footprint: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("registry", &self.registry.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it;
+/// the maps stay consistent, so keep going.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Load one pipeline on a blocking thread, recording metrics and logs.
+async fn load_pipeline(
+    factory: Arc<dyn PipelineFactory>,
+    spec: ModelSpec,
+    notes: LoadNotes,
+) -> Result<Arc<dyn ChatPipeline>> {
+    let id = spec.id.clone();
+    lock(&notes).insert(id.clone(), Ok(()));
+    tracing::info!(model = %id, "loading model");
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
+        .await
+        .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))
+        .and_then(|result| result);
+    match &loaded {
+        Ok(_) => {
+            lock(&notes).remove(&id);
+            metrics::model_loaded(&id, started.elapsed());
+            tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
+        }
+        Err(e) => {
+            lock(&notes).insert(id.clone(), Err(e.message.clone()));
+            metrics::model_load_failed(&id);
+            tracing::error!(model = %id, error = %e, "model failed to load");
+        }
+    }
+    loaded
+}
+
+impl Service {
+    pub fn new(registry: Registry, factory: Arc<dyn PipelineFactory>) -> Self {
+        Self {
+            registry,
+            factory,
+            slots: Mutex::new(HashMap::new()),
+            notes: LoadNotes::default(),
+            uses: Uses::default(),
+            memory_budget: None,
+            footprint: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The model a request names, or the default model when it names none.
+    pub fn model_id<'a>(&'a self, requested: &'a str) -> &'a str {
+        if requested.is_empty() {
+            &self.registry.default_model
+        } else {
+            requested
+        }
+    }
+
+    pub fn default_model(&self) -> &str {
+        &self.registry.default_model
+    }
+
+    /// Chat with the model the request names (the default one when empty).
+    pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
+        let meter = GenerationMeter::new(&request.model);
+        Ok(pipeline.chat(request, cancel)?.observed(meter).holding(lease))
+    }
+
+    /// Plain completion with the model the request names.
+    pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        request.validate()?;
+        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
+        let meter = GenerationMeter::new(&request.model);
+        Ok(pipeline.complete(request, cancel)?.observed(meter).holding(lease))
+    }
+
+    /// Load a model now (start-up preloading, admin endpoints); `keep_alive`
+    /// replaces the model's own (preloaded models are kept `Forever`).
+    pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<()> {
+        let mut id = id.to_owned();
+        self.leased_pipeline(&mut id, keep_alive).await.map(|_| ())
+    }
+
+    /// Take a lease on the model (before loading it, so that it cannot be
+    /// found idle between load and use), then get or load its pipeline.
+    async fn leased_pipeline(
+        &self,
+        model: &mut String,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<(Arc<dyn ChatPipeline>, ModelLease)> {
+        if model.is_empty() {
+            model.clone_from(&self.registry.default_model);
+        }
+        let spec = self.registry.require(model)?;
+        if !matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage) {
+            return Err(Error::invalid_param(
+                "model",
+                format!("model '{}' is a {} model and cannot chat", spec.id, spec.kind.as_str()),
+            ));
+        }
+        let lease = {
+            let mut uses = lock(&self.uses);
+            let usage = uses.entry(spec.id.clone()).or_insert_with(|| ModelUse {
+                active: 0,
+                idle_since: tokio::time::Instant::now(),
+                keep_alive: spec.keep_alive,
+            });
+            usage.active += 1;
+            // Ollama's rule: the latest request's keep-alive applies.
+            usage.keep_alive = keep_alive.unwrap_or(spec.keep_alive);
+            ModelLease {
+                uses: Arc::clone(&self.uses),
+                id: spec.id.clone(),
+            }
+        };
+        let pipeline = self.chat_pipeline(spec).await?;
+        Ok((pipeline, lease))
+    }
+
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.slot_if_present(id).is_some_and(|slot| slot.initialized())
+    }
+
+    pub fn models(&self) -> Vec<ModelStatus> {
+        let notes = lock(&self.notes).clone();
+        let footprint = lock(&self.footprint).clone();
+        let uses = lock(&self.uses);
+        let now = tokio::time::Instant::now();
+        self.registry
+            .models
+            .iter()
+            .map(|m| {
+                let loaded = self.is_loaded(&m.id);
+                let (state, error) = match (loaded, notes.get(&m.id)) {
+                    (true, _) => (ModelState::Loaded, None),
+                    (false, Some(Ok(()))) => (ModelState::Loading, None),
+                    (false, Some(Err(reason))) => (ModelState::Failed, Some(reason.clone())),
+                    (false, None) => (ModelState::Unloaded, None),
+                };
+                let usage = uses.get(&m.id);
+                let active_requests = usage.map_or(0, |u| u.active);
+                let expires_in_secs = match usage {
+                    Some(u) if loaded && u.active == 0 && !m.pinned => match u.keep_alive {
+                        KeepAlive::For(d) => Some(d.saturating_sub(now.duration_since(u.idle_since)).as_secs()),
+                        KeepAlive::Forever => None,
+                    },
+                    _ => None,
+                };
+                ModelStatus {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    state,
+                    error,
+                    memory_bytes: footprint.get(&m.id).copied(),
+                    active_requests,
+                    expires_in_secs,
+                    pinned: m.pinned,
+                }
+            })
+            .collect()
+    }
+
+    /// Get the pipeline of a chat model, loading it if needed.
+    async fn chat_pipeline(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+        let spec = spec.clone();
+        let slot = self.slot(&spec.id);
+        if let Some(pipeline) = slot.get() {
+            return Ok(Arc::clone(pipeline));
+        }
+        self.make_room(&spec).await?;
+        // The load runs in its own task: a caller that gives up (a client
+        // that disconnects) must not abandon a load others wait for, which
+        // would start a second copy of the model. Concurrent callers' tasks
+        // meet in the same cell, so there is still exactly one load.
+        let factory = Arc::clone(&self.factory);
+        let notes = Arc::clone(&self.notes);
+        let task_slot = Arc::clone(&slot);
+        let id = spec.id.clone();
+        let loaded = tokio::spawn(async move {
+            task_slot
+                .get_or_try_init(|| load_pipeline(factory, spec, notes))
+                .await
+                .map(Arc::clone)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("model load task failed: {e}")))?;
+        if loaded.is_err() && !slot.initialized() {
+            // A failed load holds no memory.
+            lock(&self.footprint).remove(&id);
+        }
+        loaded
+    }
+
+    fn slot(&self, id: &str) -> Slot {
+        let mut slots = lock(&self.slots);
+        Arc::clone(slots.entry(id.to_owned()).or_default())
+    }
+
+    fn slot_if_present(&self, id: &str) -> Option<Slot> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests;
