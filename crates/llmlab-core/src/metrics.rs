@@ -91,14 +91,6 @@ pub fn request_finished(route: &str, model: &str, status: u16) {
         .increment(1);
 }
 
-pub fn time_to_first_token(model: &str, elapsed: Duration) {
-    histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned()).record(elapsed.as_secs_f64());
-}
-
-pub fn inter_token_latency(model: &str, gap: Duration) {
-    histogram!(INTER_TOKEN_LATENCY, "model" => model.to_owned()).record(gap.as_secs_f64());
-}
-
 pub fn generation_finished(model: &str, elapsed: Duration, prompt_tokens: u32, generated_tokens: u32) {
     histogram!(REQUEST_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
     counter!(PROMPT_TOKENS, "model" => model.to_owned()).increment(u64::from(prompt_tokens));
@@ -136,12 +128,22 @@ pub fn guard_tripped(model: &str, kind: &'static str) {
 
 /// Observes one generation stream and records its latencies and token
 /// counts when the consumer receives the events (what the client sees).
-#[derive(Debug)]
 pub struct GenerationMeter {
     model: String,
     started: Instant,
     last_text: Option<Instant>,
     usage: crate::Usage,
+    // Resolved once per request: the inter-token histogram is hit per token.
+    time_to_first_token: metrics::Histogram,
+    inter_token_latency: metrics::Histogram,
+}
+
+impl std::fmt::Debug for GenerationMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationMeter")
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GenerationMeter {
@@ -151,6 +153,8 @@ impl GenerationMeter {
             started: Instant::now(),
             last_text: None,
             usage: crate::Usage::default(),
+            time_to_first_token: histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned()),
+            inter_token_latency: histogram!(INTER_TOKEN_LATENCY, "model" => model.to_owned()),
         }
     }
 }
@@ -162,8 +166,8 @@ impl crate::StreamObserver for GenerationMeter {
             ChatEvent::Content(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall(_) => {
                 let now = Instant::now();
                 match self.last_text {
-                    None => time_to_first_token(&self.model, now - self.started),
-                    Some(previous) => inter_token_latency(&self.model, now - previous),
+                    None => self.time_to_first_token.record((now - self.started).as_secs_f64()),
+                    Some(previous) => self.inter_token_latency.record((now - previous).as_secs_f64()),
                 }
                 self.last_text = Some(now);
             }
