@@ -7,7 +7,11 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)
-ldconfig -p 2>/dev/null | grep -q 'libclang' || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# bindgen needs libclang itself; libclang-cpp (pulled in by other packages)
+# does not count.
+ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9][0-9.]*)?\.so' \
+  || ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+  || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then
