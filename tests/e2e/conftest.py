@@ -30,37 +30,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server:
+    """A running `llmlab serve` on a free loopback port."""
+
+    def __init__(self, *extra_args: str):
+        port = _free_port()
+        self.proc = subprocess.Popen(
+            [_binary(), "--registry", str(ROOT / "models" / "models.yaml"), "serve",
+             "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.base = f"http://127.0.0.1:{port}"
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llmlab serve exited early: {self.proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            if time.time() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"llmlab serve did not become healthy in {timeout} s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
 @pytest.fixture(scope="session")
 def server():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [_binary(), "--registry", str(ROOT / "models" / "models.yaml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmlab serve exited early: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("llmlab serve did not become healthy in 120 s")
-        time.sleep(0.25)
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    running = Server()
+    running.wait_healthy()
+    yield running.base
+    running.stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,11 @@ pub const ENV_MODEL_PREFIX: &str = "LLMLAB_MODEL__";
 pub const DEFAULT_REGISTRY_PATH: &str = "models/models.yaml";
 pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
 pub const DEFAULT_BATCH_SIZE: u32 = 512;
+/// Sequences one loaded model decodes together (continuous batching), as
+/// llama-server's automatic slot count. Each has the full `context_size`.
+pub const DEFAULT_PARALLEL: u32 = 4;
+/// More sequences than this per model only add KV memory on one machine.
+pub const MAX_PARALLEL: u32 = 64;
 pub const MIN_CONTEXT_SIZE: u32 = 64;
 
 /// HTTP server defaults (`llmlab serve`).
@@ -49,8 +54,14 @@ pub const DEFAULT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_se
 /// How often idle models are checked against their keep-alive.
 pub const KEEP_ALIVE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The part of a memory (RAM or GPU) loaded models may hold together when no
+/// budget is set: 90%, leaving room for the rest of the system.
+pub fn budget_share(total: u64) -> u64 {
+    total / 10 * 9
+}
+
 /// Memory loaded models may hold together when `--memory-budget` is not set:
-/// 90% of the machine's RAM (none when it cannot be read).
+/// [`budget_share`] of the machine's RAM (none when it cannot be read).
 pub fn default_memory_budget() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = meminfo
@@ -60,7 +71,7 @@ pub fn default_memory_budget() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()?;
-    Some(kib * 1024 / 10 * 9)
+    Some(budget_share(kib * 1024))
 }
 
 /// Parse a byte size: `123`, `512M`, `12G`, `1.5G` (binary units).

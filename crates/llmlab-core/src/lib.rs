@@ -6,6 +6,7 @@
 
 pub mod config;
 mod error;
+pub mod guards;
 pub mod keep_alive;
 pub mod metrics;
 pub mod pipeline;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::ChatPipeline;
 use crate::registry::ModelSpec;
-use crate::service::PipelineFactory;
+use crate::service::{MemoryEstimate, PipelineFactory};
 use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
 
 /// What a fake pipeline answers to every request.
@@ -133,8 +133,10 @@ pub struct FakeFactory {
     pub loads: AtomicUsize,
     pub load_delay: Duration,
     pub fail_loads: Mutex<Option<Error>>,
-    /// Estimated bytes per model id (0 when absent).
+    /// Estimated RAM bytes per model id (0 when absent).
     pub sizes: Mutex<std::collections::HashMap<String, u64>>,
+    /// Estimated GPU bytes per model id (0 when absent).
+    pub gpu_sizes: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl FakeFactory {
@@ -145,6 +147,7 @@ impl FakeFactory {
             load_delay: Duration::ZERO,
             fail_loads: Mutex::new(None),
             sizes: Mutex::new(std::collections::HashMap::new()),
+            gpu_sizes: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -161,8 +164,14 @@ impl PipelineFactory for FakeFactory {
         Ok(Arc::clone(&self.pipeline) as Arc<dyn ChatPipeline>)
     }
 
-    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
-        Ok(self.sizes.lock().unwrap().get(&spec.id).copied().unwrap_or(0))
+    fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
+        let size = |map: &Mutex<std::collections::HashMap<String, u64>>| {
+            map.lock().unwrap().get(&spec.id).copied().unwrap_or(0)
+        };
+        Ok(MemoryEstimate {
+            ram: size(&self.sizes),
+            vram: size(&self.gpu_sizes),
+        })
     }
 }
 

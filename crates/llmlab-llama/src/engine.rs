@@ -2,16 +2,14 @@
 //! jobs that arrive over a channel. Nothing else touches the FFI objects.
 
 use std::num::NonZeroU32;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
@@ -23,7 +21,8 @@ use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolC
 use llmlab_core::{ChatEvent, ChatEventSender, Error, ErrorKind, GenerationParams, Result};
 
 use crate::backend::backend;
-use crate::generate::{run_job, KvCache, TokenPolicy};
+use crate::batcher::Batcher;
+use crate::policy::TokenPolicy;
 
 /// What the rest of the crate learns about a model once it is loaded.
 #[derive(Debug, Clone)]
@@ -35,6 +34,7 @@ pub(crate) struct ModelInfo {
     pub tool_call_format: ToolCallFormat,
     pub bos_token: String,
     pub eos_token: String,
+    /// Tokens one sequence may hold.
     pub context_size: u32,
 }
 
@@ -59,9 +59,10 @@ enum Command {
 /// Requests waiting for and running on the engine, exported as gauges and
 /// bounded so that a burst is refused (429) instead of queued forever.
 #[derive(Debug)]
-struct EngineLoad {
+pub(crate) struct EngineLoad {
     model: String,
     queued: AtomicUsize,
+    active: AtomicUsize,
     max_queue: usize,
 }
 
@@ -84,19 +85,21 @@ impl EngineLoad {
         Ok(())
     }
 
-    fn started(&self) {
+    pub fn started(&self) {
         let depth = self.queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
         metrics::queue_depth(&self.model, depth);
-        metrics::active_sequences(&self.model, 1);
+        let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::active_sequences(&self.model, active);
     }
 
-    fn finished(&self) {
-        metrics::active_sequences(&self.model, 0);
+    pub fn finished(&self) {
+        let active = self.active.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        metrics::active_sequences(&self.model, active);
     }
 }
 
-/// Handle to a running engine thread. Dropping it stops the thread after the
-/// job in progress.
+/// Handle to a running engine thread. Dropping it stops the thread once the
+/// sequences already running finish; requests still waiting get an error.
 pub(crate) struct Engine {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
@@ -119,6 +122,7 @@ impl Engine {
         let load = Arc::new(EngineLoad {
             model: spec.id.clone(),
             queued: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             max_queue: spec.max_queue as usize,
         });
         let spec = spec.clone();
@@ -175,36 +179,39 @@ fn engine_main(
             return;
         }
     };
-    let mut ctx = match new_context(&model, spec) {
+    let ctx = match new_context(&model, spec) {
         Ok(ctx) => ctx,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let info = model_info(&model, spec, ctx.n_ctx());
+    let info = model_info(&model, spec);
     let policy = TokenPolicy::new(&model, info.reasoning_format, info.tool_call_format);
     if ready.send(Ok(info)).is_err() {
         return;
     }
-    let mut batch = LlamaBatch::new(spec.batch_size as usize, 1);
     metrics::model_memory(&spec.id, model.size());
-    let mut kv = KvCache::default();
-    while let Ok(Command::Generate(job)) = commands.recv() {
-        load.started();
-        let span = job.span.clone();
-        let _entered = span.enter();
-        let events = job.events.clone();
-        // A bug in our per-job code must not take the engine (and every
-        // later request) down with it.
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            run_job(&model, &mut ctx, &mut batch, &policy, &mut kv, *job)
-        }));
-        if outcome.is_err() {
-            tracing::error!("generation panicked; the engine continues with the next request");
-            let _ = events.send(ChatEvent::Error(Error::internal("generation failed unexpectedly")));
+    let mut batcher = Batcher::new(&model, ctx, policy, spec.parallel as usize, spec.context_size as usize);
+    let mut stopping = false;
+    while !(stopping && batcher.is_idle()) {
+        // New requests join between decode steps while slots are free; with
+        // nothing running, wait for one.
+        while !stopping && batcher.has_free_slot() {
+            let command = if batcher.is_idle() {
+                commands.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                commands.try_recv()
+            };
+            match command {
+                Ok(Command::Generate(job)) => batcher.admit(*job, load),
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => stopping = true,
+                Err(TryRecvError::Empty) => break,
+            }
         }
-        load.finished();
+        if !batcher.is_idle() {
+            batcher.step(load);
+        }
     }
     // Shutting down: requests still queued get a clear answer instead of a
     // stream that just ends.
@@ -236,8 +243,21 @@ fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
 
 fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaContext<'m>> {
     let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX);
+    // Batch invariance: a sequence's numbers must not depend on which other
+    // sequences share its decode steps (see the pitfalls in ARCHITECTURE.md).
+    // - Each slot gets its own KV stream of `context_size` cells, so its cells
+    //   sit at the same indices whatever runs beside it; in one shared pool
+    //   they would interleave with other sequences' cells and the attention
+    //   sums would add up in another order.
+    // - Flash attention is off: its CPU kernel switches to a tiled variant
+    //   for 64 or more query rows, so a prompt's keys and values would depend
+    //   on how its prompt was cut into batches. The plain path is per-row.
+    let total = spec.context_size.saturating_mul(spec.parallel.max(1));
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(spec.context_size))
+        .with_n_ctx(NonZeroU32::new(total))
+        .with_n_seq_max(spec.parallel.max(1))
+        .with_kv_unified(false)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
         .with_n_batch(spec.batch_size)
         .with_n_ubatch(spec.batch_size)
         .with_n_threads(threads)
@@ -245,11 +265,11 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
     let ctx = model
         .new_context(backend()?, params)
         .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
-    tracing::info!(model = %spec.id, threads, context = spec.context_size, "context ready");
+    tracing::info!(model = %spec.id, threads, context = spec.context_size, parallel = spec.parallel, "context ready");
     Ok(ctx)
 }
 
-fn model_info(model: &LlamaModel, spec: &ModelSpec, context_size: u32) -> ModelInfo {
+fn model_info(model: &LlamaModel, spec: &ModelSpec) -> ModelInfo {
     let vocab = model.vocab();
     let special_text = |token: LlamaToken| {
         if token.0 < 0 {
@@ -270,6 +290,6 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec, context_size: u32) -> ModelI
         chat_template,
         bos_token: special_text(vocab.bos()),
         eos_token: special_text(vocab.eos()),
-        context_size,
+        context_size: spec.context_size,
     }
 }

@@ -4,14 +4,17 @@
 //! object; async code talks to it only through a command channel.
 
 mod backend;
+mod batcher;
 mod engine;
-mod generate;
 mod logprobs;
 mod memory;
+mod output;
 mod pipeline;
+mod policy;
 mod sampler;
+mod sequence;
 mod template;
 
-pub use memory::estimate_bytes;
+pub use memory::{estimate_memory, gpu_memory_total};
 pub use pipeline::LlamaChatPipeline;
 pub use template::ChatTemplate;

@@ -1,11 +1,15 @@
 //! Memory a GGUF model will need, estimated before loading it from the
 //! file's metadata: the weights (file size), the KV cache for the configured
-//! context (f16 keys and values for every layer), and a margin for llama.cpp's
-//! compute buffers.
+//! context of every parallel sequence (f16 keys and values for every layer),
+//! and a margin for llama.cpp's compute buffers. When layers are offloaded
+//! to a GPU, their share of weights and KV cache (and a compute buffer) is
+//! GPU memory instead of RAM.
 
 use llama_cpp_2::gguf::GgufContext;
+use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 
 use llmlab_core::registry::ModelSpec;
+use llmlab_core::service::MemoryEstimate;
 use llmlab_core::{Error, Result};
 
 /// Compute buffers and logits: a fixed floor plus a share of the weights.
@@ -13,29 +17,64 @@ const MARGIN_FIXED_BYTES: u64 = 256 * 1024 * 1024;
 const MARGIN_WEIGHT_FRACTION: f64 = 0.10;
 const F16_BYTES: u64 = 2;
 
-pub fn estimate_bytes(spec: &ModelSpec) -> Result<u64> {
+pub fn estimate_memory(spec: &ModelSpec) -> Result<MemoryEstimate> {
     let weights = std::fs::metadata(&spec.path)
         .map_err(|e| Error::unavailable(format!("model file for '{}' at {}: {e}", spec.id, spec.path.display())))?
         .len();
-    let kv = GgufContext::from_file(&spec.path).map_or(0, |gguf| kv_cache_bytes(&gguf, spec.context_size));
-    Ok(weights + kv + MARGIN_FIXED_BYTES + (weights as f64 * MARGIN_WEIGHT_FRACTION) as u64)
+    let shape = GgufContext::from_file(&spec.path).and_then(|gguf| Shape::read(&gguf));
+    let kv = shape.map_or(0, |s| s.kv_cache_bytes(spec.context_size.saturating_mul(spec.parallel)));
+    let margin = MARGIN_FIXED_BYTES + (weights as f64 * MARGIN_WEIGHT_FRACTION) as u64;
+    let offloaded = match shape {
+        Some(shape) if spec.gpu_layers > 0 && gpu_memory_total().is_some() => {
+            f64::from(spec.gpu_layers.min(shape.layers as u32)) / shape.layers.max(1) as f64
+        }
+        _ => 0.0,
+    };
+    if offloaded == 0.0 {
+        return Ok(MemoryEstimate::ram(weights + kv + margin));
+    }
+    let on_gpu = ((weights + kv) as f64 * offloaded) as u64;
+    Ok(MemoryEstimate {
+        ram: weights + kv - on_gpu + margin,
+        vram: on_gpu + MARGIN_FIXED_BYTES,
+    })
 }
 
-fn kv_cache_bytes(gguf: &GgufContext, context: u32) -> u64 {
-    let Some(arch) = string(gguf, "general.architecture") else {
-        return 0;
-    };
-    let key = |name: &str| format!("{arch}.{name}");
-    let layers = number(gguf, &key("block_count"));
-    let heads = number(gguf, &key("attention.head_count"));
-    let kv_heads = number(gguf, &key("attention.head_count_kv")).or(heads);
-    let width = number(gguf, &key("embedding_length"));
-    let head_dim = number(gguf, &key("attention.key_length")).or_else(|| Some(width? / heads.filter(|h| *h > 0)?));
-    match (layers, kv_heads, head_dim) {
-        (Some(layers), Some(kv_heads), Some(head_dim)) => {
-            2 * layers * kv_heads * head_dim * u64::from(context) * F16_BYTES
-        }
-        _ => 0,
+/// Total memory of the GPUs llama.cpp can use; `None` on a CPU-only build
+/// or machine.
+pub fn gpu_memory_total() -> Option<u64> {
+    let total: u64 = list_llama_ggml_backend_devices()
+        .iter()
+        .filter(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu))
+        .map(|d| d.memory_total as u64)
+        .sum();
+    (total > 0).then_some(total)
+}
+
+/// What the KV cache size depends on.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    layers: u64,
+    kv_heads: u64,
+    head_dim: u64,
+}
+
+impl Shape {
+    fn read(gguf: &GgufContext) -> Option<Self> {
+        let arch = string(gguf, "general.architecture")?;
+        let key = |name: &str| format!("{arch}.{name}");
+        let heads = number(gguf, &key("attention.head_count"));
+        let width = number(gguf, &key("embedding_length"));
+        Some(Self {
+            layers: number(gguf, &key("block_count"))?,
+            kv_heads: number(gguf, &key("attention.head_count_kv")).or(heads)?,
+            head_dim: number(gguf, &key("attention.key_length"))
+                .or_else(|| Some(width? / heads.filter(|h| *h > 0)?))?,
+        })
+    }
+
+    fn kv_cache_bytes(&self, context: u32) -> u64 {
+        2 * self.layers * self.kv_heads * self.head_dim * u64::from(context) * F16_BYTES
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::{BackendKind, ModelSpec};
-use llmlab_core::service::PipelineFactory;
+use llmlab_core::service::{MemoryEstimate, PipelineFactory};
 use llmlab_core::{Error, Result};
 use llmlab_llama::LlamaChatPipeline;
 
@@ -23,10 +23,12 @@ impl PipelineFactory for BackendFactory {
         }
     }
 
-    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
+    fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
         match spec.backend {
-            BackendKind::Llama => llmlab_llama::estimate_bytes(spec),
-            BackendKind::Candle => Ok(std::fs::metadata(&spec.path).map_or(0, |m| m.len())),
+            BackendKind::Llama => llmlab_llama::estimate_memory(spec),
+            BackendKind::Candle => Ok(MemoryEstimate::ram(
+                std::fs::metadata(&spec.path).map_or(0, |m| m.len()),
+            )),
         }
     }
 }

@@ -52,6 +52,9 @@ pub(super) fn apply_env_overrides(
     if let Some(n) = number("batch_size")? {
         entry.batch_size = Some(n);
     }
+    if let Some(n) = number("parallel")? {
+        entry.parallel = Some(n);
+    }
     if let Some(n) = number("gpu_layers")? {
         entry.gpu_layers = Some(n);
     }

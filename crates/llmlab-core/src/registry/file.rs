@@ -50,6 +50,7 @@ pub(super) struct ModelEntry {
     pub context_size: Option<u32>,
     pub threads: Option<u32>,
     pub batch_size: Option<u32>,
+    pub parallel: Option<u32>,
     pub gpu_layers: Option<u32>,
     pub chat_template: Option<String>,
     pub chat_template_file: Option<String>,
@@ -220,6 +221,19 @@ fn resolve(
     if batch_size == 0 {
         return Err(err("batch_size", "must be at least 1".into()));
     }
+    let parallel = entry.parallel.unwrap_or(config::DEFAULT_PARALLEL);
+    if !(1..=config::MAX_PARALLEL).contains(&parallel) {
+        return Err(err(
+            "parallel",
+            format!("must be between 1 and {}, got {parallel}", config::MAX_PARALLEL),
+        ));
+    }
+    if batch_size < parallel {
+        return Err(err(
+            "batch_size",
+            format!("must hold one token of each of the {parallel} parallel sequences, got {batch_size}"),
+        ));
+    }
     entry
         .sampling
         .validate()
@@ -261,6 +275,7 @@ fn resolve(
         context_size,
         threads,
         batch_size,
+        parallel,
         gpu_layers: entry.gpu_layers.unwrap_or(0),
         chat_template,
         max_queue: match entry.max_queue {
@@ -376,6 +391,7 @@ models:
             (GOOD.replace("path: small.gguf", "path: ''"), "path"),
             (GOOD.replace("context_size: 2048", "keep_alive: soon"), "keep_alive"),
             (GOOD.replace("context_size: 2048", "max_queue: 0"), "max_queue"),
+            (GOOD.replace("context_size: 2048", "parallel: 0"), "parallel"),
         ];
         for (text, field) in cases {
             let err = parse(&text).unwrap_err();

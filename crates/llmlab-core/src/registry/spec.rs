@@ -67,6 +67,8 @@ pub struct ModelSpec {
     pub context_size: u32,
     pub threads: u32,
     pub batch_size: u32,
+    /// Sequences decoded together; each may use the whole `context_size`.
+    pub parallel: u32,
     pub gpu_layers: u32,
     /// Jinja chat template that replaces the one in the model file.
     pub chat_template: Option<String>,

@@ -10,60 +10,71 @@ use crate::registry::ModelSpec;
 use crate::{Error, Result};
 
 impl Service {
-    /// Refuse (503) to load models that would not fit in `bytes`, after
-    /// unloading idle models, least recently used first.
+    /// Refuse (503) to load models that would not fit in `bytes` of RAM,
+    /// after unloading idle models, least recently used first.
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
-        self.memory_budget = Some(bytes);
+        self.budget.ram = Some(bytes);
         self
     }
 
-    /// Make room for `spec` within the memory budget: evict idle models, least
-    /// recently used first; refuse with the figures when it cannot fit.
+    /// The same for GPU memory held by offloaded layers.
+    pub fn with_gpu_memory_budget(mut self, bytes: u64) -> Self {
+        self.budget.vram = Some(bytes);
+        self
+    }
+
+    /// Make room for `spec` within the memory budgets and reserve its share:
+    /// evict idle models, least recently used first; refuse with the figures
+    /// when it cannot fit. The check and the reservation are one step, so
+    /// two models loading at the same moment cannot both take the last room.
     pub(super) async fn make_room(&self, spec: &ModelSpec) -> Result<()> {
-        let Some(budget) = self.memory_budget else {
+        if self.budget.is_unlimited() {
             return Ok(());
-        };
+        }
         let factory = Arc::clone(&self.factory);
         let probe = spec.clone();
-        let needed = tokio::task::spawn_blocking(move || factory.estimate_bytes(&probe))
+        let needed = tokio::task::spawn_blocking(move || factory.estimate_memory(&probe))
             .await
             .map_err(|e| Error::internal(format!("estimating memory failed: {e}")))??;
         loop {
-            let used: u64 = lock(&self.footprint)
-                .iter()
-                .filter(|(id, _)| *id != &spec.id)
-                .map(|(_, b)| b)
-                .sum();
-            if used + needed <= budget {
-                lock(&self.footprint).insert(spec.id.clone(), needed);
-                return Ok(());
-            }
-            let victim = {
-                let uses = lock(&self.uses);
-                let footprint = lock(&self.footprint);
-                footprint
-                    .keys()
-                    .filter(|id| *id != &spec.id && self.is_loaded(id))
-                    .filter(|id| !self.registry.get(id).is_some_and(|m| m.pinned))
-                    .filter_map(|id| {
-                        uses.get(id)
-                            .filter(|u| u.active == 0)
-                            .map(|u| (id.clone(), u.idle_since))
-                    })
-                    .min_by_key(|(_, idle_since)| *idle_since)
-                    .map(|(id, _)| id)
+            let shortfall = {
+                let mut footprint = lock(&self.footprint);
+                let others = footprint.iter().filter(|(id, _)| *id != &spec.id).map(|(_, e)| *e);
+                match self.budget.shortfall(others, needed) {
+                    None => {
+                        footprint.insert(spec.id.clone(), needed);
+                        return Ok(());
+                    }
+                    Some(shortfall) => shortfall,
+                }
             };
-            let Some(victim) = victim else {
-                let available = budget.saturating_sub(used);
+            let Some(victim) = self.eviction_candidate(&spec.id) else {
                 return Err(Error::unavailable(format!(
-                    "model '{}' needs about {needed} bytes but only {available} of the {budget}-byte memory budget are free, and every other loaded model is in use or pinned",
-                    spec.id
+                    "{}, and every other loaded model is in use or pinned",
+                    shortfall.describe(&spec.id)
                 ))
                 .with_retry_after(5));
             };
             tracing::info!(model = %victim, for_model = %spec.id, "unloading the least recently used idle model to make room");
             self.unload(&victim).await?;
         }
+    }
+
+    /// The loaded, idle, unpinned model (other than `except`) idle longest.
+    fn eviction_candidate(&self, except: &str) -> Option<String> {
+        let uses = lock(&self.uses);
+        let footprint = lock(&self.footprint);
+        footprint
+            .keys()
+            .filter(|id| *id != except && self.is_loaded(id))
+            .filter(|id| !self.registry.get(id).is_some_and(|m| m.pinned))
+            .filter_map(|id| {
+                uses.get(id)
+                    .filter(|u| u.active == 0)
+                    .map(|u| (id.clone(), u.idle_since))
+            })
+            .min_by_key(|(_, idle_since)| *idle_since)
+            .map(|(id, _)| id)
     }
 
     /// Unload a model now. Its running request finishes; requests queued

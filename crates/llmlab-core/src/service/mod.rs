@@ -3,8 +3,8 @@
 //!
 //! Loading is lazy and single-flight: concurrent first requests for a model
 //! wait for one load. A failed load is reported to the requests waiting for
-//! it and tried again by the next request. (Eviction, leases and memory
-//! budgets belong to the pipeline cache, a later layer behind this facade.)
+//! it and tried again by the next request. Leases, keep-alive and memory
+//! budgets live in `lifecycle.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,11 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+mod budget;
 mod lifecycle;
+
+use budget::MemoryBudget;
+pub use budget::MemoryEstimate;
 
 use crate::keep_alive::KeepAlive;
 use crate::metrics::{self, GenerationMeter};
@@ -28,8 +32,10 @@ pub trait PipelineFactory: Send + Sync + 'static {
     fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
 
     /// Memory the model will hold once loaded, estimated before loading.
-    fn estimate_bytes(&self, spec: &ModelSpec) -> Result<u64> {
-        Ok(std::fs::metadata(&spec.path).map_or(0, |m| m.len()))
+    fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
+        Ok(MemoryEstimate::ram(
+            std::fs::metadata(&spec.path).map_or(0, |m| m.len()),
+        ))
     }
 }
 
@@ -52,9 +58,12 @@ pub struct ModelStatus {
     /// Why the last load failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Estimated bytes held (loaded or loading models).
+    /// Estimated bytes of RAM held (loaded or loading models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Estimated bytes of GPU memory held, when layers are offloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_bytes: Option<u64>,
     /// Requests using the model now.
     pub active_requests: usize,
     /// When an idle loaded model will be unloaded (`None`: not scheduled).
@@ -106,10 +115,11 @@ pub struct Service {
     /// `Ok(())` while a load runs, `Err(reason)` after one failed.
     notes: LoadNotes,
     uses: Uses,
-    /// Bytes loaded models may hold together; `None`: no limit.
-    memory_budget: Option<u64>,
-    /// Estimated bytes of each model loaded (or loading).
-    footprint: Mutex<HashMap<String, u64>>,
+    /// What loaded models may hold together.
+    budget: MemoryBudget,
+    /// Estimated memory of each model loaded (or loading). Checking the
+    /// budget and reserving a new model's share happen under this one lock.
+    footprint: Mutex<HashMap<String, MemoryEstimate>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -163,7 +173,7 @@ impl Service {
             slots: Mutex::new(HashMap::new()),
             notes: LoadNotes::default(),
             uses: Uses::default(),
-            memory_budget: None,
+            budget: MemoryBudget::default(),
             footprint: Mutex::new(HashMap::new()),
         }
     }
@@ -278,7 +288,8 @@ impl Service {
                     kind: m.kind,
                     state,
                     error,
-                    memory_bytes: footprint.get(&m.id).copied(),
+                    memory_bytes: footprint.get(&m.id).map(|e| e.ram),
+                    gpu_memory_bytes: footprint.get(&m.id).map(|e| e.vram).filter(|b| *b > 0),
                     active_requests,
                     expires_in_secs,
                     pinned: m.pinned,

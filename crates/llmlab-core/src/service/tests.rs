@@ -230,6 +230,64 @@ async fn the_memory_budget_evicts_idle_models_lru_first_and_refuses_when_all_are
     svc.load("fake-b", None).await.unwrap();
 }
 
+#[tokio::test]
+async fn the_gpu_memory_budget_evicts_and_refuses_like_the_ram_budget() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    factory
+        .gpu_sizes
+        .lock()
+        .unwrap()
+        .extend([("fake-a".to_owned(), 70), ("fake-b".to_owned(), 70)]);
+    let svc = Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>)
+        .with_memory_budget(1_000)
+        .with_gpu_memory_budget(100);
+    svc.load("fake-a", None).await.unwrap();
+    assert_eq!(
+        svc.models().iter().find(|m| m.id == "fake-a").unwrap().gpu_memory_bytes,
+        Some(70)
+    );
+    svc.load("fake-b", None).await.unwrap();
+    assert!(!svc.is_loaded("fake-a") && svc.is_loaded("fake-b"));
+    let _busy = svc
+        .chat(chat_request("fake-b"), CancellationToken::new())
+        .await
+        .unwrap();
+    let err = svc.load("fake-a", None).await.unwrap_err();
+    assert!(
+        err.message
+            .contains("needs about 70 bytes of GPU memory but only 30 of the 100-byte GPU memory budget"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_loading_at_once_cannot_both_take_the_last_room() {
+    let mut factory = FakeFactory::new(Script::text(&["ok"]));
+    factory.load_delay = Duration::from_millis(200);
+    factory
+        .sizes
+        .lock()
+        .unwrap()
+        .extend([("fake-a".to_owned(), 60), ("fake-b".to_owned(), 60)]);
+    let factory = Arc::new(factory);
+    let svc = Arc::new(
+        Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>).with_memory_budget(100),
+    );
+    let load = |id: &'static str| {
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move { svc.load(id, None).await })
+    };
+    let (a, b) = tokio::join!(load("fake-a"), load("fake-b"));
+    let results = [a.unwrap(), b.unwrap()];
+    // The one that came second found the room reserved by a model still
+    // loading (which cannot be evicted) and was refused.
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert_eq!(refused.kind, ErrorKind::Unavailable);
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn pinned_models_are_neither_expired_nor_evicted() {
     let text = "models:\n  - {id: pinned, kind: chat, backend: llama, path: p.gguf, pinned: true, keep_alive: '0'}\n  - {id: other, kind: chat, backend: llama, path: o.gguf}\n";

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// unloaded, least recently used first, to make room [default: 90% of RAM]
     #[arg(long, env = "LLMLAB_MEMORY_BUDGET", value_parser = config::parse_bytes)]
     pub memory_budget: Option<u64>,
+    /// GPU memory the offloaded layers of all loaded models may hold
+    /// together [default: 90% of the GPUs' memory; none without a GPU]
+    #[arg(long, env = "LLMLAB_GPU_MEMORY_BUDGET", value_parser = config::parse_bytes)]
+    pub gpu_memory_budget: Option<u64>,
     /// Do not load the default model at start-up (it loads on first use).
     #[arg(long, env = "LLMLAB_NO_PRELOAD")]
     pub no_preload: bool,
@@ -54,6 +58,10 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
         let mut service = Service::new(registry, Arc::new(BackendFactory));
         if let Some(budget) = args.memory_budget.or_else(config::default_memory_budget) {
             service = service.with_memory_budget(budget);
+        }
+        let gpu_default = || llmlab_llama::gpu_memory_total().map(config::budget_share);
+        if let Some(budget) = args.gpu_memory_budget.or_else(gpu_default) {
+            service = service.with_gpu_memory_budget(budget);
         }
         let service = Arc::new(service);
         service.spawn_keep_alive();

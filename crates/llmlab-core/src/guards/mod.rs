@@ -1,0 +1,85 @@
+//! Guards that stop bad generations while they happen. They see every
+//! sampled token id (and, for the perplexity guard, its log-probability)
+//! and may stop the sequence with a reason the client sees.
+
+mod perplexity;
+mod repetition;
+
+use serde::{Deserialize, Serialize};
+
+pub use perplexity::{PerplexityGuard, PerplexitySettings};
+pub use repetition::{RepetitionGuard, RepetitionSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardKind {
+    Repetition,
+    Perplexity,
+}
+
+impl GuardKind {
+    /// The `stop_reason` clients see.
+    pub fn stop_reason(self) -> &'static str {
+        match self {
+            Self::Repetition => "repetition_guard",
+            Self::Perplexity => "perplexity_guard",
+        }
+    }
+}
+
+/// A guard stopped a sequence: which one, its figure (repeats, distinct
+/// n-gram ratio or mean negative log-likelihood) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardTrip {
+    pub kind: GuardKind,
+    pub figure: f64,
+    pub detail: String,
+}
+
+/// Settings of every guard: per model in the registry (`guards:`), and per
+/// request, where a guard named replaces the model's settings for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardSettings {
+    pub repetition: RepetitionSettings,
+    pub perplexity: PerplexitySettings,
+}
+
+/// A request's guards, fed one sampled token at a time.
+#[derive(Debug)]
+pub struct GuardSet {
+    repetition: Option<RepetitionGuard>,
+    perplexity: Option<PerplexityGuard>,
+}
+
+impl GuardSet {
+    pub fn new(settings: &GuardSettings) -> Self {
+        Self {
+            repetition: settings
+                .repetition
+                .enabled
+                .then(|| RepetitionGuard::new(settings.repetition)),
+            perplexity: settings
+                .perplexity
+                .enabled
+                .then(|| PerplexityGuard::new(settings.perplexity)),
+        }
+    }
+
+    /// Whether the engine must compute each sampled token's log-probability.
+    pub fn needs_logprobs(&self) -> bool {
+        self.perplexity.is_some()
+    }
+
+    /// Record a sampled token; the first guard that trips stops the sequence.
+    pub fn observe(&mut self, token: u32, logprob: Option<f32>) -> Option<GuardTrip> {
+        let repetition = self.repetition.as_mut().and_then(|g| g.observe(token));
+        repetition.or_else(|| {
+            let (guard, logprob) = (self.perplexity.as_mut()?, logprob?);
+            guard.observe(logprob)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

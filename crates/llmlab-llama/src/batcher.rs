@@ -1,0 +1,186 @@
+//! Continuous batching on the engine thread: one llama.cpp context with
+//! `parallel` sequence slots, each with its own KV stream. Between decode
+//! steps new requests take free slots; every step decodes one token of each
+//! generating sequence plus as much pending prompt as the batch holds, in a
+//! single `llama_decode`. A slot keeps its tokens' KV cache after its request
+//! ends, for the next request that starts the same way.
+
+use std::panic::AssertUnwindSafe;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use llmlab_core::Error;
+
+use crate::engine::{EngineLoad, Job};
+use crate::policy::TokenPolicy;
+use crate::sequence::{common_prefix, Sequence, Step};
+
+/// Cached prompt tokens that justify taking a slot out of order.
+const PREFIX_WORTH_A_GAP: usize = 64;
+
+/// What a slot's KV cache holds while no request uses it.
+#[derive(Debug, Default)]
+struct SlotCache {
+    tokens: Vec<LlamaToken>,
+    busy: bool,
+}
+
+pub(crate) struct Batcher<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    batch_capacity: usize,
+    policy: TokenPolicy,
+    /// Tokens one sequence may hold (prompt plus output).
+    context_size: usize,
+    slots: Vec<SlotCache>,
+    /// Running sequences in the order they were admitted (prompt chunks are
+    /// handed out in that order).
+    active: Vec<Sequence>,
+}
+
+impl<'m> Batcher<'m> {
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        policy: TokenPolicy,
+        parallel: usize,
+        context_size: usize,
+    ) -> Self {
+        let batch_capacity = ctx.n_batch().max(1) as usize;
+        Self {
+            model,
+            ctx,
+            batch: LlamaBatch::new(batch_capacity, 1),
+            batch_capacity,
+            policy,
+            context_size,
+            slots: (0..parallel.max(1)).map(|_| SlotCache::default()).collect(),
+            active: Vec::new(),
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.active.len() < self.slots.len()
+    }
+
+    /// Start a job in the free slot whose cache shares the longest prefix
+    /// with its prompt (least recently used among equals). A job that cannot
+    /// run is answered at once.
+    pub fn admit(&mut self, job: Job, load: &EngineLoad) {
+        load.started();
+        let span = job.span.clone();
+        let _entered = span.enter();
+        let Some(mut sequence) = Sequence::prepare(self.model, job, self.context_size) else {
+            load.finished();
+            return;
+        };
+        let Some(slot) = self.pick_slot(sequence.prompt()) else {
+            // Callers check `has_free_slot`; never reached.
+            sequence.fail(Error::internal("no free sequence slot"));
+            load.finished();
+            return;
+        };
+        let cached = std::mem::take(&mut self.slots[slot].tokens);
+        self.slots[slot].busy = true;
+        sequence.attach(&mut self.ctx, slot, cached);
+        // Kept in slot order: see `decode_and_sample`.
+        let at = self.active.partition_point(|running| running.slot() < slot);
+        self.active.insert(at, sequence);
+    }
+
+    /// The lowest free slot, unless another free slot's cache saves at least
+    /// [`PREFIX_WORTH_A_GAP`] more prompt tokens. Busy slots then stay
+    /// contiguous, which llama.cpp needs to decode them in one micro-batch
+    /// (with one KV stream per slot it only groups consecutive slot ids).
+    fn pick_slot(&self, prompt: &[LlamaToken]) -> Option<usize> {
+        let mut free = self.slots.iter().enumerate().filter(|(_, slot)| !slot.busy);
+        let (lowest, lowest_slot) = free.next()?;
+        let lowest_prefix = common_prefix(&lowest_slot.tokens, prompt);
+        let best = free
+            .map(|(index, slot)| (common_prefix(&slot.tokens, prompt), index))
+            .max_by_key(|(prefix, index)| (*prefix, std::cmp::Reverse(*index)));
+        Some(match best {
+            Some((prefix, index)) if prefix >= lowest_prefix + PREFIX_WORTH_A_GAP => index,
+            _ => lowest,
+        })
+    }
+
+    /// One decode step over every active sequence. A panic in our code
+    /// fails the sequences in flight, never the engine.
+    pub fn step(&mut self, load: &EngineLoad) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.decode_and_sample(load))).is_err() {
+            tracing::error!("a decode step panicked; its requests fail and the engine continues");
+            self.fail_all(load, || Error::internal("generation failed unexpectedly"));
+        }
+    }
+
+    fn decode_and_sample(&mut self, load: &EngineLoad) {
+        self.batch.clear();
+        // Every generating sequence gets its one token, so every stream keeps
+        // moving; prompts share the rest of the batch. Tokens go in in slot
+        // order: llama.cpp groups consecutive slot ids into one micro-batch.
+        let generating = self.active.iter().filter(|s| s.is_generating()).count();
+        let mut prompt_budget = self.batch_capacity.saturating_sub(generating);
+        let mut overflowed = false;
+        for sequence in &mut self.active {
+            let in_prompt = !sequence.is_generating();
+            let budget = if in_prompt { prompt_budget } else { 1 };
+            match sequence.feed(&mut self.batch, budget) {
+                Ok(added) if in_prompt => prompt_budget -= added,
+                Ok(_) => {}
+                Err(_) => overflowed = true,
+            }
+        }
+        if overflowed {
+            // Only a bug overfills the batch: fail everyone rather than
+            // decode a batch some sequence believes it is not in.
+            self.fail_all(load, || Error::internal("the decode batch overflowed"));
+            return;
+        }
+        if self.batch.n_tokens() > 0 {
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                tracing::error!(error = %e, "llama_decode failed");
+                self.fail_all(load, || Error::internal(format!("decode failed: {e}")));
+                return;
+            }
+        }
+        let mut index = 0;
+        while index < self.active.len() {
+            let sequence = &mut self.active[index];
+            let span = sequence.span().clone();
+            let _entered = span.enter();
+            match sequence.after_decode(self.model, &self.ctx, &self.policy) {
+                Step::Continue => index += 1,
+                Step::Finished(reason) => {
+                    let sequence = self.active.remove(index);
+                    let slot = sequence.slot();
+                    self.release(slot, sequence.finish(reason));
+                    load.finished();
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize, tokens: Vec<LlamaToken>) {
+        self.slots[slot] = SlotCache { tokens, busy: false };
+    }
+
+    /// Fail every running sequence and forget what their slots hold.
+    pub fn fail_all(&mut self, load: &EngineLoad, error: impl Fn() -> Error) {
+        for sequence in std::mem::take(&mut self.active) {
+            let slot = sequence.slot();
+            sequence.fail(error());
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+            self.release(slot, Vec::new());
+            load.finished();
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! One request in one sequence slot of the context: its prompt, sampler,
+//! text routing and accounting. The batcher advances every active sequence
+//! by one decode step at a time: `feed` puts the sequence's next tokens into
+//! the shared batch, `after_decode` samples from its logits.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use llmlab_core::text::{StopScan, TokenTextAssembler};
+use llmlab_core::{ChatEvent, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob, Usage};
+
+use crate::engine::Job;
+use crate::logprobs::logprobs;
+use crate::output::Output;
+use crate::policy::TokenPolicy;
+use crate::sampler::build_request_sampler;
+
+/// What a sequence does after a decode step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Continue,
+    Finished(FinishReason),
+}
+
+pub(crate) struct Sequence {
+    job: Job,
+    /// Context sequence id (slot index) it runs in; set by `attach`.
+    slot: usize,
+    sampler: LlamaSampler,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens found in the slot's KV cache when it was attached.
+    reused: usize,
+    /// Tokens whose keys and values sit in the slot's KV cache, in position
+    /// order: the prompt so far, then every generated token decoded.
+    in_cache: Vec<LlamaToken>,
+    /// Sampled and streamed, waiting to be decoded.
+    next: Option<LlamaToken>,
+    /// Tokens this sequence put into the batch being decoded.
+    in_batch: Range<usize>,
+    /// Where its logits sit in that batch, when it asked for them.
+    logits_index: Option<i32>,
+    text: TokenTextAssembler,
+    output: Output,
+    generated: u32,
+    max_new: u32,
+    enqueued_at: Instant,
+    started: Instant,
+    first_token_at: Option<Instant>,
+    piece: Vec<u8>,
+}
+
+impl Sequence {
+    /// Validate and tokenize a job. A job that cannot run is answered here
+    /// (its terminal event sent) and `None` returned.
+    pub fn prepare(model: &LlamaModel, mut job: Job, context_size: usize) -> Option<Self> {
+        if is_cancelled(&job) {
+            let _ = job.events.send(ChatEvent::Done {
+                finish_reason: FinishReason::Cancelled,
+            });
+            return None;
+        }
+        let prompt = tokenize_prompt(model, &job.prompt);
+        let checked = check_prompt(&prompt, context_size)
+            // Built before the prompt is processed: a schema that cannot
+            // become a grammar fails the request without wasting compute.
+            .and_then(|()| build_request_sampler(model, &job.params));
+        let sampler = match checked {
+            Ok(sampler) => sampler,
+            Err(error) => {
+                let _ = job.events.send(ChatEvent::Error(error));
+                return None;
+            }
+        };
+        let room = (context_size - prompt.len()) as u32;
+        let max_new = job.params.max_tokens.map_or(room, |m| m.min(room));
+        let output = Output {
+            events: job.events.clone(),
+            processor: job.processor.take(),
+        };
+        Some(Self {
+            text: TokenTextAssembler::new(&job.params.stop),
+            enqueued_at: job.enqueued_at,
+            job,
+            slot: 0,
+            sampler,
+            prompt,
+            reused: 0,
+            in_cache: Vec::new(),
+            next: None,
+            in_batch: 0..0,
+            logits_index: None,
+            output,
+            generated: 0,
+            max_new,
+            started: Instant::now(),
+            first_token_at: None,
+            piece: Vec::with_capacity(32),
+        })
+    }
+
+    pub fn prompt(&self) -> &[LlamaToken] {
+        &self.prompt
+    }
+
+    /// Past its prompt: it has a sampled token to decode.
+    pub fn is_generating(&self) -> bool {
+        self.next.is_some()
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub fn span(&self) -> &tracing::Span {
+        &self.job.span
+    }
+
+    /// Take slot `slot`, whose KV cache holds `cached`: keep the part that
+    /// matches this prompt's start and drop the rest, so a continued
+    /// conversation or a repeated system prompt only processes what is new.
+    pub fn attach(&mut self, ctx: &mut LlamaContext<'_>, slot: usize, mut cached: Vec<LlamaToken>) {
+        self.slot = slot;
+        self.started = Instant::now();
+        let seq = slot as u32;
+        let mut reused = common_prefix(&cached, &self.prompt).min(self.prompt.len() - 1);
+        if reused == 0
+            || !ctx
+                .clear_kv_cache_seq(Some(seq), Some(reused as u32), None)
+                .unwrap_or(false)
+        {
+            let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
+            reused = 0;
+        }
+        tracing::debug!(parent: &self.job.span, slot, reused, "prompt tokens reused from the KV cache");
+        cached.truncate(reused);
+        self.in_cache = cached;
+        self.reused = reused;
+    }
+
+    /// Put this step's tokens into `batch`, at most `budget` of them: the
+    /// token sampled last, or the next chunk of the prompt. Returns how many.
+    pub fn feed(&mut self, batch: &mut LlamaBatch<'_>, budget: usize) -> Result<usize> {
+        self.in_batch = 0..0;
+        self.logits_index = None;
+        let seq = [self.slot as i32];
+        let position = self.in_cache.len();
+        if let Some(token) = self.next {
+            if budget == 0 {
+                return Ok(0);
+            }
+            self.logits_index = Some(batch.n_tokens());
+            batch.add(token, position as i32, &seq, true).map_err(internal)?;
+            self.in_batch = position..position + 1;
+            return Ok(1);
+        }
+        let range = position..self.prompt.len().min(position + budget);
+        for pos in range.clone() {
+            let last = pos + 1 == self.prompt.len();
+            if last {
+                self.logits_index = Some(batch.n_tokens());
+            }
+            batch.add(self.prompt[pos], pos as i32, &seq, last).map_err(internal)?;
+        }
+        self.in_batch = range.clone();
+        Ok(range.len())
+    }
+
+    /// The batch was decoded: record what entered the KV cache and, when this
+    /// sequence's logits are ready, sample, stream and check for the end.
+    pub fn after_decode(&mut self, model: &LlamaModel, ctx: &LlamaContext<'_>, policy: &TokenPolicy) -> Step {
+        match self.next.take() {
+            Some(token) if !self.in_batch.is_empty() => self.in_cache.push(token),
+            Some(token) => self.next = Some(token),
+            None => self.in_cache.extend_from_slice(&self.prompt[self.in_batch.clone()]),
+        }
+        self.in_batch = 0..0;
+        if is_cancelled(&self.job) {
+            return Step::Finished(FinishReason::Cancelled);
+        }
+        let Some(index) = self.logits_index.take() else {
+            return Step::Continue;
+        };
+        let token = self.sampler.sample(ctx, index);
+        self.first_token_at.get_or_insert_with(Instant::now);
+        if !self.job.params.ignore_eos && policy.ends_generation(model, token) {
+            return Step::Finished(self.output.finish(Some(&mut self.text), FinishReason::Stop));
+        }
+        self.generated += 1;
+        self.piece.clear();
+        model
+            .vocab()
+            .token_to_piece_into(token, &mut self.piece, policy.render_special, None);
+        if let Some(top_n) = self.job.params.logprobs {
+            let item = token_logprob(model, ctx, index, token, &self.piece, top_n as usize);
+            if !self.output.event(ChatEvent::Logprobs(vec![item])) {
+                return Step::Finished(FinishReason::Cancelled);
+            }
+        }
+        match self.text.push(&self.piece) {
+            StopScan::Continue(chunk) => {
+                if !self.output.text(&chunk) {
+                    return Step::Finished(FinishReason::Cancelled);
+                }
+            }
+            StopScan::Stopped(chunk) => {
+                self.output.text(&chunk);
+                // What the assembler still holds comes after the stop string.
+                return Step::Finished(self.output.finish(None, FinishReason::Stop));
+            }
+        }
+        if self.generated >= self.max_new {
+            return Step::Finished(self.output.finish(Some(&mut self.text), FinishReason::Length));
+        }
+        self.next = Some(token);
+        Step::Continue
+    }
+
+    /// Send the usage and terminal events; returns the tokens left in the
+    /// slot's KV cache, for the next request to reuse.
+    pub fn finish(self, finish_reason: FinishReason) -> Vec<LlamaToken> {
+        if finish_reason != FinishReason::Cancelled {
+            let first = self.first_token_at.unwrap_or_else(Instant::now);
+            let prompt_ms = ms(first.duration_since(self.started));
+            let generation_ms = ms(first.elapsed());
+            let decoded_after_first = self.generated.saturating_sub(1);
+            let timings = Timings {
+                queue_ms: ms(self.started.duration_since(self.enqueued_at)),
+                prompt_ms,
+                generation_ms,
+                prompt_tokens_per_second: per_second((self.prompt.len() - self.reused) as u32, prompt_ms),
+                generation_tokens_per_second: per_second(decoded_after_first, generation_ms),
+            };
+            let usage = Usage::new(self.prompt.len() as u32, self.generated).with_cached(self.reused as u32);
+            tracing::debug!(parent: &self.job.span, ?usage, ?timings, "generation finished");
+            let _ = self.job.events.send(ChatEvent::Usage { usage, timings });
+        }
+        let _ = self.job.events.send(ChatEvent::Done { finish_reason });
+        self.in_cache
+    }
+
+    /// End with an error; whatever the slot's KV cache holds is suspect.
+    pub fn fail(self, error: Error) {
+        let _ = self.job.events.send(ChatEvent::Error(error));
+    }
+}
+
+fn is_cancelled(job: &Job) -> bool {
+    job.cancel.is_cancelled() || job.events.is_closed()
+}
+
+fn check_prompt(prompt: &[LlamaToken], context_size: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::invalid_param("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= context_size {
+        return Err(Error::invalid_param(
+            "messages",
+            format!(
+                "the prompt is {} tokens but the model's context holds {context_size}",
+                prompt.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn token_logprob(
+    model: &LlamaModel,
+    ctx: &LlamaContext<'_>,
+    index: i32,
+    token: LlamaToken,
+    piece: &[u8],
+    top_n: usize,
+) -> TokenLogprob {
+    let vocab = model.vocab();
+    let (logprob, top) = logprobs(ctx.get_logits_ith(index), token.0 as usize, top_n);
+    let top_logprobs = top
+        .into_iter()
+        .map(|(id, logprob)| {
+            let bytes = vocab.token_to_piece(LlamaToken(id as i32), false, None);
+            TopLogprob {
+                token: String::from_utf8_lossy(&bytes).into_owned(),
+                logprob,
+                bytes,
+            }
+        })
+        .collect();
+    TokenLogprob {
+        token: String::from_utf8_lossy(piece).into_owned(),
+        logprob,
+        bytes: piece.to_vec(),
+        top_logprobs,
+    }
+}
+
+pub(crate) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Tokenize with special tokens parsed (templates write them as text) and
+/// BOS added when the model wants one, without doubling a BOS the template
+/// already wrote.
+fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let bos = vocab.bos();
+    if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+        tokens.remove(0);
+    }
+    tokens
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e.to_string())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn per_second(tokens: u32, millis: f64) -> f64 {
+    if millis > 0.0 {
+        f64::from(tokens) * 1000.0 / millis
+    } else {
+        0.0
+    }
+}

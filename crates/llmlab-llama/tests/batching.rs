@@ -1,0 +1,160 @@
+//! Continuous batching on the real default model: concurrent requests share
+//! decode steps and must get exactly what they get alone.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::pipeline::ChatPipeline;
+use llmlab_core::{ChatEvent, ChatMessage, ChatRequest, ChatStream, FinishReason, GenerationParams, SamplingParams};
+use llmlab_llama::LlamaChatPipeline;
+
+const MODEL: &str = "qwen2.5-coder-0.5b";
+const PARALLEL: u32 = 8;
+static PIPELINE: OnceLock<LlamaChatPipeline> = OnceLock::new();
+
+/// The default model with eight sequence slots.
+fn model() -> &'static LlamaChatPipeline {
+    PIPELINE.get_or_init(|| {
+        let mut spec = common::spec(MODEL);
+        spec.parallel = PARALLEL;
+        spec.context_size = 1024;
+        LlamaChatPipeline::load(&spec).expect("model loads")
+    })
+}
+
+const QUESTIONS: [&str; 8] = [
+    "Name three prime numbers.",
+    "Write a Python function that reverses a string.",
+    "What is the capital of France? Answer in one sentence.",
+    "Explain recursion to a child in two sentences.",
+    "List the planets of the solar system.",
+    "Write a haiku about the sea.",
+    "What does HTTP stand for?",
+    "Give a SQL query that counts the rows of a table named users.",
+];
+
+fn greedy_request(question: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        model: MODEL.into(),
+        messages: vec![ChatMessage::user(question)],
+        tools: Vec::new(),
+        tool_choice: Default::default(),
+        params: GenerationParams {
+            sampling: SamplingParams {
+                temperature: Some(0.0),
+                ..SamplingParams::default()
+            },
+            max_tokens: Some(max_tokens),
+            ..GenerationParams::default()
+        },
+        keep_alive: None,
+    }
+}
+
+fn start(question: &str, max_tokens: u32) -> ChatStream {
+    model()
+        .chat(greedy_request(question, max_tokens), CancellationToken::new())
+        .expect("request accepted")
+}
+
+fn answer_alone(question: &str, max_tokens: u32) -> String {
+    start(question, max_tokens)
+        .collect_blocking()
+        .expect("generation succeeds")
+        .content
+}
+
+/// Wait for a stream's first piece of content; it is part of the answer.
+fn first_content(stream: &mut ChatStream) -> String {
+    loop {
+        match stream.blocking_next().expect("stream open") {
+            ChatEvent::Content(text) => return text,
+            ChatEvent::Reasoning(_) | ChatEvent::Logprobs(_) => {}
+            other => panic!("unexpected event before content: {other:?}"),
+        }
+    }
+}
+
+fn rest_of(mut stream: ChatStream) -> (String, FinishReason) {
+    let mut text = String::new();
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            ChatEvent::Content(piece) => text.push_str(&piece),
+            ChatEvent::Done { finish_reason } => return (text, finish_reason),
+            ChatEvent::Error(e) => panic!("generation failed: {e}"),
+            _ => {}
+        }
+    }
+    panic!("stream ended without a terminal event")
+}
+
+#[test]
+fn concurrent_greedy_streams_equal_the_same_requests_run_alone() {
+    let _turn = common::serial();
+    let max_tokens = 48;
+    let alone: Vec<String> = QUESTIONS.iter().map(|q| answer_alone(q, max_tokens)).collect();
+    assert!(alone.iter().all(|a| !a.is_empty()));
+
+    // Each request joins while the ones before it are already decoding, so
+    // steps mix prompt chunks with generated tokens and admission happens
+    // between decode steps, not only when the engine is idle.
+    let mut streams = Vec::new();
+    let mut heads = Vec::new();
+    for question in QUESTIONS {
+        let mut stream = start(question, max_tokens);
+        heads.push(first_content(&mut stream));
+        streams.push(stream);
+    }
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .zip(heads)
+            .map(|(stream, head)| {
+                scope.spawn(move || {
+                    let (rest, finish) = rest_of(stream);
+                    assert!(matches!(finish, FinishReason::Stop | FinishReason::Length));
+                    head + &rest
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
+    });
+    for ((question, alone), together) in QUESTIONS.iter().zip(&alone).zip(&together) {
+        assert_eq!(alone, together, "batching changed the greedy answer to {question:?}");
+    }
+}
+
+#[test]
+fn more_requests_than_slots_wait_and_all_complete() {
+    let _turn = common::serial();
+    let streams: Vec<ChatStream> = (0..PARALLEL as usize + 4)
+        .map(|i| start(QUESTIONS[i % QUESTIONS.len()], 8))
+        .collect();
+    for stream in streams {
+        let response = stream.collect_blocking().expect("generation succeeds");
+        assert!(!response.content.is_empty());
+        assert!(response.usage.completion_tokens <= 8);
+    }
+}
+
+#[test]
+fn cancelling_one_stream_leaves_the_others_untouched() {
+    let _turn = common::serial();
+    let max_tokens = 32;
+    let alone = answer_alone(QUESTIONS[1], max_tokens);
+
+    let cancel = CancellationToken::new();
+    let mut doomed = model()
+        .chat(greedy_request(QUESTIONS[3], 400), cancel.clone())
+        .expect("request accepted");
+    first_content(&mut doomed);
+    let survivor = start(QUESTIONS[1], max_tokens);
+    cancel.cancel();
+    let (_, finish) = rest_of(doomed);
+    assert_eq!(finish, FinishReason::Cancelled);
+    let response = survivor.collect_blocking().expect("generation succeeds");
+    assert_eq!(response.content, alone);
+}
