@@ -178,6 +178,7 @@ impl crate::StreamObserver for GenerationMeter {
                 self.usage.prompt_tokens,
                 self.usage.completion_tokens,
             ),
+            ChatEvent::Stopped(trip) => guard_tripped(&self.model, trip.kind.stop_reason()),
             ChatEvent::Logprobs(_) => {}
         }
     }

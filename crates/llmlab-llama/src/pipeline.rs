@@ -72,6 +72,7 @@ impl LlamaChatPipeline {
         cancel: CancellationToken,
     ) -> Result<ChatStream> {
         params.sampling = params.sampling.or(&self.spec.sampling).or(&config::default_sampling());
+        params.guards.get_or_insert(self.spec.guards);
         let (events, stream) = ChatStream::channel();
         let span = tracing::info_span!("generate", model = %self.spec.id);
         tracing::debug!(parent: &span, %prompt, "prompt");

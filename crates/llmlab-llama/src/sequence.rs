@@ -12,8 +12,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use llmlab_core::guards::{GuardSet, GuardSettings};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
-use llmlab_core::{ChatEvent, Error, FinishReason, Result, Timings, TokenLogprob, TopLogprob, Usage};
+use llmlab_core::{ChatEvent, Error, FinishReason, GenerationParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
 use crate::engine::Job;
 use crate::logprobs::logprobs;
@@ -47,6 +48,8 @@ pub(crate) struct Sequence {
     logits_index: Option<i32>,
     text: TokenTextAssembler,
     output: Output,
+    /// Repetition and perplexity guards over the sampled tokens.
+    guards: GuardSet,
     generated: u32,
     max_new: u32,
     enqueued_at: Instant,
@@ -85,6 +88,7 @@ impl Sequence {
         };
         Some(Self {
             text: TokenTextAssembler::new(&job.params.stop),
+            guards: GuardSet::new(&guard_settings(&job.params)),
             enqueued_at: job.enqueued_at,
             job,
             slot: 0,
@@ -196,12 +200,20 @@ impl Sequence {
         model
             .vocab()
             .token_to_piece_into(token, &mut self.piece, policy.render_special, None);
-        if let Some(top_n) = self.job.params.logprobs {
-            let item = token_logprob(model, ctx, index, token, &self.piece, top_n as usize);
-            if !self.output.event(ChatEvent::Logprobs(vec![item])) {
-                return Step::Finished(FinishReason::Cancelled);
+        // One log-softmax over the vocabulary serves both the client's
+        // log-probabilities and the perplexity guard; neither asked, none.
+        let logprob = match self.job.params.logprobs {
+            Some(top_n) => {
+                let item = token_logprob(model, ctx, index, token, &self.piece, top_n as usize);
+                let logprob = item.logprob;
+                if !self.output.event(ChatEvent::Logprobs(vec![item])) {
+                    return Step::Finished(FinishReason::Cancelled);
+                }
+                Some(logprob)
             }
-        }
+            None if self.guards.needs_logprobs() => Some(logprobs(ctx.get_logits_ith(index), token.0 as usize, 0).0),
+            None => None,
+        };
         match self.text.push(&self.piece) {
             StopScan::Continue(chunk) => {
                 if !self.output.text(&chunk) {
@@ -213,6 +225,12 @@ impl Sequence {
                 // What the assembler still holds comes after the stop string.
                 return Step::Finished(self.output.finish(None, FinishReason::Stop));
             }
+        }
+        if let Some(trip) = self.guards.observe(token.0 as u32, logprob) {
+            tracing::info!(parent: &self.job.span, guard = ?trip.kind, figure = trip.figure, detail = %trip.detail, "a guard stopped the generation");
+            let reason = self.output.finish(Some(&mut self.text), FinishReason::Stop);
+            self.output.event(ChatEvent::Stopped(trip));
+            return Step::Finished(reason);
         }
         if self.generated >= self.max_new {
             return Step::Finished(self.output.finish(Some(&mut self.text), FinishReason::Length));
@@ -248,6 +266,21 @@ impl Sequence {
     pub fn fail(self, error: Error) {
         let _ = self.job.events.send(ChatEvent::Error(error));
     }
+}
+
+/// The request's guards, less those that would misjudge it: a benchmark's
+/// `ignore_eos` run asks for a fixed length whatever the text, and a grammar
+/// forces tokens the model itself finds improbable.
+fn guard_settings(params: &GenerationParams) -> GuardSettings {
+    let mut settings = params.guards.unwrap_or_default();
+    if params.ignore_eos {
+        settings.repetition.enabled = false;
+        settings.perplexity.enabled = false;
+    }
+    if params.json_schema.is_some() {
+        settings.perplexity.enabled = false;
+    }
+    settings
 }
 
 fn is_cancelled(job: &Job) -> bool {

@@ -289,3 +289,84 @@ async fn tool_calls_and_reasoning_in_both_forms() {
     assert_eq!(deltas[4]["tool_calls"][0]["index"], 1);
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 }
+
+/// A generation a guard stopped: `finish_reason` stays `stop`, and the
+/// `stop_reason` / `guard` extension fields say why, streamed or not.
+#[tokio::test]
+async fn a_guard_stop_is_reported_in_both_response_shapes() {
+    use llmlab_core::guards::{GuardKind, GuardTrip};
+    use llmlab_core::{ChatEvent, FinishReason, Timings, Usage};
+    let trip = GuardTrip {
+        kind: GuardKind::Repetition,
+        figure: 6.0,
+        detail: "the last 48 tokens repeat a 8-token sequence 6 times".into(),
+    };
+    let script = Script {
+        events: vec![
+            ChatEvent::Content("loop loop".into()),
+            ChatEvent::Stopped(trip),
+            ChatEvent::Usage {
+                usage: Usage::new(3, 48),
+                timings: Timings::default(),
+            },
+            ChatEvent::Done {
+                finish_reason: FinishReason::Stop,
+            },
+        ],
+        ..Script::text(&[])
+    };
+    let h = harness(script, None);
+    let whole = send(&h.state, post("/v1/chat/completions", chat_body(json!({}))))
+        .await
+        .json();
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(choice["stop_reason"], "repetition_guard");
+    assert_eq!(choice["guard"]["kind"], "repetition");
+    assert_eq!(choice["guard"]["figure"], 6.0);
+
+    let streamed = send(
+        &h.state,
+        post("/v1/chat/completions", chat_body(json!({"stream": true}))),
+    )
+    .await;
+    let last = streamed
+        .sse_data()
+        .into_iter()
+        .filter(|d| d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(&d).unwrap())
+        .rfind(|c| c["choices"][0]["finish_reason"].is_string())
+        .expect("a finishing chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["choices"][0]["stop_reason"], "repetition_guard");
+}
+
+#[tokio::test]
+async fn guard_settings_are_validated_and_reach_the_pipeline() {
+    let h = harness(Script::text(&["x"]), None);
+    let body = chat_body(json!({"guards": {"repetition": {"enabled": false}, "perplexity": {"max_mean_nll": 4.5}}}));
+    assert_eq!(
+        send(&h.state, post("/v1/chat/completions", body)).await.status,
+        StatusCode::OK
+    );
+    {
+        let chats = h.factory.pipeline.chats.lock().unwrap();
+        let guards = chats[0].params.guards.expect("guards passed on");
+        assert!(!guards.repetition.enabled);
+        assert_eq!(guards.perplexity.max_mean_nll, 4.5);
+        assert!(guards.perplexity.enabled, "unnamed settings keep their defaults");
+    }
+    let bad = chat_body(json!({"guards": {"repetition": {"max_periodd": 3}}}));
+    send(&h.state, post("/v1/chat/completions", bad))
+        .await
+        .assert_error(400, Some("guards.repetition.max_periodd"));
+}
+
+#[tokio::test]
+async fn impossible_guard_settings_are_rejected_with_the_field_named() {
+    let h = harness(Script::text(&["x"]), None);
+    let bad = chat_body(json!({"guards": {"repetition": {"min_repeats": 1}}}));
+    send(&h.state, post("/v1/chat/completions", bad))
+        .await
+        .assert_error(400, Some("guards.repetition.min_repeats"));
+}

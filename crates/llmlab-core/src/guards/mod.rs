@@ -45,6 +45,45 @@ pub struct GuardSettings {
     pub perplexity: PerplexitySettings,
 }
 
+/// Longest loop period a request may ask the repetition guard to track.
+pub const MAX_REPETITION_PERIOD: usize = 1024;
+
+impl GuardSettings {
+    /// Reject settings that could never work, naming the field (under
+    /// `guards.`) the way the transports report parameters.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad =
+            |field: &str, rule: &str| Err(crate::Error::invalid_param(format!("guards.{field}"), rule.to_owned()));
+        let r = &self.repetition;
+        if !(1..=MAX_REPETITION_PERIOD).contains(&r.max_period) {
+            return bad(
+                "repetition.max_period",
+                &format!("must be between 1 and {MAX_REPETITION_PERIOD}"),
+            );
+        }
+        if r.min_repeats < 2 {
+            return bad("repetition.min_repeats", "must be at least 2");
+        }
+        if r.ngram == 0 || r.window <= r.ngram {
+            return bad(
+                "repetition.window",
+                "must be larger than repetition.ngram, which must be at least 1",
+            );
+        }
+        if !(0.0..=1.0).contains(&r.min_distinct_ratio) {
+            return bad("repetition.min_distinct_ratio", "must be between 0 and 1");
+        }
+        let p = &self.perplexity;
+        if p.window == 0 {
+            return bad("perplexity.window", "must be at least 1");
+        }
+        if p.max_mean_nll.is_nan() || p.max_mean_nll <= 0.0 {
+            return bad("perplexity.max_mean_nll", "must be a positive number of nats");
+        }
+        Ok(())
+    }
+}
+
 /// A request's guards, fed one sampled token at a time.
 #[derive(Debug)]
 pub struct GuardSet {

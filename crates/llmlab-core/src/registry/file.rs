@@ -65,6 +65,8 @@ pub(super) struct ModelEntry {
     pub max_queue: Option<u32>,
     #[serde(default)]
     pub sampling: SamplingParams,
+    #[serde(default)]
+    pub guards: crate::guards::GuardSettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }
@@ -235,6 +237,10 @@ fn resolve(
         ));
     }
     entry
+        .guards
+        .validate()
+        .map_err(|e| err(e.param.as_deref().unwrap_or("guards"), e.message))?;
+    entry
         .sampling
         .validate()
         .map_err(|e| err(&format!("sampling.{}", e.param.unwrap_or_default()), e.message))?;
@@ -291,6 +297,7 @@ fn resolve(
         reasoning_format: entry.reasoning_format,
         tool_call_format: entry.tool_call_format,
         sampling: entry.sampling,
+        guards: entry.guards,
         source: entry.source,
         description: entry.description,
     })

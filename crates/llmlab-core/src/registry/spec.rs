@@ -86,6 +86,8 @@ pub struct ModelSpec {
     pub max_queue: u32,
     /// Model-level sampling defaults (request values win).
     pub sampling: SamplingParams,
+    /// Repetition and perplexity guards (a request may replace them).
+    pub guards: crate::guards::GuardSettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }

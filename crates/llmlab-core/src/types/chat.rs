@@ -280,6 +280,9 @@ pub struct GenerationParams {
     /// Report each token's log-probability with this many alternatives
     /// (`Some(0)`: the sampled token only); `None`: no log-probabilities.
     pub logprobs: Option<u32>,
+    /// Guard settings for this request; `None`: the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guards: Option<crate::guards::GuardSettings>,
 }
 
 /// Most alternatives reported per token (OpenAI's limit).
@@ -293,6 +296,9 @@ impl GenerationParams {
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
         self.sampling.validate()?;
+        if let Some(guards) = &self.guards {
+            guards.validate()?;
+        }
         if self.max_tokens == Some(0) {
             return Err(Error::invalid_param("max_tokens", "'max_tokens' must be at least 1"));
         }

@@ -124,6 +124,9 @@ pub enum ChatEvent {
     /// Sent (only when requested) just before the text of the token(s) it
     /// describes; text held back by stop-string matching comes later.
     Logprobs(Vec<TokenLogprob>),
+    /// A guard stopped the generation (sent before `Usage` and `Done`, whose
+    /// finish reason is then `stop`).
+    Stopped(crate::guards::GuardTrip),
     Usage {
         usage: Usage,
         timings: Timings,

@@ -19,6 +19,9 @@ pub struct ChatResponse {
     /// Present when the request asked for log-probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The guard that stopped the generation, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<crate::guards::GuardTrip>,
 }
 
 /// Folds events into a [`ChatResponse`].
@@ -31,6 +34,7 @@ pub struct ChatResponseBuilder {
     usage: Usage,
     timings: Timings,
     finish_reason: Option<FinishReason>,
+    stopped_by: Option<crate::guards::GuardTrip>,
     error: Option<Error>,
 }
 
@@ -65,6 +69,7 @@ impl ChatResponseBuilder {
                 self.usage = usage;
                 self.timings = timings;
             }
+            ChatEvent::Stopped(trip) => self.stopped_by = Some(trip),
             ChatEvent::Done { finish_reason } => self.finish_reason = Some(finish_reason),
             ChatEvent::Error(error) => self.error = Some(error),
         }
@@ -88,6 +93,7 @@ impl ChatResponseBuilder {
             usage: self.usage,
             timings: self.timings,
             logprobs: self.logprobs,
+            stopped_by: self.stopped_by,
         })
     }
 }

@@ -45,6 +45,7 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 ignore_eos: true,
                 logprobs: None,
                 json_schema: None,
+                guards: None,
             },
         };
         let response = pipeline

@@ -59,6 +59,7 @@ impl ChatArgs {
             ignore_eos: false,
             logprobs: None,
             json_schema: None,
+            guards: None,
         }
     }
 }
@@ -139,6 +140,12 @@ fn answer(
             )?,
             ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
             ChatEvent::Logprobs(_) => {}
+            ChatEvent::Stopped(trip) => write!(
+                out,
+                "\n[stopped by the {} guard: {}]",
+                trip.kind.stop_reason(),
+                trip.detail
+            )?,
             ChatEvent::Done { .. } => break,
             ChatEvent::Error(e) => return Err(e.into()),
         }

@@ -65,6 +65,10 @@ pub struct OpenAiRequest {
     /// llmlab extension (as in vLLM): keep going past end-of-generation.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Extension: repetition and perplexity guard settings for this request
+    /// (a guard named replaces the model's settings for it).
+    #[serde(default)]
+    pub guards: Option<llmlab_core::guards::GuardSettings>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -124,6 +128,7 @@ impl OpenAiRequest {
             },
             ignore_eos: self.ignore_eos,
             logprobs,
+            guards: self.guards,
             json_schema: self
                 .response_format
                 .as_ref()

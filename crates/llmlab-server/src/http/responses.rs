@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use llmlab_core::guards::GuardTrip;
 use llmlab_core::{ChatResponse, FinishReason, TokenLogprob, ToolCallDelta, Usage};
 
 use super::openai::{chat_logprobs_json, completion_logprobs_json, usage_json, ResponseMeta};
@@ -60,6 +61,8 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
             json!({"index": 0, "text": response.content, "logprobs": logprobs, "finish_reason": finish_reason})
         }
     };
+    let mut choice = choice;
+    mark_guard_stop(&mut choice, response.stopped_by.as_ref());
     let object = match endpoint {
         Endpoint::Chat => "chat.completion",
         Endpoint::Completion => "text_completion",
@@ -72,6 +75,15 @@ pub fn full_response(endpoint: Endpoint, meta: &ResponseMeta, response: &ChatRes
         "choices": [choice],
         "usage": usage_json(&response.usage),
     })
+}
+
+/// When a guard stopped the generation, the finish reason stays OpenAI's
+/// `stop` and two extension fields say which guard and why.
+fn mark_guard_stop(choice: &mut Value, stopped_by: Option<&GuardTrip>) {
+    if let Some(trip) = stopped_by {
+        choice["stop_reason"] = json!(trip.kind.stop_reason());
+        choice["guard"] = json!({"kind": trip.kind, "figure": trip.figure, "detail": trip.detail});
+    }
 }
 
 /// Builds the chunks of one streamed answer.
@@ -164,8 +176,10 @@ impl ChunkBuilder {
 
     /// The last chunk, carrying log-probabilities of tokens whose text was
     /// never shown (held back, then cut by a stop string).
-    pub fn finish(&self, reason: FinishReason, logprobs: &[TokenLogprob]) -> Value {
-        self.delta_with_logprobs(json!({}), Some(reason), logprobs)
+    pub fn finish(&self, reason: FinishReason, logprobs: &[TokenLogprob], stopped_by: Option<&GuardTrip>) -> Value {
+        let mut chunk = self.delta_with_logprobs(json!({}), Some(reason), logprobs);
+        mark_guard_stop(&mut chunk["choices"][0], stopped_by);
+        chunk
     }
 
     /// The usage chunk (`choices: []`) sent when `include_usage` is set.

@@ -31,6 +31,7 @@ pub fn sse_events(
             yield data(&role);
         }
         let mut usage = None;
+        let mut stopped_by = None;
         // Log-probabilities wait for the text of their tokens.
         let mut logprobs = Vec::new();
         while let Some(event) = events.next_event().await {
@@ -52,6 +53,7 @@ pub fn sse_events(
                     }
                 }
                 ChatEvent::Usage { usage: u, .. } => usage = Some(u),
+                ChatEvent::Stopped(trip) => stopped_by = Some(trip),
                 ChatEvent::Done { finish_reason: FinishReason::Cancelled } => {
                     // The client is still here, so the server cancelled:
                     // shutdown ran out of grace time.
@@ -59,7 +61,7 @@ pub fn sse_events(
                     break;
                 }
                 ChatEvent::Done { finish_reason } => {
-                    yield data(&chunks.finish(finish_reason, &logprobs));
+                    yield data(&chunks.finish(finish_reason, &logprobs, stopped_by.as_ref()));
                     if let (true, Some(u)) = (include_usage, usage.as_ref()) {
                         yield data(&chunks.usage(u));
                     }
