@@ -2,11 +2,13 @@
 //! sampled token id (and, for the perplexity guard, its log-probability)
 //! and may stop the sequence with a reason the client sees.
 
+mod deadline;
 mod perplexity;
 mod repetition;
 
 use serde::{Deserialize, Serialize};
 
+pub use deadline::{with_deadlines, DeadlineSettings};
 pub use perplexity::{PerplexityGuard, PerplexitySettings};
 pub use repetition::{RepetitionGuard, RepetitionSettings};
 
@@ -15,6 +17,8 @@ pub use repetition::{RepetitionGuard, RepetitionSettings};
 pub enum GuardKind {
     Repetition,
     Perplexity,
+    /// A deadline ran out after some output (before any, it is an error).
+    Deadline,
 }
 
 impl GuardKind {
@@ -23,6 +27,7 @@ impl GuardKind {
         match self {
             Self::Repetition => "repetition_guard",
             Self::Perplexity => "perplexity_guard",
+            Self::Deadline => "deadline",
         }
     }
 }
@@ -43,6 +48,7 @@ pub struct GuardTrip {
 pub struct GuardSettings {
     pub repetition: RepetitionSettings,
     pub perplexity: PerplexitySettings,
+    pub deadlines: DeadlineSettings,
 }
 
 /// Longest loop period a request may ask the repetition guard to track.
@@ -73,6 +79,7 @@ impl GuardSettings {
         if !(0.0..=1.0).contains(&r.min_distinct_ratio) {
             return bad("repetition.min_distinct_ratio", "must be between 0 and 1");
         }
+        self.deadlines.validate()?;
         let p = &self.perplexity;
         if p.window == 0 {
             return bad("perplexity.window", "must be at least 1");

@@ -19,6 +19,7 @@ mod lifecycle;
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
 
+use crate::guards::{with_deadlines, DeadlineSettings};
 use crate::keep_alive::KeepAlive;
 use crate::metrics::{self, GenerationMeter};
 use crate::pipeline::ChatPipeline;
@@ -200,7 +201,9 @@ impl Service {
         request.validate()?;
         let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
-        Ok(pipeline.chat(request, cancel)?.observed(meter).holding(lease))
+        let deadlines = self.deadlines(&request.model, &request.params);
+        let stream = pipeline.chat(request, cancel.clone())?;
+        Ok(with_deadlines(stream, deadlines, cancel).observed(meter).holding(lease))
     }
 
     /// Plain completion with the model the request names.
@@ -208,7 +211,18 @@ impl Service {
         request.validate()?;
         let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
-        Ok(pipeline.complete(request, cancel)?.observed(meter).holding(lease))
+        let deadlines = self.deadlines(&request.model, &request.params);
+        let stream = pipeline.complete(request, cancel.clone())?;
+        Ok(with_deadlines(stream, deadlines, cancel).observed(meter).holding(lease))
+    }
+
+    /// The request's deadlines, else its model's.
+    fn deadlines(&self, model: &str, params: &crate::GenerationParams) -> DeadlineSettings {
+        params
+            .guards
+            .or_else(|| self.registry.get(model).map(|m| m.guards))
+            .unwrap_or_default()
+            .deadlines
     }
 
     /// Load a model now (start-up preloading, admin endpoints); `keep_alive`
