@@ -13,6 +13,21 @@ pub const ENV_MODELS_DIR: &str = "LLMLAB_MODELS_DIR";
 pub const ENV_THREADS: &str = "LLMLAB_THREADS";
 /// Prefix of per-model overrides: `LLMLAB_MODEL__<ID>__<FIELD>`.
 pub const ENV_MODEL_PREFIX: &str = "LLMLAB_MODEL__";
+/// `0` trades batch invariance (a greedy answer never depends on what else
+/// runs) for llama.cpp's faster batched kernels; see [`batch_invariant`].
+pub const ENV_BATCH_INVARIANT: &str = "LLMLAB_BATCH_INVARIANT";
+
+/// Whether engines use only kernels whose per-row results do not depend on
+/// the batch (default). Off, concurrent requests decode faster on CPU but a
+/// greedy answer may differ in rare near-ties from the same request alone.
+/// The build-time half (llamafile and weight repacking off) lives in
+/// `.cargo/config.toml`.
+pub fn batch_invariant() -> bool {
+    !matches!(
+        std::env::var(ENV_BATCH_INVARIANT).as_deref().map(str::trim),
+        Ok("0" | "false" | "off" | "no")
+    )
+}
 
 /// Registry file used when neither a flag nor [`ENV_REGISTRY`] names one.
 pub const DEFAULT_REGISTRY_PATH: &str = "models/models.yaml";

@@ -27,7 +27,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, llmlab_core::Error> {
 /// The per-row kernels give every row the same result at any batch size.
 /// (Read by ggml once, at its first matmul; an explicit setting wins.)
 fn disable_batch_dependent_kernels() {
-    if std::env::var_os("GGML_CPU_TILED_MM").is_none() {
+    if llmlab_core::config::batch_invariant() && std::env::var_os("GGML_CPU_TILED_MM").is_none() {
         std::env::set_var("GGML_CPU_TILED_MM", "0");
     }
 }

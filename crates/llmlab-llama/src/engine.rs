@@ -243,8 +243,9 @@ fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
 
 fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaContext<'m>> {
     let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX);
-    // Batch invariance: a sequence's numbers must not depend on which other
-    // sequences share its decode steps (see the pitfalls in ARCHITECTURE.md).
+    // Batch invariance (unless turned off, see `config::batch_invariant`): a
+    // sequence's numbers must not depend on which other sequences share its
+    // decode steps (see the pitfalls in ARCHITECTURE.md).
     // - Each slot gets its own KV stream of `context_size` cells, so its cells
     //   sit at the same indices whatever runs beside it; in one shared pool
     //   they would interleave with other sequences' cells and the attention
@@ -252,12 +253,18 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
     // - Flash attention is off: its CPU kernel switches to a tiled variant
     //   for 64 or more query rows, so a prompt's keys and values would depend
     //   on how its prompt was cut into batches. The plain path is per-row.
+    let invariant = llmlab_core::config::batch_invariant();
+    let flash_attention = if invariant {
+        llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+    } else {
+        llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
+    };
     let total = spec.context_size.saturating_mul(spec.parallel.max(1));
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(total))
         .with_n_seq_max(spec.parallel.max(1))
-        .with_kv_unified(false)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        .with_kv_unified(!invariant)
+        .with_flash_attention_policy(flash_attention)
         .with_n_batch(spec.batch_size)
         .with_n_ubatch(spec.batch_size)
         .with_n_threads(threads)
@@ -265,7 +272,7 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
     let ctx = model
         .new_context(backend()?, params)
         .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
-    tracing::info!(model = %spec.id, threads, context = spec.context_size, parallel = spec.parallel, "context ready");
+    tracing::info!(model = %spec.id, threads, context = spec.context_size, parallel = spec.parallel, batch_invariant = invariant, "context ready");
     Ok(ctx)
 }
 
