@@ -122,6 +122,10 @@ pub fn model_evicted(model: &str) {
     counter!(MODEL_EVICTIONS, "model" => model.to_owned()).increment(1);
 }
 
+pub fn circuit_state(model: &str, state: crate::guards::BreakerState) {
+    gauge!(CIRCUIT_STATE, "model" => model.to_owned()).set(state.gauge());
+}
+
 pub fn guard_tripped(model: &str, kind: &'static str) {
     counter!(GUARD_TRIPS, "model" => model.to_owned(), "kind" => kind).increment(1);
 }

@@ -2,12 +2,14 @@
 //! sampled token id (and, for the perplexity guard, its log-probability)
 //! and may stop the sequence with a reason the client sees.
 
+mod breaker;
 mod deadline;
 mod perplexity;
 mod repetition;
 
 use serde::{Deserialize, Serialize};
 
+pub use breaker::{Admission, BreakerSettings, BreakerState, CircuitBreaker};
 pub use deadline::{with_deadlines, DeadlineSettings};
 pub use perplexity::{PerplexityGuard, PerplexitySettings};
 pub use repetition::{RepetitionGuard, RepetitionSettings};

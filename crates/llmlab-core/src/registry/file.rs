@@ -67,6 +67,8 @@ pub(super) struct ModelEntry {
     pub sampling: SamplingParams,
     #[serde(default)]
     pub guards: crate::guards::GuardSettings,
+    #[serde(default)]
+    pub breaker: crate::guards::BreakerSettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }
@@ -298,6 +300,7 @@ fn resolve(
         tool_call_format: entry.tool_call_format,
         sampling: entry.sampling,
         guards: entry.guards,
+        breaker: entry.breaker,
         source: entry.source,
         description: entry.description,
     })

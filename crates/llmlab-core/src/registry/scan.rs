@@ -40,6 +40,7 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         batch_size: config::DEFAULT_BATCH_SIZE,
         parallel: config::DEFAULT_PARALLEL,
         guards: Default::default(),
+        breaker: Default::default(),
         gpu_layers: 0,
         chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),

@@ -88,6 +88,8 @@ pub struct ModelSpec {
     pub sampling: SamplingParams,
     /// Repetition and perplexity guards (a request may replace them).
     pub guards: crate::guards::GuardSettings,
+    /// When failures make the model fail fast, and for how long.
+    pub breaker: crate::guards::BreakerSettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }

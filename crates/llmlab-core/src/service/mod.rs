@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 mod budget;
+mod circuit;
 mod lifecycle;
 
 use budget::MemoryBudget;
@@ -71,6 +72,9 @@ pub struct ModelStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
     pub pinned: bool,
+    /// The model's circuit breaker and the failures in a row behind it.
+    pub circuit: crate::guards::BreakerState,
+    pub consecutive_failures: u32,
 }
 
 /// Loads in progress and the last failure per model (loaded models are
@@ -118,6 +122,8 @@ pub struct Service {
     uses: Uses,
     /// What loaded models may hold together.
     budget: MemoryBudget,
+    /// Circuit breaker per model.
+    breakers: circuit::Breakers,
     /// Estimated memory of each model loaded (or loading). Checking the
     /// budget and reserving a new model's share happen under this one lock.
     footprint: Mutex<HashMap<String, MemoryEstimate>>,
@@ -175,6 +181,7 @@ impl Service {
             notes: LoadNotes::default(),
             uses: Uses::default(),
             budget: MemoryBudget::default(),
+            breakers: circuit::Breakers::default(),
             footprint: Mutex::new(HashMap::new()),
         }
     }
@@ -199,21 +206,27 @@ impl Service {
     /// Chat with the model the request names (the default one when empty).
     pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
+        let (pipeline, lease, watch) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
         let deadlines = self.deadlines(&request.model, &request.params);
         let stream = pipeline.chat(request, cancel.clone())?;
-        Ok(with_deadlines(stream, deadlines, cancel).observed(meter).holding(lease))
+        Ok(with_deadlines(stream, deadlines, cancel)
+            .observed(meter)
+            .observed(watch)
+            .holding(lease))
     }
 
     /// Plain completion with the model the request names.
     pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let (pipeline, lease) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
+        let (pipeline, lease, watch) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
         let meter = GenerationMeter::new(&request.model);
         let deadlines = self.deadlines(&request.model, &request.params);
         let stream = pipeline.complete(request, cancel.clone())?;
-        Ok(with_deadlines(stream, deadlines, cancel).observed(meter).holding(lease))
+        Ok(with_deadlines(stream, deadlines, cancel)
+            .observed(meter)
+            .observed(watch)
+            .holding(lease))
     }
 
     /// The request's deadlines, else its model's.
@@ -229,7 +242,11 @@ impl Service {
     /// replaces the model's own (preloaded models are kept `Forever`).
     pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<()> {
         let mut id = id.to_owned();
-        self.leased_pipeline(&mut id, keep_alive).await.map(|_| ())
+        self.leased_pipeline(&mut id, keep_alive).await?;
+        if let Some(spec) = self.registry.get(&id) {
+            self.breaker_success(spec);
+        }
+        Ok(())
     }
 
     /// Take a lease on the model (before loading it, so that it cannot be
@@ -238,7 +255,7 @@ impl Service {
         &self,
         model: &mut String,
         keep_alive: Option<KeepAlive>,
-    ) -> Result<(Arc<dyn ChatPipeline>, ModelLease)> {
+    ) -> Result<(Arc<dyn ChatPipeline>, ModelLease, circuit::BreakerWatch)> {
         if model.is_empty() {
             model.clone_from(&self.registry.default_model);
         }
@@ -264,8 +281,15 @@ impl Service {
                 id: spec.id.clone(),
             }
         };
-        let pipeline = self.chat_pipeline(spec).await?;
-        Ok((pipeline, lease))
+        let probe = self.pass_breaker(spec)?;
+        // Dropped without a verdict (validation failed, client left), the
+        // watch gives a half-open breaker's probe back.
+        let watch = self.breaker_watch(spec, probe);
+        let pipeline = self
+            .chat_pipeline(spec)
+            .await
+            .inspect_err(|e| self.breaker_failure(spec, e))?;
+        Ok((pipeline, lease, watch))
     }
 
     pub fn is_loaded(&self, id: &str) -> bool {
@@ -297,7 +321,10 @@ impl Service {
                     },
                     _ => None,
                 };
+                let (circuit, consecutive_failures) = self.breaker_state(&m.id);
                 ModelStatus {
+                    circuit,
+                    consecutive_failures,
                     id: m.id.clone(),
                     kind: m.kind,
                     state,

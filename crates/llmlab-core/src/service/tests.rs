@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::testing::{fake_registry, FakeFactory, Script};
-use crate::{ChatMessage, ErrorKind};
+use crate::{ChatEvent, ChatMessage, ErrorKind};
 
 fn chat_request(model: &str) -> ChatRequest {
     ChatRequest {
@@ -336,4 +336,65 @@ async fn invalid_requests_never_load_a_model() {
         .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("messages"));
     assert_eq!(factory.loads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_loads_open_the_breaker_then_a_probe_after_the_cooldown_closes_it() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("corrupt file"));
+    let svc = service(Arc::clone(&factory));
+    let circuit = |svc: &Service| svc.models().into_iter().find(|m| m.id == "fake-a").unwrap().circuit;
+    for _ in 0..3 {
+        svc.load("fake-a", None).await.unwrap_err();
+    }
+    assert_eq!(circuit(&svc), crate::guards::BreakerState::Open);
+    // Open: refused at once, without touching the model file again.
+    let err = svc
+        .chat(chat_request("fake-a"), CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.message.contains("circuit breaker is open"), "{}", err.message);
+    assert_eq!(err.retry_after_secs, Some(30));
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    // The file is fixed, other models serve, but 'fake-a' waits out its cooldown.
+    *factory.fail_loads.lock().unwrap() = None;
+    svc.chat(chat_request("fake-b"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(svc
+        .chat(chat_request("fake-a"), CancellationToken::new())
+        .await
+        .is_err());
+
+    // After the cooldown one probe goes through; it succeeds and closes it.
+    advance(Duration::from_secs(31)).await;
+    svc.chat(chat_request("fake-a"), CancellationToken::new())
+        .await
+        .unwrap()
+        .collect_response()
+        .await
+        .unwrap();
+    assert_eq!(circuit(&svc), crate::guards::BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_errors_in_streams_count_against_the_breaker() {
+    let factory = Arc::new(FakeFactory::new(Script {
+        events: vec![ChatEvent::Error(Error::internal("decode failed"))],
+        ..Script::text(&[])
+    }));
+    let svc = service(Arc::clone(&factory));
+    for _ in 0..3 {
+        let stream = svc
+            .chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        stream.collect_response().await.unwrap_err();
+    }
+    let err = svc
+        .chat(chat_request("fake-a"), CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("failed 3 times in a row"), "{}", err.message);
 }

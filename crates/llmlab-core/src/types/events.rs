@@ -153,7 +153,7 @@ pub trait StreamObserver: Send {
 /// listens any more, which cancels the generation.
 pub struct ChatStream {
     rx: mpsc::UnboundedReceiver<ChatEvent>,
-    observer: Option<Box<dyn StreamObserver>>,
+    observers: Vec<Box<dyn StreamObserver>>,
     /// An event already received (and observed) by `peek_within`.
     front: Option<ChatEvent>,
     /// Kept alive as long as the stream (the model lease).
@@ -163,7 +163,7 @@ pub struct ChatStream {
 impl std::fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatStream")
-            .field("observed", &self.observer.is_some())
+            .field("observers", &self.observers.len())
             .finish_non_exhaustive()
     }
 }
@@ -180,7 +180,7 @@ impl ChatStream {
             tx,
             ChatStream {
                 rx,
-                observer: None,
+                observers: Vec::new(),
                 front: None,
                 _guard: None,
             },
@@ -205,13 +205,15 @@ impl ChatStream {
 
     /// Attach an observer that sees each event as it is received.
     pub fn observed(mut self, observer: impl StreamObserver + 'static) -> Self {
-        self.observer = Some(Box::new(observer));
+        self.observers.push(Box::new(observer));
         self
     }
 
     fn seen(&mut self, event: Option<ChatEvent>) -> Option<ChatEvent> {
-        if let (Some(observer), Some(event)) = (self.observer.as_mut(), event.as_ref()) {
-            observer.observe(event);
+        if let Some(event) = event.as_ref() {
+            for observer in &mut self.observers {
+                observer.observe(event);
+            }
         }
         event
     }

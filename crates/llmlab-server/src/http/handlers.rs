@@ -147,6 +147,8 @@ fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
         "pinned": status.pinned,
         "memory_bytes": status.memory_bytes,
         "expires_in_secs": status.expires_in_secs,
+        "circuit": status.circuit,
+        "consecutive_failures": status.consecutive_failures,
     });
     if let Some(error) = &status.error {
         model["error"] = json!(error);

@@ -1,0 +1,142 @@
+//! A circuit breaker per model (see `guards::breaker`): failed loads, engine
+//! errors and deadline overruns count against it; while it is open requests
+//! fail fast with 503 and `Retry-After` instead of loading a broken model
+//! again and again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{lock, Service};
+use crate::guards::{Admission, BreakerSettings, BreakerState, CircuitBreaker, GuardKind};
+use crate::registry::ModelSpec;
+use crate::{metrics, ChatEvent, Error, ErrorKind, FinishReason, Result, StreamObserver};
+
+pub(super) type Breakers = Arc<Mutex<HashMap<String, CircuitBreaker>>>;
+
+/// Whether an error is the model's fault (it counts against the breaker)
+/// rather than the request's or the client's.
+fn counts_against_the_model(error: &Error) -> bool {
+    matches!(
+        error.kind,
+        ErrorKind::Internal | ErrorKind::Timeout | ErrorKind::Unavailable
+    )
+}
+
+fn with_breaker<T>(
+    breakers: &Breakers,
+    model: &str,
+    settings: BreakerSettings,
+    f: impl FnOnce(&mut CircuitBreaker) -> T,
+) -> T {
+    let mut breakers = lock(breakers);
+    let breaker = breakers
+        .entry(model.to_owned())
+        .or_insert_with(|| CircuitBreaker::new(settings));
+    let before = breaker.state();
+    let result = f(breaker);
+    if breaker.state() != before {
+        metrics::circuit_state(model, breaker.state());
+        tracing::warn!(model, from = ?before, to = ?breaker.state(), failures = breaker.consecutive_failures(), "circuit breaker changed state");
+    }
+    result
+}
+
+impl Service {
+    /// Let a request through the model's breaker, or refuse it fast.
+    /// Returns whether the request is the half-open probe.
+    pub(super) fn pass_breaker(&self, spec: &ModelSpec) -> Result<bool> {
+        let now = tokio::time::Instant::now();
+        let (admission, failures) = with_breaker(&self.breakers, &spec.id, spec.breaker, |b| {
+            (b.admit(now), b.consecutive_failures())
+        });
+        match admission {
+            Admission::Allowed => Ok(false),
+            Admission::Probe => Ok(true),
+            Admission::Refused { retry_after_secs } => Err(Error::unavailable(format!(
+                "model '{}' failed {failures} times in a row; its circuit breaker is open, retry in {retry_after_secs}s",
+                spec.id
+            ))
+            .with_retry_after(retry_after_secs)),
+        }
+    }
+
+    /// Report a failure that happened outside a stream (a failed load).
+    pub(super) fn breaker_failure(&self, spec: &ModelSpec, error: &Error) {
+        if counts_against_the_model(error) {
+            let now = tokio::time::Instant::now();
+            with_breaker(&self.breakers, &spec.id, spec.breaker, |b| b.record_failure(now));
+        }
+    }
+
+    /// Report a success outside a stream (an explicit load).
+    pub(super) fn breaker_success(&self, spec: &ModelSpec) {
+        with_breaker(&self.breakers, &spec.id, spec.breaker, CircuitBreaker::record_success);
+    }
+
+    pub(super) fn breaker_state(&self, model: &str) -> (BreakerState, u32) {
+        lock(&self.breakers)
+            .get(model)
+            .map_or((BreakerState::Closed, 0), |b| (b.state(), b.consecutive_failures()))
+    }
+
+    /// Watches one request's stream and reports its outcome to the breaker.
+    pub(super) fn breaker_watch(&self, spec: &ModelSpec, probe: bool) -> BreakerWatch {
+        BreakerWatch {
+            breakers: Arc::clone(&self.breakers),
+            model: spec.id.clone(),
+            settings: spec.breaker,
+            probe,
+            settled: false,
+        }
+    }
+}
+
+pub(super) struct BreakerWatch {
+    breakers: Breakers,
+    model: String,
+    settings: BreakerSettings,
+    probe: bool,
+    settled: bool,
+}
+
+impl StreamObserver for BreakerWatch {
+    fn observe(&mut self, event: &ChatEvent) {
+        if self.settled {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        match event {
+            ChatEvent::Stopped(trip) if trip.kind == GuardKind::Deadline => {
+                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
+            }
+            ChatEvent::Stopped(_) => return,
+            ChatEvent::Error(error) if counts_against_the_model(error) => {
+                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
+            }
+            ChatEvent::Done { finish_reason } if *finish_reason != FinishReason::Cancelled => {
+                with_breaker(
+                    &self.breakers,
+                    &self.model,
+                    self.settings,
+                    CircuitBreaker::record_success,
+                );
+            }
+            ChatEvent::Done { .. } | ChatEvent::Error(_) => {}
+            _ => return,
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for BreakerWatch {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            with_breaker(
+                &self.breakers,
+                &self.model,
+                self.settings,
+                CircuitBreaker::abandon_probe,
+            );
+        }
+    }
+}
