@@ -143,6 +143,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a running request carries besides its stream: the model lease,
+/// the breaker's watch, the metrics meter and its deadlines.
+struct RequestRun {
+    pipeline: Arc<dyn ChatPipeline>,
+    lease: ModelLease,
+    watch: circuit::BreakerWatch,
+    meter: GenerationMeter,
+    deadlines: DeadlineSettings,
+}
+
+impl RequestRun {
+    /// Enforce the deadlines and observe the stream until its end.
+    fn supervise(self, stream: ChatStream, cancel: CancellationToken) -> ChatStream {
+        with_deadlines(stream, self.deadlines, cancel)
+            .observed(self.meter)
+            .observed(self.watch)
+            .holding(self.lease)
+    }
+}
+
 /// Load one pipeline on a blocking thread, recording metrics and logs.
 async fn load_pipeline(
     factory: Arc<dyn PipelineFactory>,
@@ -206,36 +226,41 @@ impl Service {
     /// Chat with the model the request names (the default one when empty).
     pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let (pipeline, lease, watch) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
-        let meter = GenerationMeter::new(&request.model);
-        let deadlines = self.deadlines(&request.model, &request.params);
-        let stream = pipeline.chat(request, cancel.clone())?;
-        Ok(with_deadlines(stream, deadlines, cancel)
-            .observed(meter)
-            .observed(watch)
-            .holding(lease))
+        let run = self
+            .start_request(&mut request.model, request.keep_alive, &mut request.params)
+            .await?;
+        let stream = run.pipeline.chat(request, cancel.clone())?;
+        Ok(run.supervise(stream, cancel))
     }
 
     /// Plain completion with the model the request names.
     pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
-        let (pipeline, lease, watch) = self.leased_pipeline(&mut request.model, request.keep_alive).await?;
-        let meter = GenerationMeter::new(&request.model);
-        let deadlines = self.deadlines(&request.model, &request.params);
-        let stream = pipeline.complete(request, cancel.clone())?;
-        Ok(with_deadlines(stream, deadlines, cancel)
-            .observed(meter)
-            .observed(watch)
-            .holding(lease))
+        let run = self
+            .start_request(&mut request.model, request.keep_alive, &mut request.params)
+            .await?;
+        let stream = run.pipeline.complete(request, cancel.clone())?;
+        Ok(run.supervise(stream, cancel))
     }
 
-    /// The request's deadlines, else its model's.
-    fn deadlines(&self, model: &str, params: &crate::GenerationParams) -> DeadlineSettings {
-        params
-            .guards
-            .or_else(|| self.registry.get(model).map(|m| m.guards))
-            .unwrap_or_default()
-            .deadlines
+    /// Lease (and load) the model and resolve the request's guards against
+    /// the model's, once, for both the engine and the deadlines here.
+    async fn start_request(
+        &self,
+        model: &mut String,
+        keep_alive: Option<KeepAlive>,
+        params: &mut crate::GenerationParams,
+    ) -> Result<RequestRun> {
+        let (pipeline, lease, watch) = self.leased_pipeline(model, keep_alive).await?;
+        let model_guards = self.registry.get(model).map(|m| m.guards).unwrap_or_default();
+        let deadlines = params.guards.get_or_insert(model_guards).deadlines;
+        Ok(RequestRun {
+            pipeline,
+            lease,
+            watch,
+            meter: GenerationMeter::new(model),
+            deadlines,
+        })
     }
 
     /// Load a model now (start-up preloading, admin endpoints); `keep_alive`
