@@ -126,13 +126,19 @@ impl ChatPipeline for FakeChatPipeline {
 }
 
 /// A factory handing out one shared [`FakeChatPipeline`] for every model,
-/// counting loads; `fail_loads` makes loading fail.
+/// counting loads. `reject_files` fails the preflight check (a bad file),
+/// `fail_loads` fails every load attempt, `max_context` fails attempts whose
+/// context is larger (as if the KV cache did not fit).
 #[derive(Debug)]
 pub struct FakeFactory {
     pub pipeline: Arc<FakeChatPipeline>,
     pub loads: AtomicUsize,
     pub load_delay: Duration,
+    pub reject_files: Mutex<Option<Error>>,
     pub fail_loads: Mutex<Option<Error>>,
+    pub max_context: Mutex<Option<u32>>,
+    /// The spec of every load attempt, in order.
+    pub attempts: Mutex<Vec<ModelSpec>>,
     /// Estimated RAM bytes per model id (0 when absent).
     pub sizes: Mutex<std::collections::HashMap<String, u64>>,
     /// Estimated GPU bytes per model id (0 when absent).
@@ -145,7 +151,10 @@ impl FakeFactory {
             pipeline: Arc::new(FakeChatPipeline::new(script)),
             loads: AtomicUsize::new(0),
             load_delay: Duration::ZERO,
+            reject_files: Mutex::new(None),
             fail_loads: Mutex::new(None),
+            max_context: Mutex::new(None),
+            attempts: Mutex::new(Vec::new()),
             sizes: Mutex::new(std::collections::HashMap::new()),
             gpu_sizes: Mutex::new(std::collections::HashMap::new()),
         }
@@ -153,15 +162,28 @@ impl FakeFactory {
 }
 
 impl PipelineFactory for FakeFactory {
-    fn load_chat(&self, _spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
         self.loads.fetch_add(1, Ordering::SeqCst);
+        self.attempts.lock().unwrap().push(spec.clone());
         if !self.load_delay.is_zero() {
             std::thread::sleep(self.load_delay);
         }
         if let Some(error) = self.fail_loads.lock().unwrap().clone() {
             return Err(error);
         }
+        if let Some(max) = *self.max_context.lock().unwrap() {
+            if spec.context_size > max {
+                return Err(Error::unavailable(format!(
+                    "fake: a context of {} does not fit",
+                    spec.context_size
+                )));
+            }
+        }
         Ok(Arc::clone(&self.pipeline) as Arc<dyn ChatPipeline>)
+    }
+
+    fn preflight(&self, _spec: &ModelSpec) -> Result<()> {
+        self.reject_files.lock().unwrap().clone().map_or(Ok(()), Err)
     }
 
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {

@@ -11,10 +11,12 @@ mod memory;
 mod output;
 mod pipeline;
 mod policy;
+mod preflight;
 mod sampler;
 mod sequence;
 mod template;
 
 pub use memory::{estimate_memory, gpu_memory_total};
 pub use pipeline::LlamaChatPipeline;
+pub use preflight::check_model_file;
 pub use template::ChatTemplate;

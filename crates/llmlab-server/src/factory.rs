@@ -23,6 +23,13 @@ impl PipelineFactory for BackendFactory {
         }
     }
 
+    fn preflight(&self, spec: &ModelSpec) -> Result<()> {
+        match spec.backend {
+            BackendKind::Llama => llmlab_llama::check_model_file(spec),
+            BackendKind::Candle => Ok(()),
+        }
+    }
+
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
         match spec.backend {
             BackendKind::Llama => llmlab_llama::estimate_memory(spec),

@@ -211,7 +211,7 @@ async fn overloaded_is_429_with_retry_after() {
 #[tokio::test]
 async fn failed_model_load_is_503() {
     let h = harness(Script::text(&["x"]), None);
-    *h.factory.fail_loads.lock().unwrap() = Some(Error::unavailable("model file missing"));
+    *h.factory.reject_files.lock().unwrap() = Some(Error::unavailable("model file missing"));
     let reply = send(&h.state, post("/v1/chat/completions", chat_body(json!({})))).await;
     assert_eq!(reply.assert_error(503, None)["message"], "model file missing");
     assert!(reply.headers.contains_key("retry-after"));
@@ -448,7 +448,7 @@ async fn models_can_be_loaded_and_unloaded_by_request() {
     send(&h.state, post("/v1/models/nope/load", ""))
         .await
         .assert_error(404, None);
-    *h.factory.fail_loads.lock().unwrap() = Some(Error::unavailable("corrupt file"));
+    *h.factory.reject_files.lock().unwrap() = Some(Error::unavailable("corrupt file"));
     send(&h.state, post("/v1/models/fake-a/load", ""))
         .await
         .assert_error(503, None);

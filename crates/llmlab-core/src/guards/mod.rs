@@ -4,6 +4,7 @@
 
 mod breaker;
 mod deadline;
+mod load_retry;
 mod perplexity;
 mod repetition;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use breaker::{Admission, BreakerSettings, BreakerState, CircuitBreaker};
 pub use deadline::{with_deadlines, DeadlineSettings};
+pub use load_retry::{load_with_retry, DegradationLadder, LoadRetrySettings, Loaded, MAX_LOAD_ATTEMPTS};
 pub use perplexity::{PerplexityGuard, PerplexitySettings};
 pub use repetition::{RepetitionGuard, RepetitionSettings};
 

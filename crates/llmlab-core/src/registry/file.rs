@@ -69,6 +69,8 @@ pub(super) struct ModelEntry {
     pub guards: crate::guards::GuardSettings,
     #[serde(default)]
     pub breaker: crate::guards::BreakerSettings,
+    #[serde(default)]
+    pub load_retry: crate::guards::LoadRetrySettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }
@@ -243,6 +245,10 @@ fn resolve(
         .validate()
         .map_err(|e| err(e.param.as_deref().unwrap_or("guards"), e.message))?;
     entry
+        .load_retry
+        .validate()
+        .map_err(|e| err(e.param.as_deref().unwrap_or("load_retry"), e.message))?;
+    entry
         .sampling
         .validate()
         .map_err(|e| err(&format!("sampling.{}", e.param.unwrap_or_default()), e.message))?;
@@ -301,6 +307,7 @@ fn resolve(
         sampling: entry.sampling,
         guards: entry.guards,
         breaker: entry.breaker,
+        load_retry: entry.load_retry,
         source: entry.source,
         description: entry.description,
     })

@@ -41,6 +41,7 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         parallel: config::DEFAULT_PARALLEL,
         guards: Default::default(),
         breaker: Default::default(),
+        load_retry: Default::default(),
         gpu_layers: 0,
         chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),

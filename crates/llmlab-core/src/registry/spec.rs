@@ -90,6 +90,8 @@ pub struct ModelSpec {
     pub guards: crate::guards::GuardSettings,
     /// When failures make the model fail fast, and for how long.
     pub breaker: crate::guards::BreakerSettings,
+    /// How a failed load is tried again, and what it may give up to load.
+    pub load_retry: crate::guards::LoadRetrySettings,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }

@@ -16,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 mod budget;
 mod circuit;
 mod lifecycle;
+mod loading;
 
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
+use loading::{load_pipeline, LoadNote};
 
 use crate::guards::{with_deadlines, DeadlineSettings};
 use crate::keep_alive::KeepAlive;
-use crate::metrics::{self, GenerationMeter};
+use crate::metrics::GenerationMeter;
 use crate::pipeline::ChatPipeline;
 use crate::registry::{ModelKind, ModelSpec, Registry};
 use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
@@ -32,6 +34,15 @@ use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
 pub trait PipelineFactory: Send + Sync + 'static {
     /// Load a chat model. Blocking: the service calls it on a blocking thread.
     fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
+
+    /// Check, cheaply and before any load, that the model's file can be
+    /// loaded at all (it exists and reads as a model). Its failure is final:
+    /// the degradation ladder only helps models that fail for want of memory.
+    /// Blocking, like `load_chat`.
+    fn preflight(&self, spec: &ModelSpec) -> Result<()> {
+        let _ = spec;
+        Ok(())
+    }
 
     /// Memory the model will hold once loaded, estimated before loading.
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
@@ -60,6 +71,10 @@ pub struct ModelStatus {
     /// Why the last load failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the model gave up to load, when it loaded only down the
+    /// degradation ladder ("context 2048, batch 256").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Estimated bytes of RAM held (loaded or loading models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
@@ -77,9 +92,9 @@ pub struct ModelStatus {
     pub consecutive_failures: u32,
 }
 
-/// Loads in progress and the last failure per model (loaded models are
-/// known from their slot).
-type LoadNotes = Arc<Mutex<HashMap<String, Result<(), String>>>>;
+/// How each model's last load went (loaded models are also known from
+/// their slot).
+type LoadNotes = Arc<Mutex<HashMap<String, loading::LoadNote>>>;
 
 type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
 
@@ -161,35 +176,6 @@ impl RequestRun {
             .observed(self.watch)
             .holding(self.lease)
     }
-}
-
-/// Load one pipeline on a blocking thread, recording metrics and logs.
-async fn load_pipeline(
-    factory: Arc<dyn PipelineFactory>,
-    spec: ModelSpec,
-    notes: LoadNotes,
-) -> Result<Arc<dyn ChatPipeline>> {
-    let id = spec.id.clone();
-    lock(&notes).insert(id.clone(), Ok(()));
-    tracing::info!(model = %id, "loading model");
-    let started = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || factory.load_chat(&spec))
-        .await
-        .map_err(|e| Error::internal(format!("loading model '{id}' panicked: {e}")))
-        .and_then(|result| result);
-    match &loaded {
-        Ok(_) => {
-            lock(&notes).remove(&id);
-            metrics::model_loaded(&id, started.elapsed());
-            tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
-        }
-        Err(e) => {
-            lock(&notes).insert(id.clone(), Err(e.message.clone()));
-            metrics::model_load_failed(&id);
-            tracing::error!(model = %id, error = %e, "model failed to load");
-        }
-    }
-    loaded
 }
 
 impl Service {
@@ -331,11 +317,16 @@ impl Service {
             .iter()
             .map(|m| {
                 let loaded = self.is_loaded(&m.id);
-                let (state, error) = match (loaded, notes.get(&m.id)) {
+                let note = notes.get(&m.id);
+                let (state, error) = match (loaded, note) {
                     (true, _) => (ModelState::Loaded, None),
-                    (false, Some(Ok(()))) => (ModelState::Loading, None),
-                    (false, Some(Err(reason))) => (ModelState::Failed, Some(reason.clone())),
-                    (false, None) => (ModelState::Unloaded, None),
+                    (false, Some(LoadNote::Loading)) => (ModelState::Loading, None),
+                    (false, Some(LoadNote::Failed(reason))) => (ModelState::Failed, Some(reason.clone())),
+                    (false, Some(LoadNote::Loaded { .. }) | None) => (ModelState::Unloaded, None),
+                };
+                let degraded = match note {
+                    Some(LoadNote::Loaded { degraded }) if loaded => degraded.clone(),
+                    _ => None,
                 };
                 let usage = uses.get(&m.id);
                 let active_requests = usage.map_or(0, |u| u.active);
@@ -354,6 +345,7 @@ impl Service {
                     kind: m.kind,
                     state,
                     error,
+                    degraded,
                     memory_bytes: footprint.get(&m.id).map(|e| e.ram),
                     gpu_memory_bytes: footprint.get(&m.id).map(|e| e.vram).filter(|b| *b > 0),
                     active_requests,
@@ -409,5 +401,7 @@ impl Service {
     }
 }
 
+#[cfg(test)]
+mod loading_tests;
 #[cfg(test)]
 mod tests;

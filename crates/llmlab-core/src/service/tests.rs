@@ -71,7 +71,7 @@ async fn unknown_and_wrong_kind_models_are_rejected() {
 #[tokio::test]
 async fn a_failed_load_is_reported_and_retried_by_the_next_request() {
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
-    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("disk on fire"));
+    *factory.reject_files.lock().unwrap() = Some(Error::unavailable("disk on fire"));
     let svc = service(Arc::clone(&factory));
     let err = svc
         .chat(chat_request("fake-a"), CancellationToken::new())
@@ -81,11 +81,13 @@ async fn a_failed_load_is_reported_and_retried_by_the_next_request() {
         (err.kind, err.message.as_str()),
         (ErrorKind::Unavailable, "disk on fire")
     );
-    *factory.fail_loads.lock().unwrap() = None;
+    // A file that fails its preflight is never handed to the engine.
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 0);
+    *factory.reject_files.lock().unwrap() = None;
     svc.chat(chat_request("fake-a"), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(factory.loads.load(Ordering::SeqCst), 2);
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +110,7 @@ async fn a_caller_that_gives_up_does_not_abandon_the_load() {
 #[tokio::test]
 async fn states_follow_load_failure_and_unload() {
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
-    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("bad file"));
+    *factory.reject_files.lock().unwrap() = Some(Error::unavailable("bad file"));
     let svc = service(Arc::clone(&factory));
     let state = |svc: &Service| svc.models().into_iter().find(|m| m.id == "fake-a").unwrap();
     assert_eq!(state(&svc).state, ModelState::Unloaded);
@@ -117,7 +119,7 @@ async fn states_follow_load_failure_and_unload() {
         (state(&svc).state, state(&svc).error.as_deref()),
         (ModelState::Failed, Some("bad file"))
     );
-    *factory.fail_loads.lock().unwrap() = None;
+    *factory.reject_files.lock().unwrap() = None;
     svc.load("fake-a", None).await.unwrap();
     assert_eq!(state(&svc).state, ModelState::Loaded);
     assert!(svc.unload("fake-a").await.unwrap());
@@ -128,7 +130,8 @@ async fn states_follow_load_failure_and_unload() {
     svc.chat(chat_request("fake-a"), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    // The rejected file never reached the engine: two loads, not three.
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 2);
 }
 
 fn with_keep_alive(model: &str, keep_alive: Option<KeepAlive>) -> ChatRequest {
@@ -222,9 +225,9 @@ async fn the_memory_budget_evicts_idle_models_lru_first_and_refuses_when_all_are
         .unwrap();
     assert!(svc.is_loaded("fake-a") && !svc.is_loaded("fake-b"));
     // A load that fails leaves no phantom usage behind.
-    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("broken"));
+    *factory.reject_files.lock().unwrap() = Some(Error::unavailable("broken"));
     svc.load("fake-b", None).await.unwrap_err();
-    *factory.fail_loads.lock().unwrap() = None;
+    *factory.reject_files.lock().unwrap() = None;
     svc.unload("fake-a").await.unwrap();
     factory.sizes.lock().unwrap().insert("fake-b".to_owned(), 100);
     svc.load("fake-b", None).await.unwrap();
@@ -347,6 +350,8 @@ async fn failing_loads_open_the_breaker_then_a_probe_after_the_cooldown_closes_i
     for _ in 0..3 {
         svc.load("fake-a", None).await.unwrap_err();
     }
+    // Each load went down the whole ladder, and counted once.
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 3 * 4);
     assert_eq!(circuit(&svc), crate::guards::BreakerState::Open);
     // Open: refused at once, without touching the model file again.
     let err = svc
@@ -356,7 +361,7 @@ async fn failing_loads_open_the_breaker_then_a_probe_after_the_cooldown_closes_i
     assert_eq!(err.kind, ErrorKind::Unavailable);
     assert!(err.message.contains("circuit breaker is open"), "{}", err.message);
     assert_eq!(err.retry_after_secs, Some(30));
-    assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 3 * 4);
     // The file is fixed, other models serve, but 'fake-a' waits out its cooldown.
     *factory.fail_loads.lock().unwrap() = None;
     svc.chat(chat_request("fake-b"), CancellationToken::new())

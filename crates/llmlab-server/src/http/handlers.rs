@@ -153,6 +153,9 @@ fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
     if let Some(error) = &status.error {
         model["error"] = json!(error);
     }
+    if let Some(degraded) = &status.degraded {
+        model["degraded"] = json!(degraded);
+    }
     if let Some(bytes) = status.gpu_memory_bytes {
         model["gpu_memory_bytes"] = json!(bytes);
     }

@@ -1,0 +1,129 @@
+//! Load retry with back-off down the degradation ladder, on fakes and
+//! virtual time.
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{fake_registry, FakeFactory, Script};
+use crate::ChatMessage;
+
+fn chat_request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![ChatMessage::user("hi")],
+        ..ChatRequest::default()
+    }
+}
+
+fn status(svc: &Service, id: &str) -> ModelStatus {
+    svc.models().into_iter().find(|m| m.id == id).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_runs_out_of_memory_succeeds_further_down_the_ladder() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.max_context.lock().unwrap() = Some(1024);
+    let svc = Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    let started = tokio::time::Instant::now();
+    let answer = svc
+        .chat(chat_request("fake-a"), CancellationToken::new())
+        .await
+        .unwrap()
+        .collect_response()
+        .await
+        .unwrap();
+    assert_eq!(answer.content, "ok");
+    let tried: Vec<(u32, u32, u32)> = factory
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.context_size, s.gpu_layers, s.batch_size))
+        .collect();
+    // No GPU layers to give up, so the ladder goes context, batch, context.
+    assert_eq!(tried, [(4096, 0, 512), (2048, 0, 512), (2048, 0, 256), (1024, 0, 256)]);
+    // Back-off 0.5 s, 1 s, 2 s between the attempts.
+    assert_eq!(started.elapsed(), Duration::from_millis(3500));
+    let model = status(&svc, "fake-a");
+    assert_eq!(model.state, ModelState::Loaded);
+    assert_eq!(model.degraded.as_deref(), Some("context 1024, batch 256"));
+    assert_eq!(model.consecutive_failures, 0);
+    // Unloaded and loaded again, it starts from the configuration again.
+    svc.unload("fake-a").await.unwrap();
+    assert_eq!(status(&svc, "fake-a").degraded, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn giving_up_lists_every_attempt_and_counts_one_failure() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("out of memory"));
+    let svc = Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    let err = svc.load("fake-a", None).await.unwrap_err();
+    assert_eq!(err.kind, crate::ErrorKind::Unavailable);
+    assert_eq!(
+        err.message,
+        "model 'fake-a' failed to load after 4 attempts: as configured: out of memory; \
+         context 2048: out of memory; context 2048, batch 256: out of memory; \
+         context 1024, batch 256: out of memory"
+    );
+    let model = status(&svc, "fake-a");
+    assert_eq!(model.state, ModelState::Failed);
+    assert_eq!(model.error.as_deref(), Some(err.message.as_str()));
+    assert_eq!(model.consecutive_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_registry_sets_the_attempts_and_gpu_layers_are_given_up_too() {
+    let text = "default_model: big\nmodels:\n  - id: big\n    kind: chat\n    backend: llama\n    path: big.gguf\n    \
+                context_size: 8192\n    gpu_layers: 40\n    load_retry: {attempts: 3, backoff_secs: 1}\n";
+    let registry = crate::registry::Registry::parse(
+        text,
+        std::path::Path::new("fake.yaml"),
+        std::path::Path::new("/fake"),
+        |_| None,
+    )
+    .unwrap();
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("cudaMalloc failed"));
+    let svc = Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    let started = tokio::time::Instant::now();
+    let err = svc.load("big", None).await.unwrap_err();
+    assert!(
+        err.message.contains("after 3 attempts")
+            && err.message.ends_with("context 4096, gpu layers 20: cudaMalloc failed"),
+        "{}",
+        err.message
+    );
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_attempt_keeps_the_backend_error_as_it_is() {
+    let text = "default_model: one\nmodels:\n  - {id: one, kind: chat, backend: llama, path: a.gguf, load_retry: {attempts: 1}}\n";
+    let registry = crate::registry::Registry::parse(
+        text,
+        std::path::Path::new("fake.yaml"),
+        std::path::Path::new("/fake"),
+        |_| None,
+    )
+    .unwrap();
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("no"));
+    let svc = Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    assert_eq!(svc.load("one", None).await.unwrap_err().message, "no");
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn bad_retry_settings_are_refused_with_the_field_named() {
+    let text = "default_model: one\nmodels:\n  - {id: one, kind: chat, backend: llama, path: a.gguf, load_retry: {attempts: 0}}\n";
+    let err = crate::registry::Registry::parse(
+        text,
+        std::path::Path::new("fake.yaml"),
+        std::path::Path::new("/fake"),
+        |_| None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("load_retry.attempts"), "{err}");
+}
