@@ -5,6 +5,7 @@
 //! dependencies so that it compiles in seconds.
 
 pub mod config;
+pub mod embedding;
 mod error;
 pub mod guards;
 pub mod keep_alive;

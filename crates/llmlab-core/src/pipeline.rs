@@ -21,3 +21,36 @@ pub trait ChatPipeline: Send + Sync {
     /// The exact prompt text `chat` would feed the model.
     fn render_prompt(&self, request: &ChatRequest) -> Result<String>;
 }
+
+/// A loaded embedding model. Blocking: the service calls it on a blocking
+/// thread.
+pub trait EmbeddingPipeline: Send + Sync {
+    /// Width of the vectors it makes.
+    fn dimensions(&self) -> usize;
+
+    /// The pooled vector of each input (not normalised) and the tokens read
+    /// for it. An input longer than the model's window is split into windows
+    /// combined by [`crate::embedding::combine_chunks`], or cut to the window
+    /// when `truncate` is set; never cut silently.
+    fn embed(
+        &self,
+        inputs: &[crate::embedding::EmbedInput],
+        truncate: bool,
+    ) -> Result<Vec<crate::embedding::RawEmbedding>>;
+}
+
+/// A loaded model of any kind, as the service's cache holds it.
+#[derive(Clone)]
+pub enum LoadedPipeline {
+    Chat(std::sync::Arc<dyn ChatPipeline>),
+    Embedding(std::sync::Arc<dyn EmbeddingPipeline>),
+}
+
+impl std::fmt::Debug for LoadedPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Chat(_) => "LoadedPipeline::Chat",
+            Self::Embedding(_) => "LoadedPipeline::Embedding",
+        })
+    }
+}

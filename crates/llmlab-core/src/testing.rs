@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::ChatPipeline;
+use crate::embedding::{EmbedInput, RawEmbedding};
+use crate::pipeline::{ChatPipeline, EmbeddingPipeline, LoadedPipeline};
 use crate::registry::ModelSpec;
 use crate::service::{MemoryEstimate, PipelineFactory};
 use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
@@ -125,6 +126,50 @@ impl ChatPipeline for FakeChatPipeline {
     }
 }
 
+/// A fake embedding model: a text's vector counts its bytes into 8 buckets
+/// (so texts sharing letters point the same way), a token input's counts
+/// its ids; "tokens" are bytes. It never touches a real model.
+#[derive(Debug, Default)]
+pub struct FakeEmbeddingPipeline {
+    /// Inputs of every call, in order.
+    pub calls: Mutex<Vec<Vec<EmbedInput>>>,
+    /// Error every call returns.
+    pub fail: Mutex<Option<Error>>,
+}
+
+/// Width of [`FakeEmbeddingPipeline`]'s vectors.
+pub const FAKE_EMBEDDING_DIMENSIONS: usize = 8;
+
+impl EmbeddingPipeline for FakeEmbeddingPipeline {
+    fn dimensions(&self) -> usize {
+        FAKE_EMBEDDING_DIMENSIONS
+    }
+
+    fn embed(&self, inputs: &[EmbedInput], _truncate: bool) -> Result<Vec<RawEmbedding>> {
+        self.calls.lock().unwrap().push(inputs.to_vec());
+        if let Some(error) = self.fail.lock().unwrap().clone() {
+            return Err(error);
+        }
+        Ok(inputs
+            .iter()
+            .map(|input| {
+                let ids: Vec<u32> = match input {
+                    EmbedInput::Text(text) => text.bytes().map(u32::from).collect(),
+                    EmbedInput::Tokens(tokens) => tokens.clone(),
+                };
+                let mut vector = vec![0f32; FAKE_EMBEDDING_DIMENSIONS];
+                for id in &ids {
+                    vector[*id as usize % FAKE_EMBEDDING_DIMENSIONS] += 1.0;
+                }
+                RawEmbedding {
+                    vector,
+                    tokens: ids.len(),
+                }
+            })
+            .collect())
+    }
+}
+
 /// A factory handing out one shared [`FakeChatPipeline`] for every model,
 /// counting loads. `reject_files` fails the preflight check (a bad file),
 /// `fail_loads` fails every load attempt, `max_context` fails attempts whose
@@ -132,6 +177,7 @@ impl ChatPipeline for FakeChatPipeline {
 #[derive(Debug)]
 pub struct FakeFactory {
     pub pipeline: Arc<FakeChatPipeline>,
+    pub embedder: Arc<FakeEmbeddingPipeline>,
     pub loads: AtomicUsize,
     pub load_delay: Duration,
     pub reject_files: Mutex<Option<Error>>,
@@ -149,6 +195,7 @@ impl FakeFactory {
     pub fn new(script: Script) -> Self {
         Self {
             pipeline: Arc::new(FakeChatPipeline::new(script)),
+            embedder: Arc::new(FakeEmbeddingPipeline::default()),
             loads: AtomicUsize::new(0),
             load_delay: Duration::ZERO,
             reject_files: Mutex::new(None),
@@ -162,7 +209,7 @@ impl FakeFactory {
 }
 
 impl PipelineFactory for FakeFactory {
-    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+    fn load(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.attempts.lock().unwrap().push(spec.clone());
         if !self.load_delay.is_zero() {
@@ -179,7 +226,10 @@ impl PipelineFactory for FakeFactory {
                 )));
             }
         }
-        Ok(Arc::clone(&self.pipeline) as Arc<dyn ChatPipeline>)
+        Ok(match spec.kind {
+            crate::registry::ModelKind::Embedding => LoadedPipeline::Embedding(Arc::clone(&self.embedder) as _),
+            _ => LoadedPipeline::Chat(Arc::clone(&self.pipeline) as _),
+        })
     }
 
     fn preflight(&self, _spec: &ModelSpec) -> Result<()> {

@@ -71,6 +71,9 @@ pub(super) struct ModelEntry {
     pub breaker: crate::guards::BreakerSettings,
     #[serde(default)]
     pub load_retry: crate::guards::LoadRetrySettings,
+    pub pooling: Option<crate::embedding::Pooling>,
+    #[serde(default)]
+    pub matryoshka: bool,
     pub source: Option<ModelSource>,
     pub description: Option<String>,
 }
@@ -308,6 +311,8 @@ fn resolve(
         guards: entry.guards,
         breaker: entry.breaker,
         load_retry: entry.load_retry,
+        pooling: entry.pooling,
+        matryoshka: entry.matryoshka,
         source: entry.source,
         description: entry.description,
     })

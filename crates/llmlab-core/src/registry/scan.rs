@@ -42,6 +42,8 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
         guards: Default::default(),
         breaker: Default::default(),
         load_retry: Default::default(),
+        pooling: None,
+        matryoshka: false,
         gpu_layers: 0,
         chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),

@@ -90,6 +90,12 @@ pub struct ModelSpec {
     pub guards: crate::guards::GuardSettings,
     /// When failures make the model fail fast, and for how long.
     pub breaker: crate::guards::BreakerSettings,
+    /// Embedding models: how token states become one vector (`None`: the
+    /// model file's own setting, else the backend's default).
+    pub pooling: Option<crate::embedding::Pooling>,
+    /// Embedding models trained so that a prefix of the vector is itself an
+    /// embedding: requests may then ask for fewer `dimensions`.
+    pub matryoshka: bool,
     /// How a failed load is tried again, and what it may give up to load.
     pub load_retry: crate::guards::LoadRetrySettings,
     pub source: Option<ModelSource>,

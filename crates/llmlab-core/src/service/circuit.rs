@@ -128,6 +128,27 @@ impl StreamObserver for BreakerWatch {
     }
 }
 
+impl BreakerWatch {
+    /// Report the outcome of a request that answers at once (no stream).
+    /// An error that is not the model's fault gives a probe's turn back.
+    pub(super) fn settle<T>(mut self, outcome: &Result<T>) {
+        let now = tokio::time::Instant::now();
+        match outcome {
+            Ok(_) => with_breaker(
+                &self.breakers,
+                &self.model,
+                self.settings,
+                CircuitBreaker::record_success,
+            ),
+            Err(error) if counts_against_the_model(error) => {
+                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
+            }
+            Err(_) => return,
+        }
+        self.settled = true;
+    }
+}
+
 impl Drop for BreakerWatch {
     fn drop(&mut self) {
         if self.probe && !self.settled {

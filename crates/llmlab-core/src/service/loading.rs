@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{lock, LoadNotes, PipelineFactory};
 use crate::guards::load_with_retry;
 use crate::metrics;
-use crate::pipeline::ChatPipeline;
+use crate::pipeline::LoadedPipeline;
 use crate::registry::ModelSpec;
 use crate::{Error, Result};
 
@@ -35,7 +35,7 @@ pub(super) async fn load_pipeline(
     factory: Arc<dyn PipelineFactory>,
     spec: ModelSpec,
     notes: LoadNotes,
-) -> Result<Arc<dyn ChatPipeline>> {
+) -> Result<LoadedPipeline> {
     let id = spec.id.clone();
     lock(&notes).insert(id.clone(), LoadNote::Loading);
     tracing::info!(model = %id, "loading model");
@@ -46,7 +46,7 @@ pub(super) async fn load_pipeline(
         blocking(&id, move || checker.preflight(&checked)).await?;
         load_with_retry(&spec, |attempt| {
             let factory = Arc::clone(&factory);
-            blocking(&id, move || factory.load_chat(&attempt))
+            blocking(&id, move || factory.load(&attempt))
         })
         .await
     }

@@ -15,30 +15,34 @@ use tokio_util::sync::CancellationToken;
 
 mod budget;
 mod circuit;
+mod embeddings;
 mod lifecycle;
 mod loading;
+mod purpose;
 
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
 use loading::{load_pipeline, LoadNote};
+use purpose::Purpose;
 
 use crate::guards::{with_deadlines, DeadlineSettings};
 use crate::keep_alive::KeepAlive;
 use crate::metrics::GenerationMeter;
-use crate::pipeline::ChatPipeline;
+use crate::pipeline::{ChatPipeline, LoadedPipeline};
 use crate::registry::{ModelKind, ModelSpec, Registry};
 use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
 
 /// Creates pipelines for model specs; implemented once per binary over the
 /// compiled-in backends (and by fakes in tests).
 pub trait PipelineFactory: Send + Sync + 'static {
-    /// Load a chat model. Blocking: the service calls it on a blocking thread.
-    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>>;
+    /// Load a model of the spec's kind. Blocking: the service calls it on a
+    /// blocking thread.
+    fn load(&self, spec: &ModelSpec) -> Result<LoadedPipeline>;
 
     /// Check, cheaply and before any load, that the model's file can be
     /// loaded at all (it exists and reads as a model). Its failure is final:
     /// the degradation ladder only helps models that fail for want of memory.
-    /// Blocking, like `load_chat`.
+    /// Blocking, like `load`.
     fn preflight(&self, spec: &ModelSpec) -> Result<()> {
         let _ = spec;
         Ok(())
@@ -96,7 +100,7 @@ pub struct ModelStatus {
 /// their slot).
 type LoadNotes = Arc<Mutex<HashMap<String, loading::LoadNote>>>;
 
-type Slot = Arc<OnceCell<Arc<dyn ChatPipeline>>>;
+type Slot = Arc<OnceCell<LoadedPipeline>>;
 
 /// Requests using a model right now, and since when it is idle.
 #[derive(Debug)]
@@ -237,7 +241,10 @@ impl Service {
         keep_alive: Option<KeepAlive>,
         params: &mut crate::GenerationParams,
     ) -> Result<RequestRun> {
-        let (pipeline, lease, watch) = self.leased_pipeline(model, keep_alive).await?;
+        let (pipeline, lease, watch) = self.leased_pipeline(model, keep_alive, Purpose::Chat).await?;
+        let LoadedPipeline::Chat(pipeline) = pipeline else {
+            return Err(Error::internal(format!("model '{model}' did not load as a chat model")));
+        };
         let model_guards = self.registry.get(model).map(|m| m.guards).unwrap_or_default();
         let deadlines = params.guards.get_or_insert(model_guards).deadlines;
         Ok(RequestRun {
@@ -253,7 +260,7 @@ impl Service {
     /// replaces the model's own (preloaded models are kept `Forever`).
     pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<()> {
         let mut id = id.to_owned();
-        self.leased_pipeline(&mut id, keep_alive).await?;
+        self.leased_pipeline(&mut id, keep_alive, Purpose::Any).await?;
         if let Some(spec) = self.registry.get(&id) {
             self.breaker_success(spec);
         }
@@ -266,17 +273,13 @@ impl Service {
         &self,
         model: &mut String,
         keep_alive: Option<KeepAlive>,
-    ) -> Result<(Arc<dyn ChatPipeline>, ModelLease, circuit::BreakerWatch)> {
+        purpose: Purpose,
+    ) -> Result<(LoadedPipeline, ModelLease, circuit::BreakerWatch)> {
         if model.is_empty() {
-            model.clone_from(&self.registry.default_model);
+            model.clone_from(&purpose.default_model(&self.registry)?);
         }
         let spec = self.registry.require(model)?;
-        if !matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage) {
-            return Err(Error::invalid_param(
-                "model",
-                format!("model '{}' is a {} model and cannot chat", spec.id, spec.kind.as_str()),
-            ));
-        }
+        purpose.check(spec)?;
         let lease = {
             let mut uses = lock(&self.uses);
             let usage = uses.entry(spec.id.clone()).or_insert_with(|| ModelUse {
@@ -297,7 +300,7 @@ impl Service {
         // watch gives a half-open breaker's probe back.
         let watch = self.breaker_watch(spec, probe);
         let pipeline = self
-            .chat_pipeline(spec)
+            .pipeline(spec)
             .await
             .inspect_err(|e| self.breaker_failure(spec, e))?;
         Ok((pipeline, lease, watch))
@@ -356,12 +359,12 @@ impl Service {
             .collect()
     }
 
-    /// Get the pipeline of a chat model, loading it if needed.
-    async fn chat_pipeline(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
+    /// Get the pipeline of a model, loading it if needed.
+    async fn pipeline(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {
         let spec = spec.clone();
         let slot = self.slot(&spec.id);
         if let Some(pipeline) = slot.get() {
-            return Ok(Arc::clone(pipeline));
+            return Ok(pipeline.clone());
         }
         self.make_room(&spec).await?;
         // The load runs in its own task: a caller that gives up (a client
@@ -376,7 +379,7 @@ impl Service {
             task_slot
                 .get_or_try_init(|| load_pipeline(factory, spec, notes))
                 .await
-                .map(Arc::clone)
+                .cloned()
         })
         .await
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?;
@@ -401,6 +404,8 @@ impl Service {
     }
 }
 
+#[cfg(test)]
+mod embedding_tests;
 #[cfg(test)]
 mod loading_tests;
 #[cfg(test)]
