@@ -23,12 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is required (https://rustup.rs)" >&2; exit 1; }
 
-# llama.cpp's build options (the GGML_* entries of .cargo/config.toml) reach
-# its CMake build through the environment, which cargo's fingerprint does not
-# track: rebuild llama-cpp-sys-2 whenever they differ from the cached build.
+# llama.cpp's build options (the GGML_* and C/C++ flag entries of
+# .cargo/config.toml) reach its CMake build through the environment, which
+# cargo's fingerprint does not track: rebuild llama-cpp-sys-2 whenever they
+# differ from the cached build.
 target=${CARGO_TARGET_DIR:-target}
 stamp="$target/.ggml-build-options"
-options=$(grep '^GGML_' .cargo/config.toml || true)
+options=$(grep -E '^(GGML_|CFLAGS|CXXFLAGS)' .cargo/config.toml || true)
 if [ -d "$target" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$options" ]; then
   echo "setup: llama.cpp build options changed; rebuilding llama-cpp-sys-2" >&2
   cargo clean -p llama-cpp-sys-2 --quiet 2>/dev/null || true

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 python3 -c 'import openai, pytest' 2>/dev/null || python3 -m pip install --quiet openai pytest
 cargo build -p llmlab-server --quiet
-cargo run -p llmlab-server --quiet -- pull qwen2.5-coder-0.5b gemma-3-270m
+cargo run -p llmlab-server --quiet -- pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.
 cargo test --workspace "$@"

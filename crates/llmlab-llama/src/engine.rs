@@ -227,7 +227,7 @@ fn engine_main(
     }
 }
 
-fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
+pub(crate) fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
     let started = Instant::now();
     let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
     let model = LlamaModel::load_from_file(backend()?, &spec.path, &params).map_err(|e| {

@@ -5,6 +5,8 @@
 
 mod backend;
 mod batcher;
+mod embedder;
+mod encoder;
 mod engine;
 mod logprobs;
 mod memory;
@@ -16,6 +18,8 @@ mod sampler;
 mod sequence;
 mod template;
 
+pub use embedder::LlamaEmbeddingPipeline;
+pub use encoder::EncoderInfo;
 pub use memory::{estimate_memory, gpu_memory_total};
 pub use pipeline::LlamaChatPipeline;
 pub use preflight::check_model_file;

@@ -1,24 +1,32 @@
-//! The pipeline factory of the `llmlab` binary: maps a model spec to the
-//! backend compiled in.
+//! The pipeline factory of the `llmlab` binary: maps a model spec (kind and
+//! backend) to the backend compiled in.
 
 use std::sync::Arc;
 
-use llmlab_core::pipeline::ChatPipeline;
-use llmlab_core::registry::{BackendKind, ModelSpec};
+use llmlab_candle::BertEmbeddingPipeline;
+use llmlab_core::pipeline::LoadedPipeline;
+use llmlab_core::registry::{BackendKind, ModelKind, ModelSpec};
 use llmlab_core::service::{MemoryEstimate, PipelineFactory};
 use llmlab_core::{Error, Result};
-use llmlab_llama::LlamaChatPipeline;
+use llmlab_llama::{LlamaChatPipeline, LlamaEmbeddingPipeline};
 
 #[derive(Debug, Default)]
 pub struct BackendFactory;
 
 impl PipelineFactory for BackendFactory {
-    fn load_chat(&self, spec: &ModelSpec) -> Result<Arc<dyn ChatPipeline>> {
-        match spec.backend {
-            BackendKind::Llama => Ok(Arc::new(LlamaChatPipeline::load(spec)?)),
-            BackendKind::Candle => Err(Error::unavailable(format!(
-                "model '{}': the candle backend cannot serve chat models",
-                spec.id
+    fn load(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {
+        match (spec.kind, spec.backend) {
+            (ModelKind::Chat, BackendKind::Llama) => Ok(LoadedPipeline::Chat(Arc::new(LlamaChatPipeline::load(spec)?))),
+            (ModelKind::Embedding, BackendKind::Llama) => {
+                Ok(LoadedPipeline::Embedding(Arc::new(LlamaEmbeddingPipeline::load(spec)?)))
+            }
+            (ModelKind::Embedding, BackendKind::Candle) => {
+                Ok(LoadedPipeline::Embedding(Arc::new(BertEmbeddingPipeline::load(spec)?)))
+            }
+            (kind, backend) => Err(Error::unavailable(format!(
+                "model '{}': the {backend:?} backend cannot serve {} models",
+                spec.id,
+                kind.as_str()
             ))),
         }
     }
@@ -26,16 +34,36 @@ impl PipelineFactory for BackendFactory {
     fn preflight(&self, spec: &ModelSpec) -> Result<()> {
         match spec.backend {
             BackendKind::Llama => llmlab_llama::check_model_file(spec),
-            BackendKind::Candle => Ok(()),
+            BackendKind::Candle if spec.path.is_dir() => Ok(()),
+            BackendKind::Candle => Err(Error::unavailable(format!(
+                "model folder for '{}' not found at {} (run `llmlab pull {}`)",
+                spec.id,
+                spec.path.display(),
+                spec.id
+            ))),
         }
     }
 
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
         match spec.backend {
             BackendKind::Llama => llmlab_llama::estimate_memory(spec),
-            BackendKind::Candle => Ok(MemoryEstimate::ram(
-                std::fs::metadata(&spec.path).map_or(0, |m| m.len()),
-            )),
+            // Weights are read into memory once, plus activations for a batch.
+            BackendKind::Candle => Ok(MemoryEstimate::ram(folder_bytes(&spec.path) + CANDLE_MARGIN_BYTES)),
         }
+    }
+}
+
+/// Activations of one batch of a small encoder, with room to spare.
+const CANDLE_MARGIN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bytes of the files directly in a model folder (or of the file itself).
+fn folder_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
     }
 }

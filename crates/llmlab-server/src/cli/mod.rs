@@ -2,6 +2,7 @@
 
 mod bench_engine;
 mod chat;
+mod embed;
 mod models;
 mod ps;
 mod serve;
@@ -58,6 +59,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Chat with a model in the terminal (interactive when no prompt is given).
     Chat(chat::ChatArgs),
+    /// Embed texts, or rank them against a query, and print JSON.
+    Embed(embed::EmbedArgs),
     /// Inspect the model registry.
     Models {
         #[command(subcommand)]
@@ -87,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.common, args),
         Command::Chat(args) => chat::run(&cli.common, args),
+        Command::Embed(args) => embed::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),
         Command::Pull(args) => pull(&cli.common, args),
         Command::Ps(args) => ps::run(&args),

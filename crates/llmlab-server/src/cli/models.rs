@@ -32,7 +32,7 @@ pub fn run(common: &CommonArgs, command: ModelsCommand) -> anyhow::Result<()> {
                 } else {
                     ""
                 };
-                let present = if m.path.is_file() { "present" } else { "missing" };
+                let present = if m.path.exists() { "present" } else { "missing" };
                 println!(
                     "{:<28} {:<10} {:<7} {:<9} {:>8}  {}{default}",
                     m.id,

@@ -27,18 +27,18 @@ type ApiResult = Result<Response, ApiError>;
 pub struct ModelLabel(pub String);
 
 impl ModelLabel {
-    fn for_request(state: &AppState, model: &str) -> Self {
+    pub(super) fn for_request(state: &AppState, model: &str) -> Self {
         let known = state.service.registry().get(model).is_some();
         Self(if known { model.to_owned() } else { "unknown".to_owned() })
     }
 
-    fn attach(&self, mut response: Response) -> Response {
+    pub(super) fn attach(&self, mut response: Response) -> Response {
         response.extensions_mut().insert(self.clone());
         response
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| ApiError::from_body_rejection(&rejection, limit))
 }
 

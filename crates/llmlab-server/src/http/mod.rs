@@ -2,6 +2,8 @@
 //! handed to the core service, and encoded; errors go through
 //! [`errors::ApiError`] only.
 
+mod chunk_stream;
+mod embeddings;
 pub mod errors;
 mod handlers;
 mod middleware;
@@ -9,6 +11,7 @@ pub mod openai;
 pub mod prometheus;
 mod responses;
 mod sse;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +50,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/similarity", post(embeddings::similarity))
+        .route("/v1/ws", get(ws::upgrade))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
         .route("/v1/models/{id}/load", post(handlers::load_model))
