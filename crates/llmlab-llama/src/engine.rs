@@ -109,14 +109,7 @@ pub(crate) struct Engine {
 impl Engine {
     /// Load the model on a new thread and wait until it is ready.
     pub fn start(spec: &ModelSpec) -> Result<(Self, ModelInfo)> {
-        if !spec.path.is_file() {
-            return Err(Error::unavailable(format!(
-                "model file for '{}' not found at {} (run `llmlab pull {}`)",
-                spec.id,
-                spec.path.display(),
-                spec.id
-            )));
-        }
+        crate::check_model_file(spec)?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (commands, command_rx) = mpsc::channel();
         let load = Arc::new(EngineLoad {

@@ -15,6 +15,15 @@ fn chat_request(model: &str) -> ChatRequest {
     }
 }
 
+fn registry(text: &str) -> std::result::Result<crate::registry::Registry, crate::registry::RegistryError> {
+    crate::registry::Registry::parse(
+        text,
+        std::path::Path::new("fake.yaml"),
+        std::path::Path::new("/fake"),
+        |_| None,
+    )
+}
+
 fn status(svc: &Service, id: &str) -> ModelStatus {
     svc.models().into_iter().find(|m| m.id == id).unwrap()
 }
@@ -76,13 +85,7 @@ async fn giving_up_lists_every_attempt_and_counts_one_failure() {
 async fn the_registry_sets_the_attempts_and_gpu_layers_are_given_up_too() {
     let text = "default_model: big\nmodels:\n  - id: big\n    kind: chat\n    backend: llama\n    path: big.gguf\n    \
                 context_size: 8192\n    gpu_layers: 40\n    load_retry: {attempts: 3, backoff_secs: 1}\n";
-    let registry = crate::registry::Registry::parse(
-        text,
-        std::path::Path::new("fake.yaml"),
-        std::path::Path::new("/fake"),
-        |_| None,
-    )
-    .unwrap();
+    let registry = registry(text).unwrap();
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
     *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("cudaMalloc failed"));
     let svc = Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>);
@@ -101,13 +104,7 @@ async fn the_registry_sets_the_attempts_and_gpu_layers_are_given_up_too() {
 #[tokio::test(start_paused = true)]
 async fn a_single_attempt_keeps_the_backend_error_as_it_is() {
     let text = "default_model: one\nmodels:\n  - {id: one, kind: chat, backend: llama, path: a.gguf, load_retry: {attempts: 1}}\n";
-    let registry = crate::registry::Registry::parse(
-        text,
-        std::path::Path::new("fake.yaml"),
-        std::path::Path::new("/fake"),
-        |_| None,
-    )
-    .unwrap();
+    let registry = registry(text).unwrap();
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
     *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("no"));
     let svc = Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>);
@@ -118,12 +115,6 @@ async fn a_single_attempt_keeps_the_backend_error_as_it_is() {
 #[test]
 fn bad_retry_settings_are_refused_with_the_field_named() {
     let text = "default_model: one\nmodels:\n  - {id: one, kind: chat, backend: llama, path: a.gguf, load_retry: {attempts: 0}}\n";
-    let err = crate::registry::Registry::parse(
-        text,
-        std::path::Path::new("fake.yaml"),
-        std::path::Path::new("/fake"),
-        |_| None,
-    )
-    .unwrap_err();
+    let err = registry(text).unwrap_err();
     assert!(err.to_string().contains("load_retry.attempts"), "{err}");
 }

@@ -13,6 +13,7 @@ use serde_json::json;
 use llmlab_core::{ChatEvent, ChatStream, Timings};
 
 use super::errors::ApiError;
+use super::generation::Generation;
 use super::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
 use super::responses::{full_response, ChunkBuilder, Endpoint};
 use super::sse::sse_events;
@@ -43,21 +44,19 @@ pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> R
 }
 
 pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let body = body_bytes(body, state.config.max_body_bytes)?;
-    let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_chat()?;
-    request.model = state.service.model_id(&request.model).to_owned();
-    let model = request.model.clone();
-    let events = state.service.chat(request, state.shutdown.child_token());
-    generate(&state, Endpoint::Chat, &model, events, delivery).await
+    start(&state, Endpoint::Chat, body).await
 }
 
 pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    start(&state, Endpoint::Completion, body).await
+}
+
+async fn start(state: &AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
-    let (mut request, delivery) = parse_json::<OpenAiRequest>(&body)?.into_completion()?;
-    request.model = state.service.model_id(&request.model).to_owned();
-    let model = request.model.clone();
-    let events = state.service.complete(request, state.shutdown.child_token());
-    generate(&state, Endpoint::Completion, &model, events, delivery).await
+    let generation = Generation::new(parse_json::<OpenAiRequest>(&body)?, endpoint, &state.service)?;
+    let (model, delivery) = (generation.model.clone(), generation.delivery);
+    let events = generation.start(&state.service, state.shutdown.child_token());
+    generate(state, endpoint, &model, events, delivery).await
 }
 
 /// Await the core service's stream and answer it, labelling the response

@@ -5,6 +5,7 @@
 mod chunk_stream;
 mod embeddings;
 pub mod errors;
+mod generation;
 mod handlers;
 mod middleware;
 pub mod openai;

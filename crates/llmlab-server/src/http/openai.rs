@@ -230,19 +230,26 @@ fn response_format_schema(format: &Value) -> Result<Option<Value>> {
 /// Parse a JSON body; errors name the field path (`messages[0].role`).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let syntax = matches!(
-            inner.classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        if syntax || path == "." || path == "?" || path.is_empty() {
-            Error::invalid(format!("invalid JSON body: {inner}"))
-        } else {
-            Error::invalid_param(path.clone(), format!("invalid value for '{path}': {inner}"))
-        }
-    })
+    serde_path_to_error::deserialize(&mut de).map_err(field_error)
+}
+
+/// The same for JSON already parsed (a WebSocket frame's `body`).
+pub fn parse_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(field_error)
+}
+
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let syntax = matches!(
+        inner.classify(),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+    );
+    if syntax || path == "." || path == "?" || path.is_empty() {
+        Error::invalid(format!("invalid JSON body: {inner}"))
+    } else {
+        Error::invalid_param(path.clone(), format!("invalid value for '{path}': {inner}"))
+    }
 }
 
 /// Chat format: `{"content": [{token, logprob, bytes, top_logprobs}]}`.

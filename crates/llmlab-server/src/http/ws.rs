@@ -34,7 +34,8 @@ use llmlab_core::{Error, Result};
 
 use super::chunk_stream::{chunk_stream, StreamItem};
 use super::errors::{envelope, status_for};
-use super::openai::{parse_json, OpenAiRequest, ResponseMeta};
+use super::generation::Generation;
+use super::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
 use super::responses::{ChunkBuilder, Endpoint};
 use super::AppState;
 
@@ -216,29 +217,9 @@ async fn run_request(
     cancel: CancellationToken,
 ) -> Result<()> {
     let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
-    let request: OpenAiRequest = parse_json(body.to_string().as_bytes())?;
-    let (events, model, include_usage) = match endpoint {
-        Endpoint::Chat => {
-            let (mut request, delivery) = request.into_chat()?;
-            request.model = state.service.model_id(&request.model).to_owned();
-            let model = request.model.clone();
-            (
-                state.service.chat(request, cancel).await?,
-                model,
-                delivery.include_usage,
-            )
-        }
-        Endpoint::Completion => {
-            let (mut request, delivery) = request.into_completion()?;
-            request.model = state.service.model_id(&request.model).to_owned();
-            let model = request.model.clone();
-            (
-                state.service.complete(request, cancel).await?,
-                model,
-                delivery.include_usage,
-            )
-        }
-    };
+    let generation = Generation::new(parse_value::<OpenAiRequest>(body)?, endpoint, &state.service)?;
+    let (model, include_usage) = (generation.model.clone(), generation.delivery.include_usage);
+    let events = generation.start(&state.service, cancel).await?;
     let chunks = ChunkBuilder {
         endpoint,
         meta: ResponseMeta::new(endpoint.id_prefix(), &model),
