@@ -47,6 +47,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_SSE_KEEP_ALIVE_SECS: u64 = 5;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 
+/// Job-queue door: the prefix of every queue name, and how many times a job
+/// whose failure is the server's is tried before it is dead-lettered.
+pub const DEFAULT_AMQP_PREFIX: &str = "llmlab";
+pub const DEFAULT_JOB_ATTEMPTS: u32 = 3;
+/// Seconds before a failed job goes back on its queue.
+pub const DEFAULT_JOB_RETRY_DELAY_SECS: f64 = 1.0;
+
 /// Base URL of a local llmlab's OpenAI API (what `llmlab bench` targets).
 pub fn default_api_base() -> String {
     format!("http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1")

@@ -1,9 +1,13 @@
 //! The `llmlab` binary's library: CLI, HTTP door, model fetching. Exposed as
 //! a library so integration tests can drive the router in process.
 
+pub mod amqp;
 pub mod bench;
 pub mod cli;
 pub mod factory;
+pub mod grpc;
 pub mod http;
 pub mod logging;
+pub mod openai;
 pub mod pull;
+pub mod signals;

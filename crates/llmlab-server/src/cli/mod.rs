@@ -6,6 +6,8 @@ mod embed;
 mod models;
 mod ps;
 mod serve;
+mod service;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -57,6 +59,8 @@ impl CommonArgs {
 pub enum Command {
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Take jobs from RabbitMQ queues (chat, completions, embeddings).
+    Worker(worker::WorkerCommandArgs),
     /// Chat with a model in the terminal (interactive when no prompt is given).
     Chat(chat::ChatArgs),
     /// Embed texts, or rank them against a query, and print JSON.
@@ -89,6 +93,7 @@ pub struct PullArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.common, args),
+        Command::Worker(args) => worker::run(&cli.common, args),
         Command::Chat(args) => chat::run(&cli.common, args),
         Command::Embed(args) => embed::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),

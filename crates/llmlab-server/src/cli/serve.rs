@@ -1,4 +1,5 @@
-//! `llmlab serve`: the OpenAI-compatible HTTP server.
+//! `llmlab serve`: the OpenAI-compatible HTTP server, and beside it, when
+//! asked, the gRPC door and a job-queue worker, all on one core service.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::config;
 use llmlab_core::keep_alive::KeepAlive;
-use llmlab_core::service::Service;
 
+use super::service::ServiceArgs;
+use super::worker::WorkerArgs;
 use super::CommonArgs;
-use crate::factory::BackendFactory;
 use crate::http::{self, AppState, HttpConfig};
 
 #[derive(Debug, Args)]
@@ -36,17 +37,17 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown before they are cancelled.
     #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
-    /// Memory all loaded models may hold together (e.g. 12G); idle models are
-    /// unloaded, least recently used first, to make room [default: 90% of RAM]
-    #[arg(long, env = "LLMLAB_MEMORY_BUDGET", value_parser = config::parse_bytes)]
-    pub memory_budget: Option<u64>,
-    /// GPU memory the offloaded layers of all loaded models may hold
-    /// together [default: 90% of the GPUs' memory; none without a GPU]
-    #[arg(long, env = "LLMLAB_GPU_MEMORY_BUDGET", value_parser = config::parse_bytes)]
-    pub gpu_memory_budget: Option<u64>,
     /// Do not load the default model at start-up (it loads on first use).
     #[arg(long, env = "LLMLAB_NO_PRELOAD")]
     pub no_preload: bool,
+    /// Also serve gRPC (llmlab.v1.Llmlab, health, reflection) on this port.
+    #[arg(long, env = "LLMLAB_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// With --amqp, also take jobs from RabbitMQ.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
@@ -54,17 +55,10 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     http::prometheus::recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let worker = args.worker.config(&registry, grace)?;
     runtime.block_on(async move {
-        let mut service = Service::new(registry, Arc::new(BackendFactory));
-        if let Some(budget) = args.memory_budget.or_else(config::default_memory_budget) {
-            service = service.with_memory_budget(budget);
-        }
-        let gpu_default = || llmlab_llama::gpu_memory_total().map(config::budget_share);
-        if let Some(budget) = args.gpu_memory_budget.or_else(gpu_default) {
-            service = service.with_gpu_memory_budget(budget);
-        }
-        let service = Arc::new(service);
-        service.spawn_keep_alive();
+        let service = args.service.build(registry);
         // The default model (unless --no-preload) and models marked
         // `preload` load at start-up and stay loaded: /health reports the
         // default one.
@@ -83,8 +77,9 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
                 }
             }
         });
+        let stopping = crate::signals::stop_on_signal();
         let state = AppState {
-            service,
+            service: Arc::clone(&service),
             config: Arc::new(HttpConfig {
                 api_key: args.api_key.filter(|k| !k.is_empty()),
                 max_body_bytes: args.max_body_bytes,
@@ -93,11 +88,24 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
             }),
             shutdown: CancellationToken::new(),
         };
-        http::serve(
-            SocketAddr::new(args.host, args.port),
-            state,
-            Duration::from_secs(args.shutdown_grace_secs),
-        )
-        .await
+        let mut doors = tokio::task::JoinSet::new();
+        if let Some(port) = args.grpc_port {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, port)).await?;
+            let (service, stopping, hard_stop) = (Arc::clone(&service), stopping.clone(), state.shutdown.clone());
+            doors.spawn(crate::grpc::serve(listener, service, stopping, hard_stop));
+        }
+        if let Some(worker) = worker {
+            doors.spawn(crate::amqp::run(worker, Arc::clone(&service), stopping.clone()));
+        }
+        let addr = SocketAddr::new(args.host, args.port);
+        doors.spawn(http::serve(addr, state, grace, stopping.clone()));
+        // The first door to fail stops the others.
+        while let Some(outcome) = doors.join_next().await {
+            if let Err(e) = outcome? {
+                stopping.cancel();
+                return Err(e);
+            }
+        }
+        Ok(())
     })
 }

@@ -1,159 +1,29 @@
-//! `/v1/embeddings` (OpenAI's shape) and `/v1/similarity`: decode, call the
-//! core service, encode. `input` is read by hand so that every wrong shape
-//! gets a message naming the exact element at fault.
+//! `/v1/embeddings` and `/v1/similarity`: decode, call the core service,
+//! encode (the shapes live in [`crate::openai::embeddings`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use llmlab_core::embedding::{EmbedInput, EmbeddingRequest, SimilarityRequest};
-use llmlab_core::keep_alive::KeepAlive;
-use llmlab_core::{Error, Result};
+use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody, SimilarityBody};
+use crate::openai::parse_json;
 
 use super::errors::ApiError;
 use super::handlers::{body_bytes, ModelLabel};
-use super::openai::parse_json;
 use super::AppState;
-
-#[derive(Debug, Deserialize)]
-struct EmbeddingsBody {
-    #[serde(default)]
-    model: String,
-    input: Option<Value>,
-    encoding_format: Option<String>,
-    dimensions: Option<usize>,
-    /// Extension: return vectors as the model pools them (default: unit length).
-    normalize: Option<bool>,
-    /// Extension: cut inputs longer than the model's window instead of
-    /// embedding them in chunks.
-    #[serde(default)]
-    truncate: bool,
-    keep_alive: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SimilarityBody {
-    #[serde(default)]
-    model: String,
-    query: String,
-    documents: Vec<String>,
-    top_k: Option<usize>,
-    keep_alive: Option<Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Encoding {
-    Float,
-    Base64,
-}
-
-fn encoding(format: Option<&str>) -> Result<Encoding> {
-    match format {
-        None | Some("float") => Ok(Encoding::Float),
-        Some("base64") => Ok(Encoding::Base64),
-        Some(other) => Err(Error::invalid_param(
-            "encoding_format",
-            format!("must be 'float' or 'base64', got '{other}'"),
-        )),
-    }
-}
-
-/// A string, an array of strings, an array of token ids, or an array of
-/// token-id arrays.
-fn inputs(value: Option<Value>) -> Result<Vec<EmbedInput>> {
-    let token = |v: &Value, at: String| -> Result<u32> {
-        v.as_u64()
-            .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| Error::invalid_param(at, "must be a token id (a non-negative integer)"))
-    };
-    match value {
-        None => Err(Error::invalid_param("input", "'input' is required")),
-        Some(Value::String(text)) => Ok(vec![EmbedInput::Text(text)]),
-        Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => Ok(vec![EmbedInput::Tokens(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| token(v, format!("input[{i}]")))
-                .collect::<Result<_>>()?,
-        )]),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Value::String(text) => Ok(EmbedInput::Text(text)),
-                Value::Array(ids) => Ok(EmbedInput::Tokens(
-                    ids.iter()
-                        .enumerate()
-                        .map(|(j, v)| token(v, format!("input[{i}][{j}]")))
-                        .collect::<Result<_>>()?,
-                )),
-                _ => Err(Error::invalid_param(
-                    format!("input[{i}]"),
-                    "must be a string or an array of token ids",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(Error::invalid_param(
-            "input",
-            "must be a string, an array of strings, or token ids",
-        )),
-    }
-}
-
-fn keep_alive(value: Option<&Value>) -> Result<Option<KeepAlive>> {
-    value.map(KeepAlive::from_json).transpose()
-}
-
-/// OpenAI's base64 form: the little-endian f32 bytes of the vector.
-fn base64_vector(vector: &[f32]) -> String {
-    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn usage(prompt_tokens: u32) -> Value {
-    json!({ "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens })
-}
 
 pub async fn embeddings(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> Response {
     let mut label = ModelLabel("unknown".to_owned());
     let outcome = async {
         let body = body_bytes(body, state.config.max_body_bytes)?;
-        let body: EmbeddingsBody = parse_json(&body)?;
-        let encoding = encoding(body.encoding_format.as_deref())?;
-        let request = EmbeddingRequest {
-            model: body.model,
-            inputs: inputs(body.input)?,
-            dimensions: body.dimensions,
-            normalize: body.normalize,
-            truncate: body.truncate,
-            keep_alive: keep_alive(body.keep_alive.as_ref())?,
-        };
+        let (request, encoding) = parse_json::<EmbeddingsBody>(&body)?.into_request()?;
         label = ModelLabel::for_request(&state, &request.model);
         let answer = state.service.embed(request).await?;
         label = ModelLabel::for_request(&state, &answer.model);
-        let data: Vec<Value> = answer
-            .embeddings
-            .iter()
-            .enumerate()
-            .map(|(index, vector)| {
-                let embedding = match encoding {
-                    Encoding::Float => json!(vector),
-                    Encoding::Base64 => json!(base64_vector(vector)),
-                };
-                json!({ "object": "embedding", "index": index, "embedding": embedding })
-            })
-            .collect();
-        Ok::<_, ApiError>(Json(json!({
-            "object": "list",
-            "data": data,
-            "model": answer.model,
-            "usage": usage(answer.prompt_tokens),
-        })))
+        Ok::<_, ApiError>(Json(embeddings_json(&answer, encoding)))
     }
     .await;
     respond(outcome, &label)
@@ -163,29 +33,12 @@ pub async fn similarity(State(state): State<AppState>, body: std::result::Result
     let mut label = ModelLabel("unknown".to_owned());
     let outcome = async {
         let body = body_bytes(body, state.config.max_body_bytes)?;
-        let body: SimilarityBody = parse_json(&body)?;
-        let request = SimilarityRequest {
-            model: body.model,
-            query: body.query,
-            documents: body.documents,
-            top_k: body.top_k,
-            keep_alive: keep_alive(body.keep_alive.as_ref())?,
-        };
+        let request = parse_json::<SimilarityBody>(&body)?.into_request()?;
         label = ModelLabel::for_request(&state, &request.model);
         let documents = request.documents.clone();
         let answer = state.service.similarity(request).await?;
         label = ModelLabel::for_request(&state, &answer.model);
-        let data: Vec<Value> = answer
-            .results
-            .iter()
-            .map(|r| json!({ "index": r.index, "document": documents[r.index], "score": r.score }))
-            .collect();
-        Ok::<_, ApiError>(Json(json!({
-            "object": "list",
-            "data": data,
-            "model": answer.model,
-            "usage": usage(answer.prompt_tokens),
-        })))
+        Ok::<_, ApiError>(Json(similarity_json(&answer, &documents)))
     }
     .await;
     respond(outcome, &label)

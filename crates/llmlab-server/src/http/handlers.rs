@@ -12,10 +12,11 @@ use serde_json::json;
 
 use llmlab_core::{ChatEvent, ChatStream, Timings};
 
+use crate::openai::generation::Generation;
+use crate::openai::responses::{full_response, ChunkBuilder, Endpoint};
+use crate::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
+
 use super::errors::ApiError;
-use super::generation::Generation;
-use super::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
-use super::responses::{full_response, ChunkBuilder, Endpoint};
 use super::sse::sse_events;
 use super::AppState;
 

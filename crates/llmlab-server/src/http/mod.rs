@@ -2,15 +2,11 @@
 //! handed to the core service, and encoded; errors go through
 //! [`errors::ApiError`] only.
 
-mod chunk_stream;
 mod embeddings;
 pub mod errors;
-mod generation;
 mod handlers;
 mod middleware;
-pub mod openai;
 pub mod prometheus;
-mod responses;
 mod sse;
 mod ws;
 
@@ -77,16 +73,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve until ctrl-c / SIGTERM, then stop accepting, give in-flight
-/// requests `grace` to finish, and cancel whatever is left.
-pub async fn serve(addr: SocketAddr, state: AppState, grace: Duration) -> anyhow::Result<()> {
+/// Serve until `stopping` is cancelled (ctrl-c / SIGTERM), then stop
+/// accepting, give in-flight requests `grace` to finish, and cancel
+/// whatever is left.
+pub async fn serve(addr: SocketAddr, state: AppState, grace: Duration, stopping: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");
     let shutdown = state.shutdown.clone();
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            stopping.cancelled().await;
             tracing::info!(
                 grace_secs = grace.as_secs(),
                 "shutting down: no new connections; finishing in-flight requests"
@@ -99,22 +96,4 @@ pub async fn serve(addr: SocketAddr, state: AppState, grace: Duration) -> anyhow
         })
         .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }

@@ -8,8 +8,8 @@ use futures::{Stream, StreamExt};
 
 use llmlab_core::ChatStream;
 
-use super::chunk_stream::{chunk_stream, StreamItem};
-use super::responses::ChunkBuilder;
+use crate::openai::chunk_stream::{chunk_stream, StreamItem};
+use crate::openai::responses::ChunkBuilder;
 
 pub fn sse_events(
     events: ChatStream,

@@ -32,11 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::{Error, Result};
 
-use super::chunk_stream::{chunk_stream, StreamItem};
-use super::errors::{envelope, status_for};
-use super::generation::Generation;
-use super::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
-use super::responses::{ChunkBuilder, Endpoint};
+use crate::openai::chunk_stream::{chunk_stream, StreamItem};
+use crate::openai::errors::{envelope, status_for};
+use crate::openai::generation::Generation;
+use crate::openai::responses::{ChunkBuilder, Endpoint};
+use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
+
 use super::AppState;
 
 /// How often the server pings; three silent intervals close the socket.

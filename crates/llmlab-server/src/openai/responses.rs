@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use llmlab_core::guards::GuardTrip;
 use llmlab_core::{ChatResponse, FinishReason, TokenLogprob, ToolCallDelta, Usage};
 
-use super::openai::{chat_logprobs_json, completion_logprobs_json, usage_json, ResponseMeta};
+use super::request::{chat_logprobs_json, completion_logprobs_json, usage_json, ResponseMeta};
 
 /// Which OpenAI endpoint the answer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

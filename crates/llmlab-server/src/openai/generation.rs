@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use llmlab_core::service::Service;
 use llmlab_core::{ChatRequest, ChatStream, CompletionRequest, Result};
 
-use super::openai::{Delivery, OpenAiRequest};
+use super::request::{Delivery, OpenAiRequest};
 use super::responses::Endpoint;
 
 enum CoreRequest {

@@ -1,0 +1,223 @@
+//! A job: what a queue message asks for, and running it on the core
+//! service. The body is the body of the HTTP endpoint the job names, so
+//! validation, limits and errors are those of every other door.
+//!
+//! A message body: `{"type": "chat.completions" | "completions" |
+//! "embeddings" | "similarity", "body": {…}}`.
+//!
+//! Replies, in order: for a streamed chat or completion (`"stream": true`
+//! in the body) `{"type": "chunk", "data": <the SSE chunk>}` … then
+//! `{"type": "done"}`; otherwise one `{"type": "result", "data": <the HTTP
+//! response body>}`. A failure is one `{"type": "error", "status", "error"}`.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use llmlab_core::service::Service;
+use llmlab_core::{Error, Result};
+
+use crate::openai::chunk_stream::{chunk_stream, StreamItem};
+use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody, SimilarityBody};
+use crate::openai::errors::{envelope, status_for};
+use crate::openai::generation::Generation;
+use crate::openai::responses::{full_response, ChunkBuilder, Endpoint};
+use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Chat,
+    Completion,
+    Embeddings,
+    Similarity,
+}
+
+#[derive(Debug)]
+pub struct Job {
+    pub kind: JobKind,
+    pub body: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    body: Value,
+}
+
+impl Job {
+    /// Read a message body; the error names the field at fault.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let envelope: Envelope = parse_json(bytes)?;
+        let kind = match envelope.kind.as_str() {
+            "chat.completions" => JobKind::Chat,
+            "completions" => JobKind::Completion,
+            "embeddings" => JobKind::Embeddings,
+            "similarity" => JobKind::Similarity,
+            other => {
+                return Err(Error::invalid_param(
+                    "type",
+                    format!("'type' must be chat.completions, completions, embeddings or similarity, got '{other}'"),
+                ))
+            }
+        };
+        if !envelope.body.is_object() {
+            return Err(Error::invalid_param("body", "'body' must be a JSON object"));
+        }
+        Ok(Self {
+            kind,
+            body: envelope.body,
+        })
+    }
+}
+
+/// Why a job failed, as its requester will read it.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub status: u16,
+    /// OpenAI's error envelope.
+    pub envelope: Value,
+}
+
+impl JobError {
+    pub fn from_core(error: &Error) -> Self {
+        let status = status_for(error.kind);
+        Self {
+            status: status.as_u16(),
+            envelope: envelope(status, error),
+        }
+    }
+
+    /// Failures another try may cure: overload, an unavailable model, a
+    /// deadline, an internal error. Anything else is the request's fault.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.status, 429 | 500 | 503 | 504)
+    }
+
+    pub fn message(&self) -> &str {
+        self.envelope["error"]["message"].as_str().unwrap_or("unknown error")
+    }
+
+    /// The reply that tells the requester.
+    pub fn reply(&self) -> Value {
+        json!({"type": "error", "status": self.status, "error": self.envelope["error"]})
+    }
+}
+
+/// One step of a running job.
+#[derive(Debug)]
+pub enum Step {
+    /// A reply to publish.
+    Reply(Value),
+    /// The job failed; nothing follows.
+    Failed(JobError),
+}
+
+fn failed(error: &Error) -> Step {
+    Step::Failed(JobError::from_core(error))
+}
+
+/// Run a job: its replies as they are ready, or its failure.
+pub fn run(job: Job, service: Arc<Service>, cancel: CancellationToken) -> impl Stream<Item = Step> + Send {
+    async_stream::stream! {
+        match job.kind {
+            JobKind::Chat | JobKind::Completion => {
+                let endpoint = if job.kind == JobKind::Chat { Endpoint::Chat } else { Endpoint::Completion };
+                let mut steps = Box::pin(generate(endpoint, job.body, service, cancel));
+                while let Some(step) = steps.next().await {
+                    yield step;
+                }
+            }
+            JobKind::Embeddings => yield match embed(job.body, &service).await {
+                Ok(data) => Step::Reply(json!({"type": "result", "data": data})),
+                Err(e) => failed(&e),
+            },
+            JobKind::Similarity => yield match similarity(job.body, &service).await {
+                Ok(data) => Step::Reply(json!({"type": "result", "data": data})),
+                Err(e) => failed(&e),
+            },
+        }
+    }
+}
+
+fn generate(endpoint: Endpoint, body: Value, service: Arc<Service>, cancel: CancellationToken) -> impl Stream<Item = Step> + Send {
+    async_stream::stream! {
+        let generation = match parse_value::<OpenAiRequest>(body).and_then(|b| Generation::new(b, endpoint, &service)) {
+            Ok(generation) => generation,
+            Err(e) => {
+                yield failed(&e);
+                return;
+            }
+        };
+        let (model, delivery) = (generation.model.clone(), generation.delivery);
+        let meta = ResponseMeta::new(endpoint.id_prefix(), &model);
+        let events = match generation.start(&service, cancel).await {
+            Ok(events) => events,
+            Err(e) => {
+                yield failed(&e);
+                return;
+            }
+        };
+        if !delivery.stream {
+            yield match events.collect_response().await {
+                Ok(response) => Step::Reply(json!({"type": "result", "data": full_response(endpoint, &meta, &response)})),
+                Err(e) => failed(&e),
+            };
+            return;
+        }
+        let chunks = ChunkBuilder { endpoint, meta, streamed_bytes: 0 };
+        let mut items = Box::pin(chunk_stream(events, chunks, delivery.include_usage));
+        while let Some(item) = items.next().await {
+            match item {
+                StreamItem::Chunk(data) => yield Step::Reply(json!({"type": "chunk", "data": data})),
+                StreamItem::Error { status, envelope } => {
+                    yield Step::Failed(JobError { status, envelope });
+                    return;
+                }
+            }
+        }
+        yield Step::Reply(json!({"type": "done"}));
+    }
+}
+
+async fn embed(body: Value, service: &Service) -> Result<Value> {
+    let (request, encoding) = parse_value::<EmbeddingsBody>(body)?.into_request()?;
+    let answer = service.embed(request).await?;
+    Ok(embeddings_json(&answer, encoding))
+}
+
+async fn similarity(body: Value, service: &Service) -> Result<Value> {
+    let request = parse_value::<SimilarityBody>(body)?.into_request()?;
+    let documents = request.documents.clone();
+    let answer = service.similarity(request).await?;
+    Ok(similarity_json(&answer, &documents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_read_or_refused_naming_the_field() {
+        let job = Job::parse(br#"{"type": "embeddings", "body": {"input": "x"}}"#).unwrap();
+        assert_eq!(job.kind, JobKind::Embeddings);
+        let param = |bytes: &[u8]| Job::parse(bytes).unwrap_err().param;
+        assert_eq!(param(br#"{"type": "dance", "body": {}}"#).as_deref(), Some("type"));
+        assert_eq!(param(br#"{"type": "completions", "body": 3}"#).as_deref(), Some("body"));
+        assert!(Job::parse(b"not json").is_err());
+        assert!(Job::parse(br#"{"type": "completions"}"#).unwrap_err().message.contains("body"));
+    }
+
+    #[test]
+    fn only_server_side_failures_are_retried() {
+        let retryable = |e: Error| JobError::from_core(&e).is_retryable();
+        assert!(retryable(Error::unavailable("loading failed")));
+        assert!(retryable(Error::internal("decode failed")));
+        assert!(!retryable(Error::invalid_param("messages", "empty")));
+        assert!(!retryable(Error::new(llmlab_core::ErrorKind::NotFound, "no such model")));
+    }
+}

@@ -1,0 +1,42 @@
+//! Building the core service from the command line (shared by `serve` and
+//! `worker`).
+
+use std::sync::Arc;
+
+use clap::Args;
+
+use llmlab_core::config;
+use llmlab_core::registry::Registry;
+use llmlab_core::service::Service;
+
+use crate::factory::BackendFactory;
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Memory all loaded models may hold together (e.g. 12G); idle models are
+    /// unloaded, least recently used first, to make room [default: 90% of RAM]
+    #[arg(long, env = "LLMLAB_MEMORY_BUDGET", value_parser = config::parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// GPU memory the offloaded layers of all loaded models may hold
+    /// together [default: 90% of the GPUs' memory; none without a GPU]
+    #[arg(long, env = "LLMLAB_GPU_MEMORY_BUDGET", value_parser = config::parse_bytes)]
+    pub gpu_memory_budget: Option<u64>,
+}
+
+impl ServiceArgs {
+    /// The service over the real backends, its keep-alive sweeper running
+    /// (call inside a tokio runtime).
+    pub fn build(&self, registry: Registry) -> Arc<Service> {
+        let mut service = Service::new(registry, Arc::new(BackendFactory));
+        if let Some(budget) = self.memory_budget.or_else(config::default_memory_budget) {
+            service = service.with_memory_budget(budget);
+        }
+        let gpu_default = || llmlab_llama::gpu_memory_total().map(config::budget_share);
+        if let Some(budget) = self.gpu_memory_budget.or_else(gpu_default) {
+            service = service.with_gpu_memory_budget(budget);
+        }
+        let service = Arc::new(service);
+        service.spawn_keep_alive();
+        service
+    }
+}

@@ -1,0 +1,120 @@
+//! `llmlab worker`: take jobs from RabbitMQ (also `llmlab serve --amqp`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use llmlab_core::config;
+use llmlab_core::registry::{ModelKind, Registry};
+
+use super::service::ServiceArgs;
+use super::CommonArgs;
+use crate::amqp::{Topology, WorkerConfig};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ to take jobs from, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long, env = "LLMLAB_AMQP_URL", hide_env_values = true)]
+    pub amqp: Option<String>,
+    /// Prefix of every queue name.
+    #[arg(long, env = "LLMLAB_AMQP_PREFIX", default_value = config::DEFAULT_AMQP_PREFIX)]
+    pub queue_prefix: String,
+    /// Models whose queues this worker consumes, comma-separated [default:
+    /// every chat and embedding model of the registry]
+    #[arg(long, env = "LLMLAB_WORKER_MODELS", value_delimiter = ',')]
+    pub worker_models: Vec<String>,
+    /// Jobs run at once [default: the largest `parallel` of those models]
+    #[arg(long, env = "LLMLAB_WORKER_SLOTS")]
+    pub slots: Option<u16>,
+    /// Tries of a job that fails for the server's reasons before it is
+    /// dead-lettered.
+    #[arg(long, env = "LLMLAB_JOB_ATTEMPTS", default_value_t = config::DEFAULT_JOB_ATTEMPTS)]
+    pub job_attempts: u32,
+    /// Seconds before a failed job goes back on its queue.
+    #[arg(long, env = "LLMLAB_JOB_RETRY_DELAY_SECS", default_value_t = config::DEFAULT_JOB_RETRY_DELAY_SECS)]
+    pub job_retry_delay_secs: f64,
+    /// Names this worker in replies and in the broker [default: host-pid]
+    #[arg(long, env = "LLMLAB_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The worker's settings, or `None` when no broker is named.
+    pub fn config(&self, registry: &Registry, grace: Duration) -> anyhow::Result<Option<WorkerConfig>> {
+        let Some(url) = self.amqp.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let models: Vec<String> = if self.worker_models.is_empty() {
+            registry
+                .models
+                .iter()
+                .filter(|m| matches!(m.kind, ModelKind::Chat | ModelKind::Embedding))
+                .map(|m| m.id.clone())
+                .collect()
+        } else {
+            for id in &self.worker_models {
+                registry.require(id).context("--worker-models")?;
+            }
+            self.worker_models.clone()
+        };
+        let largest_parallel = models
+            .iter()
+            .filter_map(|id| registry.get(id))
+            .map(|m| m.parallel)
+            .max()
+            .unwrap_or(config::DEFAULT_PARALLEL);
+        let slots = match self.slots {
+            Some(0) => anyhow::bail!("--slots must be at least 1"),
+            Some(slots) => slots,
+            None => u16::try_from(largest_parallel).unwrap_or(u16::MAX),
+        };
+        anyhow::ensure!(self.job_attempts >= 1, "--job-attempts must be at least 1");
+        anyhow::ensure!(
+            self.job_retry_delay_secs.is_finite() && self.job_retry_delay_secs >= 0.0,
+            "--job-retry-delay-secs must be 0 or more"
+        );
+        let worker_id = self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        Ok(Some(WorkerConfig {
+            url,
+            topology: Topology {
+                prefix: self.queue_prefix.clone(),
+            },
+            models,
+            slots,
+            max_attempts: self.job_attempts,
+            retry_delay: Duration::from_secs_f64(self.job_retry_delay_secs),
+            worker_id,
+            grace,
+        }))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerCommandArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Seconds in-flight jobs get to finish on shutdown before they are
+    /// cancelled and go back on their queues.
+    #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
+}
+
+pub fn run(common: &CommonArgs, args: WorkerCommandArgs) -> anyhow::Result<()> {
+    let registry = common.registry()?;
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let config = args
+        .worker
+        .config(&registry, grace)?
+        .context("the worker needs a broker: pass --amqp URL or set LLMLAB_AMQP_URL")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let service = args.service.build(registry);
+        crate::amqp::run(config, service, crate::signals::stop_on_signal()).await
+    })
+}
