@@ -32,7 +32,7 @@ async fn chat_completion_and_embedding_jobs_round_trip() {
     let _serial = SERIAL.lock().await;
     let prefix = unique_prefix("roundtrip");
     let models = format!("{CHAT_MODEL},{TEXT_MODEL},{EMBEDDING_MODEL}");
-    let _worker = Worker::start(BROKER, &prefix, "w1", &["--worker-models", &models, "--slots", "2"]);
+    let worker = Worker::start(BROKER, &prefix, "w1", &["--worker-models", &models, "--slots", "2"]);
     let mut client = Client::connect(&prefix).await;
     client.wait_for_consumers(&client.shared_queue(), 1, SLOW).await;
 
@@ -50,7 +50,9 @@ async fn chat_completion_and_embedding_jobs_round_trip() {
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
 
     // Streamed, through the shared queue (the body names the model).
-    client.publish(&client.shared_queue(), &completion(6, true), "stream-1").await;
+    client
+        .publish(&client.shared_queue(), &completion(6, true), "stream-1")
+        .await;
     let replies = client.replies_until("stream-1", "done", SLOW).await;
     assert_eq!(replies.last().unwrap().kind(), "done");
     let chunks: Vec<_> = replies.iter().filter(|r| r.kind() == "chunk").collect();
@@ -63,12 +65,15 @@ async fn chat_completion_and_embedding_jobs_round_trip() {
     let embed = json!({"type": "embeddings", "body": {
         "model": EMBEDDING_MODEL, "input": ["a cat", "a dog"], "encoding_format": "float",
     }});
-    client.publish(&client.model_queue(EMBEDDING_MODEL), &embed, "embed-1").await;
+    client
+        .publish(&client.model_queue(EMBEDDING_MODEL), &embed, "embed-1")
+        .await;
     let reply = client.replies_until("embed-1", "result", SLOW).await.pop().unwrap();
     let data = reply.body["data"]["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data[0]["embedding"].as_array().unwrap().len(), 384);
 
+    drop(worker);
     client.delete_queues(&[CHAT_MODEL, TEXT_MODEL, EMBEDDING_MODEL]).await;
 }
 
@@ -89,7 +94,7 @@ async fn poison_and_failing_jobs_reach_the_dead_letter_queue_with_their_reason()
         ),
     )
     .unwrap();
-    let _worker = Worker::start_with_registry(
+    let worker = Worker::start_with_registry(
         BROKER,
         &prefix,
         "w1",
@@ -99,7 +104,9 @@ async fn poison_and_failing_jobs_reach_the_dead_letter_queue_with_their_reason()
     let mut client = Client::connect(&prefix).await;
     client.wait_for_consumers(&client.shared_queue(), 1, SLOW).await;
 
-    client.publish_raw(&client.shared_queue(), b"{not json", "poison-1").await;
+    client
+        .publish_raw(&client.shared_queue(), b"{not json", "poison-1")
+        .await;
     let reply = client.next_reply(SLOW).await;
     assert_eq!((reply.correlation_id.as_str(), reply.kind()), ("poison-1", "error"));
     assert_eq!(reply.body["status"], 400);
@@ -123,6 +130,7 @@ async fn poison_and_failing_jobs_reach_the_dead_letter_queue_with_their_reason()
     let (_, reason) = client.dead_letter(SLOW).await;
     assert!(reason.starts_with("failed 2 times; last error: "), "{reason}");
 
+    drop(worker);
     client.delete_queues(&["broken"]).await;
 }
 
@@ -132,7 +140,7 @@ async fn two_workers_share_a_queue_and_a_killed_workers_job_is_finished_by_the_o
     let prefix = unique_prefix("share");
     let args = ["--worker-models", TEXT_MODEL, "--slots", "1"];
     let mut a = Worker::start(BROKER, &prefix, "a", &args);
-    let _b = Worker::start(BROKER, &prefix, "b", &args);
+    let b = Worker::start(BROKER, &prefix, "b", &args);
     let mut client = Client::connect(&prefix).await;
     let queue = client.model_queue(TEXT_MODEL);
     client.wait_for_consumers(&queue, 2, SLOW).await;
@@ -150,7 +158,11 @@ async fn two_workers_share_a_queue_and_a_killed_workers_job_is_finished_by_the_o
         running.insert(reply.correlation_id.clone(), reply.worker.clone());
         replies.push(reply);
     }
-    let killed_job = running.iter().find(|(_, w)| *w == "a").map(|(job, _)| job.clone()).unwrap();
+    let killed_job = running
+        .iter()
+        .find(|(_, w)| *w == "a")
+        .map(|(job, _)| job.clone())
+        .unwrap();
     a.child.kill().unwrap();
     a.child.wait().unwrap();
 
@@ -166,7 +178,11 @@ async fn two_workers_share_a_queue_and_a_killed_workers_job_is_finished_by_the_o
     for id in &jobs {
         assert!(done.contains_key(id), "{id} lost");
     }
-    assert_eq!(done[&killed_job], "b", "the killed worker's job is finished by the other");
+    assert_eq!(
+        done[&killed_job], "b",
+        "the killed worker's job is finished by the other"
+    );
+    drop(b);
     client.delete_queues(&[TEXT_MODEL]).await;
 }
 
@@ -175,18 +191,27 @@ async fn the_worker_reconnects_when_its_broker_connection_is_cut() {
     let _serial = SERIAL.lock().await;
     let prefix = unique_prefix("reconnect");
     let proxy = CuttableProxy::start().await;
-    let _worker = Worker::start(&proxy.url, &prefix, "w1", &["--worker-models", TEXT_MODEL]);
+    let worker = Worker::start(&proxy.url, &prefix, "w1", &["--worker-models", TEXT_MODEL]);
     let mut client = Client::connect(&prefix).await;
     let queue = client.model_queue(TEXT_MODEL);
     client.wait_for_consumers(&queue, 1, SLOW).await;
 
     client.publish(&queue, &completion(4, false), "before").await;
-    assert_eq!(client.replies_until("before", "result", SLOW).await.pop().unwrap().kind(), "result");
+    assert_eq!(
+        client
+            .replies_until("before", "result", SLOW)
+            .await
+            .pop()
+            .unwrap()
+            .kind(),
+        "result"
+    );
 
     assert!(proxy.cut() >= 1, "the worker's connection went through the proxy");
     client.publish(&queue, &completion(4, false), "after").await;
     let reply = client.replies_until("after", "result", SLOW).await.pop().unwrap();
     assert_eq!(reply.kind(), "result", "{:?}", reply.body);
+    drop(worker);
     client.delete_queues(&[TEXT_MODEL]).await;
 }
 
@@ -206,5 +231,65 @@ async fn sigterm_finishes_the_running_job_then_exits() {
     let rest = client.replies_until("long", "done", SLOW).await;
     assert_eq!(rest.last().unwrap().kind(), "done", "{rest:?}");
     assert!(worker.exit_status(Duration::from_secs(30)).await.success());
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn serve_runs_http_grpc_and_a_worker_on_one_service() {
+    use llmlab_server::grpc::proto::{llmlab_client::LlmlabClient, ListModelsRequest};
+
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("serve");
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_llmlab"))
+        .arg("--registry")
+        .arg(amqp_support::registry_path())
+        .args(["serve", "--no-preload", "--port", &http_port.to_string()])
+        .args(["--grpc-port", &grpc_port.to_string()])
+        .args(["--amqp", BROKER, "--queue-prefix", &prefix, "--worker-id", "s1"])
+        .args(["--worker-models", TEXT_MODEL])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Worker { child, id: "s1".into() };
+    let mut client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    client.wait_for_consumers(&queue, 1, SLOW).await;
+
+    let health = reqwest::get(format!("http://127.0.0.1:{http_port}/health"))
+        .await
+        .unwrap();
+    assert!(health.status().is_success() || health.status().as_u16() == 503);
+    let mut grpc = LlmlabClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .unwrap();
+    let models = grpc
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(models.iter().any(|m| m.id == TEXT_MODEL));
+
+    client.publish(&queue, &completion(4, false), "via-serve").await;
+    let reply = client.replies_until("via-serve", "result", SLOW).await.pop().unwrap();
+    assert_eq!(
+        (reply.kind(), reply.worker.as_str()),
+        ("result", "s1"),
+        "{:?}",
+        reply.body
+    );
+
+    server.terminate();
+    assert!(server.exit_status(Duration::from_secs(30)).await.success());
     client.delete_queues(&[TEXT_MODEL]).await;
 }

@@ -58,7 +58,10 @@ fn chat(model: &str, text: &str) -> pb::ChatRequest {
 }
 
 /// Every event of a call, or the status that ended it.
-async fn events(client: &mut LlmlabClient<Channel>, request: tonic::Request<pb::ChatRequest>) -> Result<Vec<Event>, tonic::Status> {
+async fn events(
+    client: &mut LlmlabClient<Channel>,
+    request: tonic::Request<pb::ChatRequest>,
+) -> Result<Vec<Event>, tonic::Status> {
     let mut stream = client.chat(request).await?.into_inner();
     let mut out = Vec::new();
     while let Some(event) = stream.message().await? {
@@ -80,9 +83,18 @@ fn text_of(events: &[Event]) -> String {
 #[tokio::test]
 async fn chat_streams_content_usage_and_the_finish() {
     let mut d = door(Script::text(&["Hel", "lo"])).await;
-    let events = events(&mut d.client, tonic::Request::new(chat("fake-a", "hi"))).await.unwrap();
+    let events = events(&mut d.client, tonic::Request::new(chat("fake-a", "hi")))
+        .await
+        .unwrap();
     assert_eq!(text_of(&events), "Hello");
-    assert!(matches!(events[events.len() - 2], Event::Usage(pb::Usage { prompt_tokens: 7, completion_tokens: 2, .. })));
+    assert!(matches!(
+        events[events.len() - 2],
+        Event::Usage(pb::Usage {
+            prompt_tokens: 7,
+            completion_tokens: 2,
+            ..
+        })
+    ));
     match events.last().unwrap() {
         Event::Finished(f) => assert_eq!(f.finish_reason, "stop"),
         other => panic!("last event {other:?}"),
@@ -137,7 +149,9 @@ async fn the_client_deadline_stops_the_generation() {
 #[tokio::test]
 async fn errors_have_precise_codes_and_name_the_field() {
     let mut d = door(Script::text(&["ok"])).await;
-    let unknown = events(&mut d.client, tonic::Request::new(chat("nope", "hi"))).await.unwrap_err();
+    let unknown = events(&mut d.client, tonic::Request::new(chat("nope", "hi")))
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
     let mut bad_role = chat("fake-a", "hi");
@@ -148,7 +162,9 @@ async fn errors_have_precise_codes_and_name_the_field() {
 
     let mut no_messages = chat("fake-a", "hi");
     no_messages.messages.clear();
-    let status = events(&mut d.client, tonic::Request::new(no_messages)).await.unwrap_err();
+    let status = events(&mut d.client, tonic::Request::new(no_messages))
+        .await
+        .unwrap_err();
     assert_eq!(status.metadata().get("llmlab-param").unwrap(), "messages");
 
     let mut hot = chat("fake-a", "hi");
@@ -161,11 +177,18 @@ async fn errors_have_precise_codes_and_name_the_field() {
     });
     let status = events(&mut d.client, tonic::Request::new(hot)).await.unwrap_err();
     assert_eq!(
-        (status.code(), status.metadata().get("llmlab-param").unwrap().to_str().unwrap()),
+        (
+            status.code(),
+            status.metadata().get("llmlab-param").unwrap().to_str().unwrap()
+        ),
         (Code::InvalidArgument, "temperature")
     );
 
-    let image = d.client.generate_image(pb::GenerateImageRequest::default()).await.unwrap_err();
+    let image = d
+        .client
+        .generate_image(pb::GenerateImageRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(image.code(), Code::Unimplemented);
 
     let embed_on_chat_model = d
@@ -177,10 +200,16 @@ async fn errors_have_precise_codes_and_name_the_field() {
         })
         .await
         .unwrap_err();
-    assert_eq!(embed_on_chat_model.code(), Code::InvalidArgument, "{embed_on_chat_model:?}");
+    assert_eq!(
+        embed_on_chat_model.code(),
+        Code::InvalidArgument,
+        "{embed_on_chat_model:?}"
+    );
 
     // Still serving.
-    let events = events(&mut d.client, tonic::Request::new(chat("fake-a", "hi"))).await.unwrap();
+    let events = events(&mut d.client, tonic::Request::new(chat("fake-a", "hi")))
+        .await
+        .unwrap();
     assert_eq!(text_of(&events), "ok");
 }
 
@@ -198,7 +227,10 @@ async fn embed_completes_and_models_load_and_unload() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.embeddings.len(), 2);
-    assert_eq!(answer.embeddings[0].values.len(), llmlab_core::testing::FAKE_EMBEDDING_DIMENSIONS);
+    assert_eq!(
+        answer.embeddings[0].values.len(),
+        llmlab_core::testing::FAKE_EMBEDDING_DIMENSIONS
+    );
 
     let completion = d
         .client
@@ -225,7 +257,13 @@ async fn embed_completes_and_models_load_and_unload() {
         .unwrap()
         .into_inner();
     assert_eq!(loaded.model.unwrap().state, "loaded");
-    let models = d.client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
+    let models = d
+        .client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
     let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["fake-a", "fake-b", "fake-embed"]);
     let unloaded = d

@@ -144,7 +144,12 @@ pub fn run(job: Job, service: Arc<Service>, cancel: CancellationToken) -> impl S
     }
 }
 
-fn generate(endpoint: Endpoint, body: Value, service: Arc<Service>, cancel: CancellationToken) -> impl Stream<Item = Step> + Send {
+fn generate(
+    endpoint: Endpoint,
+    body: Value,
+    service: Arc<Service>,
+    cancel: CancellationToken,
+) -> impl Stream<Item = Step> + Send {
     async_stream::stream! {
         let generation = match parse_value::<OpenAiRequest>(body).and_then(|b| Generation::new(b, endpoint, &service)) {
             Ok(generation) => generation,
@@ -209,7 +214,10 @@ mod tests {
         assert_eq!(param(br#"{"type": "dance", "body": {}}"#).as_deref(), Some("type"));
         assert_eq!(param(br#"{"type": "completions", "body": 3}"#).as_deref(), Some("body"));
         assert!(Job::parse(b"not json").is_err());
-        assert!(Job::parse(br#"{"type": "completions"}"#).unwrap_err().message.contains("body"));
+        assert!(Job::parse(br#"{"type": "completions"}"#)
+            .unwrap_err()
+            .message
+            .contains("body"));
     }
 
     #[test]
@@ -218,6 +226,9 @@ mod tests {
         assert!(retryable(Error::unavailable("loading failed")));
         assert!(retryable(Error::internal("decode failed")));
         assert!(!retryable(Error::invalid_param("messages", "empty")));
-        assert!(!retryable(Error::new(llmlab_core::ErrorKind::NotFound, "no such model")));
+        assert!(!retryable(Error::new(
+            llmlab_core::ErrorKind::NotFound,
+            "no such model"
+        )));
     }
 }

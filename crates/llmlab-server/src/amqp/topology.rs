@@ -54,7 +54,9 @@ impl Topology {
         };
         let job_queues = std::iter::once(self.shared_queue()).chain(models.iter().map(|m| self.model_queue(m)));
         for queue in job_queues {
-            channel.queue_declare(queue.into(), durable, job_arguments.clone()).await?;
+            channel
+                .queue_declare(queue.into(), durable, job_arguments.clone())
+                .await?;
         }
         channel
             .queue_declare(self.dead_letter_queue().into(), durable, FieldTable::default())

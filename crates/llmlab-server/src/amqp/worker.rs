@@ -63,7 +63,7 @@ pub async fn run(config: WorkerConfig, service: Arc<Service>, stopping: Cancella
                 if connected {
                     delay = RECONNECT_FIRST;
                 }
-                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "lost the broker connection or its consumers; reconnecting");
             }
         }
         tokio::select! {
@@ -105,7 +105,9 @@ async fn session(
     hard_stop: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let properties = ConnectionProperties::default().with_connection_name(config.worker_id.clone().into());
-    let connection = Connection::connect(&config.url, properties).await.map_err(lost(false))?;
+    let connection = Connection::connect(&config.url, properties)
+        .await
+        .map_err(lost(false))?;
     let channel = connection.create_channel().await.map_err(lost(false))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -131,7 +133,12 @@ async fn session(
     for queue in &queues {
         let tag = format!("{}/{queue}", config.worker_id);
         let consumer = channel
-            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(lost(false))?;
         consumers.push(consumer);
@@ -155,6 +162,7 @@ async fn session(
                     jobs.spawn(handle(Arc::clone(&context), delivery, session_over.child_token()));
                 }
                 Some(Err(error)) => break Some(anyhow::Error::from(error)),
+                // The broker cancels consumers of a queue that is deleted.
                 None => break Some(anyhow::anyhow!("the broker cancelled the consumers")),
             },
             Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
@@ -166,13 +174,19 @@ async fn session(
         return Err(SessionEnd { connected: true, error });
     }
 
-    tracing::info!(in_flight = jobs.len(), "stopping: no new jobs; finishing in-flight ones");
+    tracing::info!(
+        in_flight = jobs.len(),
+        "stopping: no new jobs; finishing in-flight ones"
+    );
     for tag in tags {
         let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
     }
     let finished = tokio::time::timeout(config.grace, async { while jobs.join_next().await.is_some() {} }).await;
     if finished.is_err() {
-        tracing::warn!(left = jobs.len(), "grace period over; cancelling the remaining jobs (they go back on their queues)");
+        tracing::warn!(
+            left = jobs.len(),
+            "grace period over; cancelling the remaining jobs (they go back on their queues)"
+        );
         hard_stop.cancel();
         while jobs.join_next().await.is_some() {}
     }
@@ -252,7 +266,11 @@ async fn try_handle(
         return requeue(delivery).await;
     }
     if error.is_retryable() && attempt < context.config.max_attempts {
-        tracing::warn!(attempt, error = error.message(), "job failed; it goes back on its queue");
+        tracing::warn!(
+            attempt,
+            error = error.message(),
+            "job failed; it goes back on its queue"
+        );
         tokio::select! {
             () = cancel.cancelled() => return requeue(delivery).await,
             () = tokio::time::sleep(context.config.retry_delay) => {}
@@ -343,10 +361,21 @@ fn with_headers(delivery: &lapin::message::Delivery, extra: &[(&str, AMQPValue)]
     delivery.properties.clone().with_headers(headers)
 }
 
-async fn publish_confirmed(context: &Context, queue: &str, body: &[u8], properties: BasicProperties) -> lapin::Result<()> {
+async fn publish_confirmed(
+    context: &Context,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<()> {
     context
         .channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
         .await?
         .await?;
     Ok(())
@@ -359,14 +388,22 @@ async fn retry(context: &Context, delivery: &lapin::message::Delivery, attempt: 
 }
 
 /// Move the job to the dead-letter queue with the reason in its headers.
-async fn dead_letter(context: &Context, delivery: &lapin::message::Delivery, reason: &str, attempt: u32) -> lapin::Result<()> {
+async fn dead_letter(
+    context: &Context,
+    delivery: &lapin::message::Delivery,
+    reason: &str,
+    attempt: u32,
+) -> lapin::Result<()> {
     tracing::warn!(reason, queue = %delivery.routing_key, "job dead-lettered");
     let properties = with_headers(
         delivery,
         &[
             (REASON_HEADER, AMQPValue::LongString(reason.into())),
             (ATTEMPTS_HEADER, AMQPValue::LongInt(attempt as i32)),
-            (QUEUE_HEADER, AMQPValue::LongString(delivery.routing_key.as_str().into())),
+            (
+                QUEUE_HEADER,
+                AMQPValue::LongString(delivery.routing_key.as_str().into()),
+            ),
         ],
     );
     let queue = context.config.topology.dead_letter_queue();

@@ -23,7 +23,11 @@ pub fn deadline(metadata: &MetadataMap) -> Result<Option<Instant>> {
 
 /// Parse `grpc-timeout`: digits, then H, M, S, m (milli), u (micro) or n (nano).
 pub fn parse_timeout(text: &str) -> Result<Duration> {
-    let bad = || Error::invalid(format!("grpc-timeout '{text}' is not digits followed by H, M, S, m, u or n"));
+    let bad = || {
+        Error::invalid(format!(
+            "grpc-timeout '{text}' is not digits followed by H, M, S, m, u or n"
+        ))
+    };
     let split = text.len().checked_sub(1).ok_or_else(bad)?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -46,10 +46,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(proto::llmlab_server::LlmlabServer::new(door))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { stopping.cancelled().await },
-        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            stopping.cancelled().await
+        })
         .await?;
     Ok(())
 }

@@ -40,9 +40,14 @@ fn deadline_passed() -> Status {
 }
 
 /// Run `work` until the client's deadline, if one was set.
-async fn within<T>(until: Option<Instant>, work: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+async fn within<T>(
+    until: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     match until {
-        Some(at) => tokio::time::timeout_at(at, work).await.unwrap_or_else(|_| Err(deadline_passed())),
+        Some(at) => tokio::time::timeout_at(at, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_passed())),
         None => work.await,
     }
 }
@@ -136,14 +141,16 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         let until = deadline(request.metadata()).map_err(status)?;
         let core = convert::chat_request(request.into_inner()).map_err(status)?;
         let cancel = self.hard_stop.child_token();
-        self.answer(self.service.chat(core, cancel.clone()), until, cancel).await
+        self.answer(self.service.chat(core, cancel.clone()), until, cancel)
+            .await
     }
 
     async fn complete(&self, request: Request<proto::CompleteRequest>) -> Result<Response<EventStream>, Status> {
         let until = deadline(request.metadata()).map_err(status)?;
         let core = convert::completion_request(request.into_inner()).map_err(status)?;
         let cancel = self.hard_stop.child_token();
-        self.answer(self.service.complete(core, cancel.clone()), until, cancel).await
+        self.answer(self.service.complete(core, cancel.clone()), until, cancel)
+            .await
     }
 
     async fn embed(&self, request: Request<proto::EmbedRequest>) -> Result<Response<proto::EmbedResponse>, Status> {
@@ -169,8 +176,16 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         let request = request.into_inner();
         let keep_alive = convert::load_keep_alive(&request.keep_alive).map_err(status)?;
         let id = self.service.model_id(&request.model).to_owned();
-        within(until, async { self.service.load(&id, keep_alive).await.map_err(status) }).await?;
-        let model = self.service.models().iter().find(|m| m.id == id).map(convert::model_info);
+        within(until, async {
+            self.service.load(&id, keep_alive).await.map_err(status)
+        })
+        .await?;
+        let model = self
+            .service
+            .models()
+            .iter()
+            .find(|m| m.id == id)
+            .map(convert::model_info);
         Ok(Response::new(proto::LoadModelResponse { model }))
     }
 

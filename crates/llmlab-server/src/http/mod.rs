@@ -76,7 +76,12 @@ pub fn router(state: AppState) -> Router {
 /// Serve until `stopping` is cancelled (ctrl-c / SIGTERM), then stop
 /// accepting, give in-flight requests `grace` to finish, and cancel
 /// whatever is left.
-pub async fn serve(addr: SocketAddr, state: AppState, grace: Duration, stopping: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    grace: Duration,
+    stopping: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");
     let shutdown = state.shutdown.clone();

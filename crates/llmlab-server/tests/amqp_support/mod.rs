@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::Value;
@@ -54,7 +56,10 @@ impl Worker {
             .stdout(Stdio::null())
             .spawn()
             .expect("llmlab starts");
-        Self { child, id: id.to_owned() }
+        Self {
+            child,
+            id: id.to_owned(),
+        }
     }
 
     /// SIGTERM: the graceful stop.
@@ -73,7 +78,11 @@ impl Worker {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "worker {} still running", self.id);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker {} still running",
+                self.id
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -128,7 +137,10 @@ impl Client {
             auto_delete: true,
             ..Default::default()
         };
-        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
         let reply_queue = queue.name().as_str().to_owned();
         let replies = channel
             .basic_consume(
@@ -170,7 +182,13 @@ impl Client {
             .with_reply_to(self.reply_queue.as_str().into())
             .with_delivery_mode(2);
         self.channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .unwrap()
             .await
@@ -178,7 +196,8 @@ impl Client {
     }
 
     pub async fn publish(&self, queue: &str, job: &Value, correlation_id: &str) {
-        self.publish_raw(queue, job.to_string().as_bytes(), correlation_id).await;
+        self.publish_raw(queue, job.to_string().as_bytes(), correlation_id)
+            .await;
     }
 
     pub async fn next_reply(&mut self, within: Duration) -> Reply {
@@ -223,7 +242,10 @@ impl Client {
             // A passive declaration of a missing queue closes the channel:
             // use a fresh one each time.
             let channel = self.connection.create_channel().await.unwrap();
-            if let Ok(q) = channel.queue_declare(queue.into(), options, FieldTable::default()).await {
+            if let Ok(q) = channel
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await
+            {
                 if q.consumer_count() >= count {
                     return;
                 }
