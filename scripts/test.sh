@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 python3 -c 'import openai, pytest' 2>/dev/null || python3 -m pip install --quiet openai pytest
-cargo build -p llmlab-server --quiet
-cargo run -p llmlab-server --quiet -- pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
+# One build for everything: the test binaries and the `llmlab` binary they
+# drive (a separate `cargo build` would compile the dependencies a second
+# time, with other features).
+cargo test --workspace --no-run --quiet
+LLMLAB_BIN="${CARGO_TARGET_DIR:-target}/debug/llmlab"
+"$LLMLAB_BIN" pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.
 cargo test --workspace "$@"
-LLMLAB_BIN="${CARGO_TARGET_DIR:-target}/debug/llmlab" python3 -m pytest -q tests/e2e
+LLMLAB_BIN="$LLMLAB_BIN" python3 -m pytest -q tests/e2e

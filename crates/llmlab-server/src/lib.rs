@@ -2,6 +2,7 @@
 //! a library so integration tests can drive the router in process.
 
 pub mod amqp;
+pub mod api_key;
 pub mod bench;
 pub mod cli;
 pub mod factory;

@@ -15,6 +15,7 @@ use llmlab_core::testing::{fake_registry, FakeFactory, Script};
 use llmlab_server::grpc::proto::chat_event::Event;
 use llmlab_server::grpc::proto::llmlab_client::LlmlabClient;
 use llmlab_server::grpc::proto::{self as pb};
+use llmlab_server::grpc::GrpcConfig;
 
 struct Door {
     client: LlmlabClient<Channel>,
@@ -23,6 +24,10 @@ struct Door {
 }
 
 async fn door(script: Script) -> Door {
+    door_with(script, GrpcConfig::default()).await
+}
+
+async fn door_with(script: Script, config: GrpcConfig) -> Door {
     let factory = Arc::new(FakeFactory::new(script));
     let service = Arc::new(Service::new(fake_registry(), Arc::clone(&factory) as _));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -30,6 +35,7 @@ async fn door(script: Script) -> Door {
     tokio::spawn(llmlab_server::grpc::serve(
         listener,
         service,
+        config,
         CancellationToken::new(),
         CancellationToken::new(),
     ));
@@ -319,4 +325,48 @@ async fn health_and_reflection_answer() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"llmlab.v1.Llmlab".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn the_api_key_guards_the_service_but_not_health() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let config = GrpcConfig {
+        api_key: Some("sesame".into()),
+        max_message_bytes: Some(1024),
+    };
+    let mut d = door_with(Script::text(&["ok"]), config).await;
+    let refused = events(&mut d.client, tonic::Request::new(chat("fake-a", "hi")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().starts_with("missing API key"), "{refused:?}");
+
+    let mut wrong = tonic::Request::new(chat("fake-a", "hi"));
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        events(&mut d.client, wrong).await.unwrap_err().message(),
+        "invalid API key"
+    );
+
+    let mut right = tonic::Request::new(chat("fake-a", "hi"));
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer sesame".parse().unwrap());
+    assert_eq!(text_of(&events(&mut d.client, right).await.unwrap()), "ok");
+
+    let mut too_big = tonic::Request::new(chat("fake-a", &"x".repeat(2000)));
+    too_big
+        .metadata_mut()
+        .insert("authorization", "Bearer sesame".parse().unwrap());
+    let status = events(&mut d.client, too_big).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    let health = HealthClient::new(d.channel.clone())
+        .check(HealthCheckRequest { service: String::new() })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
 }

@@ -212,7 +212,10 @@ fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
 /// error on the way leaves the delivery unacknowledged for redelivery.
 async fn handle(context: Arc<Context>, delivery: lapin::message::Delivery, cancel: CancellationToken) {
     if let Err(error) = try_handle(&context, &delivery, &cancel).await {
-        tracing::warn!(error = %error, "job left unacknowledged; the broker will deliver it again");
+        tracing::warn!(error = %error, "job not finished; it goes back on its queue");
+        // On a live channel the job would otherwise hold its slot until the
+        // connection closes; on a dead one the broker requeues it anyway.
+        let _ = requeue(&delivery).await;
     }
 }
 
@@ -220,7 +223,7 @@ async fn try_handle(
     context: &Context,
     delivery: &lapin::message::Delivery,
     cancel: &CancellationToken,
-) -> lapin::Result<()> {
+) -> anyhow::Result<()> {
     let properties = &delivery.properties;
     let correlation_id = properties.correlation_id().clone();
     let reply_to = properties.reply_to().clone();
@@ -288,16 +291,18 @@ async fn try_handle(
     ack(delivery).await
 }
 
-async fn ack(delivery: &lapin::message::Delivery) -> lapin::Result<()> {
-    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+async fn ack(delivery: &lapin::message::Delivery) -> anyhow::Result<()> {
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
 }
 
-async fn requeue(delivery: &lapin::message::Delivery) -> lapin::Result<()> {
+async fn requeue(delivery: &lapin::message::Delivery) -> anyhow::Result<()> {
     let options = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    delivery.nack(options).await.map(|_| ())
+    delivery.nack(options).await?;
+    Ok(())
 }
 
 /// Publishes a job's replies to its `reply_to` queue.
@@ -340,14 +345,15 @@ impl Replies<'_> {
     }
 
     /// Publish one reply and wait for the broker to take it.
-    async fn send_confirmed(&self, reply: &Value) -> lapin::Result<()> {
+    async fn send_confirmed(&self, reply: &Value) -> anyhow::Result<()> {
         confirmed(self.send(reply).await?).await
     }
 }
 
-async fn confirmed(confirm: Option<PublisherConfirm>) -> lapin::Result<()> {
+/// Wait for the broker's confirmation; a refusal (nack) is an error.
+async fn confirmed(confirm: Option<PublisherConfirm>) -> anyhow::Result<()> {
     if let Some(confirm) = confirm {
-        confirm.await?;
+        anyhow::ensure!(!confirm.await?.is_nack(), "the broker refused a published message");
     }
     Ok(())
 }
@@ -366,8 +372,8 @@ async fn publish_confirmed(
     queue: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> lapin::Result<()> {
-    context
+) -> anyhow::Result<()> {
+    let confirm = context
         .channel
         .basic_publish(
             "".into(),
@@ -376,13 +382,12 @@ async fn publish_confirmed(
             body,
             properties,
         )
-        .await?
         .await?;
-    Ok(())
+    confirmed(Some(confirm)).await
 }
 
 /// Put the job back on the queue it came from, its attempts counted.
-async fn retry(context: &Context, delivery: &lapin::message::Delivery, attempt: u32) -> lapin::Result<()> {
+async fn retry(context: &Context, delivery: &lapin::message::Delivery, attempt: u32) -> anyhow::Result<()> {
     let properties = with_headers(delivery, &[(ATTEMPTS_HEADER, AMQPValue::LongInt(attempt as i32))]);
     publish_confirmed(context, delivery.routing_key.as_str(), &delivery.data, properties).await
 }
@@ -393,7 +398,7 @@ async fn dead_letter(
     delivery: &lapin::message::Delivery,
     reason: &str,
     attempt: u32,
-) -> lapin::Result<()> {
+) -> anyhow::Result<()> {
     tracing::warn!(reason, queue = %delivery.routing_key, "job dead-lettered");
     let properties = with_headers(
         delivery,

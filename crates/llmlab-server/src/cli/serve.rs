@@ -91,8 +91,12 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
         let mut doors = tokio::task::JoinSet::new();
         if let Some(port) = args.grpc_port {
             let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, port)).await?;
+            let config = crate::grpc::GrpcConfig {
+                api_key: state.config.api_key.clone(),
+                max_message_bytes: Some(state.config.max_body_bytes),
+            };
             let (service, stopping, hard_stop) = (Arc::clone(&service), stopping.clone(), state.shutdown.clone());
-            doors.spawn(crate::grpc::serve(listener, service, stopping, hard_stop));
+            doors.spawn(crate::grpc::serve(listener, service, config, stopping, hard_stop));
         }
         if let Some(worker) = worker {
             doors.spawn(crate::amqp::run(worker, Arc::clone(&service), stopping.clone()));

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use llmlab_core::{Error, ErrorKind};
 
-pub use crate::openai::errors::{envelope, status_for};
+use crate::openai::errors::{envelope, status_for};
 
 /// An error on its way to an HTTP client.
 #[derive(Debug)]

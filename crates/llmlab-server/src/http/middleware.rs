@@ -6,6 +6,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use crate::api_key::{self, KeyCheck};
+
 use super::errors::ApiError;
 use super::handlers::ModelLabel;
 use super::AppState;
@@ -47,27 +49,12 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
 
 /// With an API key configured, `/v1/*` requires `Authorization: Bearer <key>`.
 pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.config.api_key.as_deref() else {
-        return next.run(request).await;
-    };
-    let presented = request
+    let authorization = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::http(StatusCode::UNAUTHORIZED, "invalid API key").into_response(),
-        None => ApiError::http(
-            StatusCode::UNAUTHORIZED,
-            "missing API key: send 'Authorization: Bearer <key>'",
-        )
-        .into_response(),
+        .and_then(|v| v.to_str().ok());
+    match api_key::check(state.config.api_key.as_deref(), authorization) {
+        KeyCheck::Allowed => next.run(request).await,
+        refused => ApiError::http(StatusCode::UNAUTHORIZED, refused.message()).into_response(),
     }
-}
-
-/// Compare without leaking the position of the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,5 +1,6 @@
 //! A core event stream as the OpenAI streaming chunks every streaming door
-//! sends (SSE frames them as `data:` lines, the WebSocket as frames).
+//! sends (SSE frames them as `data:` lines, the WebSocket as frames, the job
+//! queue as reply messages).
 //!
 //! Dropping the returned stream (the client went away) drops the core
 //! stream, which tells the engine to stop within one decode step.
