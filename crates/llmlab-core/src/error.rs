@@ -37,6 +37,16 @@ impl ErrorKind {
             Self::Internal => "internal",
         }
     }
+
+    /// Whether the same request may succeed if tried again later: the
+    /// failure was the server's (busy, a model that could not serve, a
+    /// deadline, a backend fault), not the request's or the caller's.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Overloaded | Self::Unavailable | Self::Timeout | Self::Internal
+        )
+    }
 }
 
 /// An error with a kind, a human-readable message and, for invalid requests,
@@ -94,5 +104,23 @@ impl Error {
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_failures_are_worth_another_try() {
+        let retryable = [
+            ErrorKind::Overloaded,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+            ErrorKind::Internal,
+        ];
+        let final_ = [ErrorKind::InvalidRequest, ErrorKind::NotFound, ErrorKind::Cancelled];
+        assert!(retryable.iter().all(|k| k.is_retryable()));
+        assert!(final_.iter().all(|k| !k.is_retryable()));
     }
 }

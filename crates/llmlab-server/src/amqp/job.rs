@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::service::Service;
-use llmlab_core::{Error, Result};
+use llmlab_core::{Error, ErrorKind, Result};
 
 use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody, SimilarityBody};
@@ -78,6 +78,7 @@ impl Job {
 /// Why a job failed, as its requester will read it.
 #[derive(Debug, Clone)]
 pub struct JobError {
+    pub kind: ErrorKind,
     pub status: u16,
     /// OpenAI's error envelope.
     pub envelope: Value,
@@ -87,15 +88,16 @@ impl JobError {
     pub fn from_core(error: &Error) -> Self {
         let status = status_for(error.kind);
         Self {
+            kind: error.kind,
             status: status.as_u16(),
             envelope: envelope(status, error),
         }
     }
 
-    /// Failures another try may cure: overload, an unavailable model, a
-    /// deadline, an internal error. Anything else is the request's fault.
+    /// Failures another try may cure (the core's policy); anything else is
+    /// the request's fault.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.status, 429 | 500 | 503 | 504)
+        self.kind.is_retryable()
     }
 
     pub fn message(&self) -> &str {
@@ -179,8 +181,8 @@ fn generate(
         while let Some(item) = items.next().await {
             match item {
                 StreamItem::Chunk(data) => yield Step::Reply(json!({"type": "chunk", "data": data})),
-                StreamItem::Error { status, envelope } => {
-                    yield Step::Failed(JobError { status, envelope });
+                StreamItem::Error { kind, status, envelope } => {
+                    yield Step::Failed(JobError { kind, status, envelope });
                     return;
                 }
             }

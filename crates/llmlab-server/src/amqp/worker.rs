@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -228,11 +228,11 @@ async fn try_handle(
     let correlation_id = properties.correlation_id().clone();
     let reply_to = properties.reply_to().clone();
     let attempt = header_u32(properties, ATTEMPTS_HEADER) + 1;
-    let replies = Replies {
+    let replies = Replies::new(
         context,
-        reply_to: reply_to.as_ref().map(|q| q.as_str().to_owned()),
-        correlation_id: correlation_id.as_ref().map(|c| c.as_str().to_owned()),
-    };
+        reply_to.as_ref().map(|q| q.as_str().to_owned()),
+        correlation_id,
+    );
     let job = match (Job::parse(&delivery.data), &reply_to) {
         (Err(error), _) => {
             let error = JobError::from_core(&error);
@@ -309,24 +309,34 @@ async fn requeue(delivery: &lapin::message::Delivery) -> anyhow::Result<()> {
 struct Replies<'a> {
     context: &'a Context,
     reply_to: Option<String>,
-    correlation_id: Option<String>,
+    /// The same for every reply of the job (a streamed job sends one per
+    /// token), so built once.
+    properties: BasicProperties,
 }
 
-impl Replies<'_> {
-    /// Publish one reply; the returned confirmation resolves once the
-    /// broker has it (none when there is nobody to tell).
-    async fn send(&self, reply: &Value) -> lapin::Result<Option<PublisherConfirm>> {
+impl<'a> Replies<'a> {
+    fn new(context: &'a Context, reply_to: Option<String>, correlation_id: Option<ShortString>) -> Self {
         let mut headers = FieldTable::default();
         headers.insert(
             WORKER_HEADER.into(),
-            AMQPValue::LongString(LongString::from(self.context.config.worker_id.as_str())),
+            AMQPValue::LongString(LongString::from(context.config.worker_id.as_str())),
         );
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(headers);
-        if let Some(id) = &self.correlation_id {
-            properties = properties.with_correlation_id(id.as_str().into());
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id);
         }
+        Self {
+            context,
+            reply_to,
+            properties,
+        }
+    }
+
+    /// Publish one reply; the returned confirmation resolves once the
+    /// broker has it (none when there is nobody to tell).
+    async fn send(&self, reply: &Value) -> lapin::Result<Option<PublisherConfirm>> {
         let Some(queue) = &self.reply_to else {
             return Ok(None);
         };
@@ -338,7 +348,7 @@ impl Replies<'_> {
                 queue.as_str().into(),
                 BasicPublishOptions::default(),
                 reply.to_string().as_bytes(),
-                properties,
+                self.properties.clone(),
             )
             .await?;
         Ok(Some(confirm))

@@ -231,7 +231,9 @@ async fn run_request(
     while let Some(item) = stream.next().await {
         let frame = match item {
             StreamItem::Chunk(data) => json!({"id": id, "type": "chunk", "data": data}),
-            StreamItem::Error { status, mut envelope } => {
+            StreamItem::Error {
+                status, mut envelope, ..
+            } => {
                 envelope["id"] = json!(id);
                 envelope["type"] = json!("error");
                 envelope["status"] = json!(status);

@@ -19,12 +19,17 @@ pub enum StreamItem {
     /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`).
     Chunk(Value),
     /// The error that ended the stream, in OpenAI's envelope, and its status.
-    Error { status: u16, envelope: Value },
+    Error {
+        kind: ErrorKind,
+        status: u16,
+        envelope: Value,
+    },
 }
 
 fn error_item(error: &Error) -> StreamItem {
     let status = status_for(error.kind);
     StreamItem::Error {
+        kind: error.kind,
         status: status.as_u16(),
         envelope: envelope(status, error),
     }

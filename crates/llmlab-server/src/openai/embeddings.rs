@@ -108,10 +108,6 @@ fn base64_vector(vector: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn usage(prompt_tokens: u32) -> Value {
-    json!({ "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens })
-}
-
 impl EmbeddingsBody {
     /// The core request and the vector encoding the client asked for.
     pub fn into_request(self) -> Result<(EmbeddingRequest, Encoding)> {
@@ -142,12 +138,7 @@ pub fn embeddings_json(answer: &EmbeddingResponse, encoding: Encoding) -> Value 
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    json!({
-        "object": "list",
-        "data": data,
-        "model": answer.model,
-        "usage": usage(answer.prompt_tokens),
-    })
+    list(data, &answer.model, answer.prompt_tokens)
 }
 
 impl SimilarityBody {
@@ -169,10 +160,15 @@ pub fn similarity_json(answer: &SimilarityResponse, documents: &[String]) -> Val
         .iter()
         .map(|r| json!({ "index": r.index, "document": documents[r.index], "score": r.score }))
         .collect();
+    list(data, &answer.model, answer.prompt_tokens)
+}
+
+/// OpenAI's list answer with token usage (embeddings read, never generate).
+fn list(data: Vec<Value>, model: &str, prompt_tokens: u32) -> Value {
     json!({
         "object": "list",
         "data": data,
-        "model": answer.model,
-        "usage": usage(answer.prompt_tokens),
+        "model": model,
+        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
     })
 }
