@@ -66,10 +66,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len().max(1) as f64).sqrt();
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     println!(
-        "{{\"impl\":\"llmlab-candle\",\"model\":\"{id}\",\"batch\":{batch},\"rounds\":{rounds},\"threads\":{threads},\
-         \"tokens_per_batch\":{tokens},\"load_s\":{load_s:.2},\"sentences_per_s\":{mean:.1},\"sd\":{sd:.1}}}"
+        "{{\"impl\":\"llmlab-candle\",\"matmul\":\"{}\",\"model\":\"{id}\",\"batch\":{batch},\"rounds\":{rounds},\"threads\":{threads},\
+         \"tokens_per_batch\":{tokens},\"load_s\":{load_s:.2},\"sentences_per_s\":{mean:.1},\"sd\":{sd:.1}}}",
+        model.matmul_kernel()
     );
     Ok(())
 }

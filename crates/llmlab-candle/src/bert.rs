@@ -3,16 +3,14 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use llmlab_core::embedding::{combine_chunks, EmbedInput, Pooling, RawEmbedding};
 use llmlab_core::pipeline::EmbeddingPipeline;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::{Error, Result};
 use tokenizers::Tokenizer;
 
-use crate::batch::{plan_batches, MAX_PADDED_TOKENS, MAX_SEQUENCES};
+use crate::batch::{plan_batches, MAX_BATCH_TOKENS, MAX_SEQUENCES};
+use crate::encoder::{BertConfig, Encoder, MatmulKernel};
 use crate::pooling::pool;
 use crate::windows::{content_tokens, Specials, Window, Windowing};
 
@@ -22,17 +20,15 @@ const TOKENIZER_FILE: &str = "tokenizer.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// A BERT-family encoder (BERT, MiniLM, …) that pools token states into
-/// sentence embeddings, on the CPU. Runs on the caller's thread; candle
-/// spreads each matrix product over every core.
+/// sentence embeddings, on the CPU. Runs on the caller's thread and spreads
+/// each step over every core (rayon's pool).
 pub struct BertEmbeddingPipeline {
     id: String,
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     windowing: Windowing,
     pooling: Pooling,
     hidden_size: usize,
-    pad_id: u32,
-    device: Device,
 }
 
 impl BertEmbeddingPipeline {
@@ -45,31 +41,30 @@ impl BertEmbeddingPipeline {
         let config_path = dir.join(CONFIG_FILE);
         let config_text = std::fs::read_to_string(&config_path)
             .map_err(|e| unavailable(&format!("cannot read {}", config_path.display()), &e))?;
-        let config: Config = serde_json::from_str(&config_text)
+        let config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| unavailable(&format!("{} is not a BERT config", config_path.display()), &e))?;
 
         let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE)).map_err(|e| unavailable("tokenizer", &e))?;
         let specials = probe_specials(&tokenizer).map_err(|e| unavailable("tokenizer", &e))?;
 
-        let device = Device::Cpu;
         let weights_path = dir.join(WEIGHTS_FILE);
         // Read into memory rather than mmap: mapping a file is `unsafe`
         // (another process could change it under us), and 100 MB is cheap.
         let weights = std::fs::read(&weights_path)
             .map_err(|e| unavailable(&format!("cannot read {}", weights_path.display()), &e))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| unavailable(&format!("{} is not safetensors", weights_path.display()), &e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| unavailable("weights do not fit the config", &e))?;
+        let encoder = Encoder::load(&config, &weights, MatmulKernel::detect())
+            .map_err(|e| unavailable(&format!("{} does not fit its config", weights_path.display()), &e))?;
 
         tracing::info!(
             model = %spec.id,
             hidden_size = config.hidden_size,
             window = config.max_position_embeddings,
+            matmul = encoder.kernel().name(),
             "loaded BERT embedding model"
         );
         Ok(Self {
             id: spec.id.clone(),
-            model,
+            encoder,
             tokenizer,
             windowing: Windowing {
                 specials,
@@ -80,9 +75,13 @@ impl BertEmbeddingPipeline {
             // mean-pool; the registry names the exceptions.
             pooling: spec.pooling.unwrap_or(Pooling::Mean),
             hidden_size: config.hidden_size,
-            pad_id: u32::try_from(config.pad_token_id).unwrap_or(0),
-            device,
         })
+    }
+
+    /// The matrix-product kernel this model runs on: `amx-bf16x3` or
+    /// `candle-gemm`.
+    pub fn matmul_kernel(&self) -> &'static str {
+        self.encoder.kernel().name()
     }
 
     /// Content tokens of each text, without specials (the pipeline adds
@@ -102,7 +101,7 @@ impl BertEmbeddingPipeline {
     fn embed_windows(&self, windows: &[Window]) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = windows.iter().map(|w| w.tokens.len()).collect();
         let mut pooled: Vec<Option<Vec<f32>>> = vec![None; windows.len()];
-        for batch in plan_batches(&lengths, MAX_SEQUENCES, MAX_PADDED_TOKENS) {
+        for batch in plan_batches(&lengths, MAX_SEQUENCES, MAX_BATCH_TOKENS) {
             let members: Vec<&[u32]> = batch.iter().map(|&i| &windows[i].tokens[..]).collect();
             let vectors = self.run_batch(&members)?;
             for (index, vector) in batch.into_iter().zip(vectors) {
@@ -115,26 +114,17 @@ impl BertEmbeddingPipeline {
             .collect()
     }
 
-    /// One forward pass over sequences padded on the right to the longest.
+    /// One forward pass over `sequences`, packed without padding.
     fn run_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * longest);
-        let mut mask = Vec::with_capacity(sequences.len() * longest);
-        for sequence in sequences {
-            ids.extend_from_slice(sequence);
-            ids.resize(ids.len() + longest - sequence.len(), self.pad_id);
-            mask.extend(std::iter::repeat_n(1u32, sequence.len()));
-            mask.resize(mask.len() + longest - sequence.len(), 0);
-        }
-        let hidden = self.forward(ids, mask, sequences.len(), longest).map_err(|e| {
+        let hidden = self.encoder.forward(sequences).map_err(|e| {
             Error::internal(format!(
-                "model '{}': forward pass over {} sequences of up to {longest} tokens failed: {e}",
+                "model '{}': forward pass over {} sequences failed: {e}",
                 self.id,
                 sequences.len()
             ))
         })?;
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
-        let vectors = pool(&hidden, longest, self.hidden_size, &lengths, self.pooling);
+        let vectors = pool(&hidden, self.hidden_size, &lengths, self.pooling);
         // A non-finite vector would poison every similarity computed from
         // it; fail loudly instead.
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
@@ -144,22 +134,6 @@ impl BertEmbeddingPipeline {
             )));
         }
         Ok(vectors)
-    }
-
-    /// The last hidden states, flattened `[sequences, longest, hidden]`.
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        sequences: usize,
-        longest: usize,
-    ) -> candle_core::Result<Vec<f32>> {
-        let ids = Tensor::from_vec(ids, (sequences, longest), &self.device)?;
-        let mask = Tensor::from_vec(mask, (sequences, longest), &self.device)?;
-        // Single-segment inputs: every token is of type 0.
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        hidden.flatten_all()?.to_vec1::<f32>()
     }
 }
 

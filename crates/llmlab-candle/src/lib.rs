@@ -2,12 +2,14 @@
 //! of safetensors weights, a `config.json` and a `tokenizer.json`, on the CPU.
 //!
 //! The pipeline tokenises, cuts long inputs into windows the model can read,
-//! runs windows in length-sorted padded batches and pools each window's token
-//! states under its attention mask. Vectors leave unnormalised: the core
+//! runs batches of windows packed without padding through its own encoder
+//! (matrix products on AMX tiles where the CPU has them, else candle's
+//! matmul) and pools each window's token states. Vectors leave unnormalised: the core
 //! service normalises, once, for every backend.
 
 mod batch;
 mod bert;
+mod encoder;
 mod pooling;
 mod windows;
 

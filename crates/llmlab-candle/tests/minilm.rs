@@ -96,7 +96,10 @@ fn matches_sentence_transformers() {
         assert!(raw.tokens >= 3, "{sentence:?} read {} tokens", raw.tokens);
         worst = worst.min(cosine);
     }
-    eprintln!("vs sentence-transformers: lowest cosine {worst}, largest component gap {largest_gap:e}");
+    eprintln!(
+        "vs sentence-transformers ({}): lowest cosine {worst}, largest component gap {largest_gap:e}",
+        model.matmul_kernel()
+    );
 }
 
 #[test]

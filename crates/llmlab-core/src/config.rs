@@ -23,8 +23,24 @@ pub const ENV_BATCH_INVARIANT: &str = "LLMLAB_BATCH_INVARIANT";
 /// The build-time half (llamafile and weight repacking off) lives in
 /// `.cargo/config.toml`.
 pub fn batch_invariant() -> bool {
-    !matches!(
-        std::env::var(ENV_BATCH_INVARIANT).as_deref().map(str::trim),
+    !switched_off(ENV_BATCH_INVARIANT)
+}
+
+/// `0` keeps the BERT encoder off Intel AMX tiles even where the CPU and
+/// the OS offer them (candle's matmul runs instead); see [`amx_allowed`].
+pub const ENV_AMX: &str = "LLMLAB_AMX";
+
+/// Whether the candle encoder may use AMX tiles when they are usable
+/// (default). Turning it off is for comparing kernels and for machines
+/// whose hypervisor misreports AMX.
+pub fn amx_allowed() -> bool {
+    !switched_off(ENV_AMX)
+}
+
+/// An on-by-default switch set to `0`, `false`, `off` or `no`.
+fn switched_off(name: &str) -> bool {
+    matches!(
+        std::env::var(name).as_deref().map(str::trim),
         Ok("0" | "false" | "off" | "no")
     )
 }

@@ -1,0 +1,224 @@
+/*
+ * Matrix products on Intel AMX tiles (AMX-BF16) for llmlab-candle's BERT
+ * encoder. The Rust side (src/encoder/amx.rs) calls these only after
+ * llmlab_amx_init() answered 1, and only through its safe wrappers, which
+ * check every buffer size stated below.
+ *
+ * Precision. A float is split into two bf16 parts, x = hi + lo, which
+ * together keep 16 of its 24 significant bits. With `split` set, a product
+ * sums three tile products (hi*hi + hi*lo + lo*hi; lo*lo is below the
+ * rounding of the sum) in fp32: within ~1e-6 of an fp32 product relative to
+ * sum|a*w|. Without it, only hi*hi runs: plain bf16, three times faster.
+ *
+ * Layouts (T = 16 rows, K = 32 bf16 = one 64-byte tile row):
+ *  - activations, "row tiles": rows are grouped by 16 and padded with zero
+ *    rows to a multiple of 32; each group stores its k_pad/32 tiles one
+ *    after the other, each tile 16 rows x 32 values. A group of 16 rows
+ *    therefore takes 16 * k_pad values and its K sweep is contiguous.
+ *  - weights W[n][k] (a PyTorch Linear weight, out x in), packed once into
+ *    "pair tiles": columns (n) grouped by 16, padded to a multiple of 32;
+ *    tile (group, kb) row r holds, for each of the 16 columns j, the pair
+ *    W[j][kb*32 + 2r], W[j][kb*32 + 2r + 1], which is how tdpbf16ps reads
+ *    its second operand.
+ *  - output: row-major fp32, m x n, `ldc` floats apart.
+ */
+/* The workspace's CFLAGS turn AMX off for llama.cpp (see .cargo/config.toml);
+ * a target pragma, unlike -m flags, overrides that for this file alone. */
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw")
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define TILE_ROWS 16
+#define TILE_K 32
+#define TILE_VALUES (TILE_ROWS * TILE_K)
+
+static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
+int llmlab_amx_init(void) {
+    unsigned r[4];
+    cpuid(0, 0, r);
+    if (r[0] < 7) return 0;
+    cpuid(1, 0, r);
+    if (!((r[2] >> 27) & 1)) return 0; /* OSXSAVE: xgetbv is allowed */
+    cpuid(7, 0, r);
+    int amx_bf16 = (r[3] >> 22) & 1, amx_tile = (r[3] >> 24) & 1, avx512f = (r[1] >> 16) & 1;
+    if (!(amx_bf16 && amx_tile && avx512f)) return 0;
+    /* The OS must save tile state (XCR0 bits 17 and 18), and Linux hands
+     * the 8 KiB of tile data only to a process that asks. A VM that lists
+     * AMX but does not enable it fails one of these two checks instead of
+     * trapping on the first tile instruction. */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3) != 3) return 0;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
+static inline uint16_t bf16_round(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    bits += 0x7fffu + ((bits >> 16) & 1u); /* to nearest, ties to even; inputs are finite */
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &bits, 4);
+    return x;
+}
+
+static inline void split(float x, uint16_t *hi, uint16_t *lo) {
+    uint16_t top = bf16_round(x);
+    *hi = top;
+    *lo = bf16_round(x - bf16_value(top));
+}
+
+/* One tile row: 32 values from src (only `count` of them real, the rest
+ * zero), split into hi and, when lo is not NULL, lo. */
+static inline void pack_tile_row(const float *src, size_t count, uint16_t *hi, uint16_t *lo) {
+    if (count == TILE_K && lo) {
+        for (size_t c = 0; c < TILE_K; c++) split(src[c], &hi[c], &lo[c]);
+    } else if (count == TILE_K) {
+        for (size_t c = 0; c < TILE_K; c++) hi[c] = bf16_round(src[c]);
+    } else {
+        for (size_t c = 0; c < TILE_K; c++) {
+            uint16_t h, l;
+            split(c < count ? src[c] : 0.0f, &h, &l);
+            hi[c] = h;
+            if (lo) lo[c] = l;
+        }
+    }
+}
+
+/* x: rows x k floats, row-major. hi, lo: rows_pad * k_pad values each
+ * (rows_pad a multiple of 32 and at least rows; lo may be NULL), every one
+ * written, padding with zeros. */
+void llmlab_amx_pack_rows(const float *x, size_t rows, size_t k, size_t k_pad, size_t rows_pad, uint16_t *hi,
+                          uint16_t *lo) {
+    static const float zeros[TILE_K];
+    size_t k_tiles = k_pad / TILE_K;
+    for (size_t row = 0; row < rows_pad; row++) {
+        size_t group = row / TILE_ROWS, r = row % TILE_ROWS;
+        for (size_t kb = 0; kb < k_tiles; kb++) {
+            size_t at = (group * k_tiles + kb) * TILE_VALUES + r * TILE_K, first = kb * TILE_K;
+            size_t count = row >= rows || first >= k ? 0 : (k - first < TILE_K ? k - first : TILE_K);
+            const float *src = count ? x + row * k + first : zeros;
+            pack_tile_row(src, count, hi + at, lo ? lo + at : NULL);
+        }
+    }
+}
+
+/* w: n x k floats, row-major. hi, lo: n_pad * k_pad values each. */
+void llmlab_amx_pack_weights(const float *w, size_t n, size_t k, size_t n_pad, size_t k_pad, uint16_t *hi,
+                             uint16_t *lo) {
+    size_t k_tiles = k_pad / TILE_K;
+    for (size_t group = 0; group < n_pad / TILE_ROWS; group++)
+        for (size_t kb = 0; kb < k_tiles; kb++)
+            for (size_t r = 0; r < TILE_ROWS; r++)
+                for (size_t j = 0; j < TILE_ROWS; j++)
+                    for (size_t p = 0; p < 2; p++) {
+                        size_t row = group * TILE_ROWS + j, col = kb * TILE_K + 2 * r + p;
+                        float v = (row < n && col < k) ? w[row * k + col] : 0.0f;
+                        size_t at = (group * k_tiles + kb) * TILE_VALUES + r * TILE_K + 2 * j + p;
+                        split(v, &hi[at], &lo[at]);
+                    }
+}
+
+/* Tiles 0-3 accumulate a 32 x 32 block of the output, 4-5 hold two A
+ * tiles (32 rows), 6-7 two W tiles (32 columns). */
+static void configure_tiles(void) {
+    struct {
+        uint8_t palette_id, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } __attribute__((packed)) cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = TILE_ROWS;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+#define LOAD_A(src)                                                                                                  \
+    do {                                                                                                             \
+        _tile_loadd(4, (src), 64);                                                                                   \
+        _tile_loadd(5, (src) + a_group_stride, 64);                                                                  \
+    } while (0)
+#define LOAD_W(src)                                                                                                  \
+    do {                                                                                                             \
+        _tile_loadd(6, (src), 64);                                                                                   \
+        _tile_loadd(7, (src) + w_group_stride, 64);                                                                  \
+    } while (0)
+#define PRODUCTS()                                                                                                   \
+    do {                                                                                                             \
+        _tile_dpbf16ps(0, 4, 6);                                                                                     \
+        _tile_dpbf16ps(1, 4, 7);                                                                                     \
+        _tile_dpbf16ps(2, 5, 6);                                                                                     \
+        _tile_dpbf16ps(3, 5, 7);                                                                                     \
+    } while (0)
+
+/*
+ * out[m][n] = A . W^T + bias. a_hi/a_lo: row tiles of at least m rows
+ * rounded up to 32; w_hi/w_lo: pair tiles of n_pad (a multiple of 32)
+ * columns; k_pad a multiple of 32; bias: n floats or NULL; a_lo and w_lo
+ * are read only when `split` is set.
+ */
+void llmlab_amx_gemm(const uint16_t *a_hi, const uint16_t *a_lo, size_t m, size_t k_pad, const uint16_t *w_hi,
+                     const uint16_t *w_lo, size_t n, size_t n_pad, const float *bias, float *out, size_t ldc,
+                     int split) {
+    configure_tiles();
+    size_t k_tiles = k_pad / TILE_K;
+    size_t a_group_stride = k_tiles * TILE_VALUES, w_group_stride = k_tiles * TILE_VALUES;
+    float block[32][32];
+    /* Columns outside: one 32-column slice of W (k_pad * 64 bytes) stays in
+     * cache while every row block streams past it once. */
+    for (size_t nb = 0; nb < n_pad; nb += 32) {
+        size_t w_offset = (nb / TILE_ROWS) * w_group_stride;
+        for (size_t mb = 0; mb < m; mb += 32) {
+            size_t a_offset = (mb / TILE_ROWS) * a_group_stride;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (size_t kb = 0; kb < k_tiles; kb++) {
+                size_t step = kb * TILE_VALUES;
+                if (split) {
+                    /* Ordered so that each operand pair shares a load with
+                     * the next: 8 tile loads for 12 products. */
+                    LOAD_A(a_hi + a_offset + step);
+                    LOAD_W(w_lo + w_offset + step);
+                    PRODUCTS(); /* hi x lo */
+                    LOAD_W(w_hi + w_offset + step);
+                    PRODUCTS(); /* hi x hi */
+                    LOAD_A(a_lo + a_offset + step);
+                    PRODUCTS(); /* lo x hi */
+                } else {
+                    LOAD_A(a_hi + a_offset + step);
+                    LOAD_W(w_hi + w_offset + step);
+                    PRODUCTS();
+                }
+            }
+            _tile_stored(0, &block[0][0], 128);
+            _tile_stored(1, &block[0][16], 128);
+            _tile_stored(2, &block[16][0], 128);
+            _tile_stored(3, &block[16][16], 128);
+            size_t rows = m - mb < 32 ? m - mb : 32;
+            size_t cols = nb >= n ? 0 : (n - nb < 32 ? n - nb : 32);
+            for (size_t r = 0; r < rows; r++) {
+                float *dst = out + (mb + r) * ldc + nb;
+                for (size_t j = 0; j < cols; j++) dst[j] = block[r][j] + (bias ? bias[nb + j] : 0.0f);
+            }
+        }
+    }
+    _tile_release();
+}

@@ -1,0 +1,307 @@
+//! The encoder's element-wise and per-row kernels: layer norm, activations,
+//! softmax and attention, over row-major f32 matrices.
+//!
+//! Loops are written so that LLVM vectorises them: sums run in 16 lanes and
+//! `exp` and `erf` are branch-free polynomials instead of libm calls, which
+//! the compiler cannot vectorise (libm's erf alone took 9% of the time).
+
+use rayon::prelude::*;
+
+/// Lanes of the vectorised sums (one AVX-512 register, two AVX2 ones).
+const LANES: usize = 16;
+/// Rows per parallel task for row-wise kernels: enough work to pay for the
+/// hand-off to another thread.
+const ROWS_PER_TASK: usize = 32;
+
+/// Sum of `a[i] * b[i]`.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for l in 0..LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn sum(a: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for l in 0..LANES {
+            lanes[l] += x[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// e^x, within ~2 ulp over the whole f32 range (inputs below -87 give the
+/// smallest normal, above 88 a finite 2^127-scale value).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts so that x - n ln2 is exact for |n| < 2^8.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits
+    // (no call to `round`, and no saturating float-to-int cast: both keep
+    // LLVM from vectorising).
+    const ROUNDER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
+    let n_int = shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor to r^6 on |r| <= ln2/2: truncation below 1.2e-7 relative.
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // 2^n through the exponent bits; n is in [-126, 127].
+    p * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
+}
+
+/// erf(x) to within 5e-7 absolute in f32 arithmetic (Abramowitz and
+/// Stegun 7.1.26, 1.5e-7 in exact arithmetic).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+/// How an encoder's feed-forward layer activates (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// `gelu`: x Φ(x) with the exact erf, as BERT and MiniLM use.
+    Gelu,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_config(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            "relu" => Some(Self::Relu),
+            _ => None,
+        }
+    }
+
+    pub fn apply(self, x: &mut [f32]) {
+        x.par_chunks_mut(4096).for_each(|chunk| match self {
+            Self::Gelu => chunk
+                .iter_mut()
+                .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+            Self::GeluTanh => chunk.iter_mut().for_each(|v| {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                let y = SQRT_2_OVER_PI * (*v + 0.044_715 * *v * *v * *v);
+                // tanh(y) = 1 - 2 / (e^{2y} + 1), finite for every y.
+                let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
+                *v = 0.5 * *v * (1.0 + tanh);
+            }),
+            Self::Relu => chunk.iter_mut().for_each(|v| *v = v.max(0.0)),
+        });
+    }
+}
+
+/// A layer norm's scale, shift and epsilon.
+pub(crate) struct LayerNorm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Normalise each row of `x` (rows of `weight.len()`), after adding
+    /// the matching row of `residual` when there is one.
+    pub fn apply(&self, x: &mut [f32], residual: Option<&[f32]>) {
+        let width = self.weight.len();
+        let block = width * ROWS_PER_TASK;
+        let rows_of = |x: &mut [f32], residual: Option<&[f32]>| {
+            for (i, row) in x.chunks_exact_mut(width).enumerate() {
+                if let Some(residual) = residual {
+                    row.iter_mut()
+                        .zip(&residual[i * width..(i + 1) * width])
+                        .for_each(|(v, r)| *v += r);
+                }
+                self.normalise(row);
+            }
+        };
+        match residual {
+            Some(residual) => x
+                .par_chunks_mut(block)
+                .zip(residual.par_chunks(block))
+                .for_each(|(x, r)| rows_of(x, Some(r))),
+            None => x.par_chunks_mut(block).for_each(|x| rows_of(x, None)),
+        }
+    }
+
+    fn normalise(&self, row: &mut [f32]) {
+        let n = row.len() as f32;
+        let mean = sum(row) / n;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let variance = dot(row, row) / n;
+        let scale = 1.0 / (variance + self.eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+            *v = *v * scale * w + b;
+        }
+    }
+}
+
+/// In-place softmax of one row of scores.
+fn softmax(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scores.iter_mut().for_each(|s| *s = exp(*s - max));
+    let total = sum(scores);
+    scores.iter_mut().for_each(|s| *s /= total);
+}
+
+/// Multi-head self-attention over sequences packed one after another
+/// (no padding, so no mask): `qkv` holds each token's query, key and value
+/// (`3 * hidden` values per row); returns the `hidden`-wide context rows.
+pub(crate) fn attention(qkv: &[f32], lengths: &[usize], heads: usize, hidden: usize) -> Vec<f32> {
+    let head_dim = hidden / heads;
+    let mut starts = Vec::with_capacity(lengths.len());
+    let mut total = 0;
+    for &length in lengths {
+        starts.push(total);
+        total += length;
+    }
+    debug_assert_eq!(qkv.len(), total * 3 * hidden);
+    let jobs: Vec<(usize, usize)> = (0..lengths.len())
+        .flat_map(|s| (0..heads).map(move |h| (s, h)))
+        .collect();
+    let per_head: Vec<Vec<f32>> = jobs
+        .par_iter()
+        .map(|&(s, h)| attend(qkv, starts[s], lengths[s], h * head_dim, head_dim, hidden))
+        .collect();
+    let mut context = vec![0f32; total * hidden];
+    for (&(s, h), values) in jobs.iter().zip(&per_head) {
+        for (t, row) in values.chunks_exact(head_dim).enumerate() {
+            let at = (starts[s] + t) * hidden + h * head_dim;
+            context[at..at + head_dim].copy_from_slice(row);
+        }
+    }
+    context
+}
+
+/// One head of one sequence: `length` x `head_dim` context values.
+fn attend(qkv: &[f32], start: usize, length: usize, column: usize, head_dim: usize, hidden: usize) -> Vec<f32> {
+    let width = 3 * hidden;
+    let part = |token: usize, offset: usize| {
+        let at = (start + token) * width + offset + column;
+        &qkv[at..at + head_dim]
+    };
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut scores = vec![0f32; length];
+    let mut out = vec![0f32; length * head_dim];
+    for (i, row) in out.chunks_exact_mut(head_dim).enumerate() {
+        let query = part(i, 0);
+        for (j, score) in scores.iter_mut().enumerate() {
+            *score = dot(query, part(j, hidden)) * scale;
+        }
+        softmax(&mut scores);
+        for (j, &p) in scores.iter().enumerate() {
+            row.iter_mut().zip(part(j, 2 * hidden)).for_each(|(o, v)| *o += p * v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_match_libm() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 0.004; // -80 .. 80
+            let want = f64::from(x).exp();
+            worst_exp = worst_exp.max(((f64::from(exp(x)) - want) / want).abs());
+            let y = i as f32 * 0.0005; // -10 .. 10
+            worst_erf = worst_erf.max((f64::from(erf(y)) - erf_reference(f64::from(y))).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp:e}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf:e}");
+    }
+
+    /// erf by its Maclaurin series (|x| < 3) or continued fraction, in f64.
+    fn erf_reference(x: f64) -> f64 {
+        let a = x.abs();
+        let value = if a < 3.0 {
+            let (mut term, mut total, mut n) = (a, a, 0.0);
+            while term.abs() > 1e-17 {
+                n += 1.0;
+                term *= -a * a / n;
+                total += term / (2.0 * n + 1.0);
+            }
+            total * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut fraction = 0.0;
+            for k in (1..60).rev() {
+                fraction = f64::from(k) / 2.0 / (a + fraction);
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + fraction)
+        };
+        value.copysign(x)
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales_each_row() {
+        let norm = LayerNorm {
+            weight: vec![2.0; 4],
+            bias: vec![1.0; 4],
+            eps: 0.0,
+        };
+        let mut x = vec![1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 8.0];
+        norm.apply(&mut x, Some(&[1.0; 8]));
+        for row in x.chunks(4) {
+            let centred: Vec<f32> = row.iter().map(|v| (v - 1.0) / 2.0).collect();
+            let mean: f32 = centred.iter().sum::<f32>() / 4.0;
+            let var: f32 = centred.iter().map(|v| v * v).sum::<f32>() / 4.0;
+            assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn attention_of_one_token_is_its_value_and_sequences_stay_apart() {
+        // Two sequences (1 and 2 tokens), one head of width 2.
+        let hidden = 2;
+        #[rustfmt::skip]
+        let qkv = vec![
+            1.0, 0.0, /* k */ 1.0, 0.0, /* v */ 5.0, 6.0,
+            0.0, 1.0, /* k */ 0.0, 9.0, /* v */ 1.0, 1.0,
+            0.0, 1.0, /* k */ 0.0, -9.0, /* v */ 3.0, 3.0,
+        ];
+        let context = attention(&qkv, &[1, 2], 1, hidden);
+        assert_eq!(&context[..2], &[5.0, 6.0]);
+        // The second sequence's queries favour its first key (score 9/√2
+        // against -9/√2): nearly all weight on value (1, 1).
+        for row in context[2..].chunks(2) {
+            assert!((row[0] - 1.0).abs() < 1e-4 && (row[1] - 1.0).abs() < 1e-4, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn gelu_matches_its_definition() {
+        let xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.25).collect();
+        let mut got = xs.clone();
+        Activation::Gelu.apply(&mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = 0.5 * f64::from(*x) * (1.0 + erf_reference(f64::from(*x) / 2f64.sqrt()));
+            assert!((f64::from(*g) - want).abs() < 1e-6, "gelu({x}) = {g}, want {want}");
+        }
+    }
+}
