@@ -37,6 +37,8 @@
 #define TILE_ROWS 16
 #define TILE_K 32
 #define TILE_VALUES (TILE_ROWS * TILE_K)
+/* Rows of A per pass over W (see llmlab_amx_gemm). */
+#define GROUP_ROWS 128
 
 static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
     __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
@@ -180,43 +182,53 @@ void llmlab_amx_gemm(const uint16_t *a_hi, const uint16_t *a_lo, size_t m, size_
     size_t k_tiles = k_pad / TILE_K;
     size_t a_group_stride = k_tiles * TILE_VALUES, w_group_stride = k_tiles * TILE_VALUES;
     float block[32][32];
-    /* Columns outside: one 32-column slice of W (k_pad * 64 bytes) stays in
-     * cache while every row block streams past it once. */
-    for (size_t nb = 0; nb < n_pad; nb += 32) {
-        size_t w_offset = (nb / TILE_ROWS) * w_group_stride;
-        for (size_t mb = 0; mb < m; mb += 32) {
-            size_t a_offset = (mb / TILE_ROWS) * a_group_stride;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (size_t kb = 0; kb < k_tiles; kb++) {
-                size_t step = kb * TILE_VALUES;
-                if (split) {
-                    /* Ordered so that each operand pair shares a load with
-                     * the next: 8 tile loads for 12 products. */
-                    LOAD_A(a_hi + a_offset + step);
-                    LOAD_W(w_lo + w_offset + step);
-                    PRODUCTS(); /* hi x lo */
-                    LOAD_W(w_hi + w_offset + step);
-                    PRODUCTS(); /* hi x hi */
-                    LOAD_A(a_lo + a_offset + step);
-                    PRODUCTS(); /* lo x hi */
-                } else {
-                    LOAD_A(a_hi + a_offset + step);
-                    LOAD_W(w_hi + w_offset + step);
-                    PRODUCTS();
+    /* Blocking: a group of row blocks (GROUP_ROWS rows of A, hi and lo)
+     * stays in L2 while each 32-column slice of W is used for every block
+     * of the group, so W (2.4 MB for MiniLM's feed-forward layers, more
+     * than L2) streams from memory once per group instead of once per 32
+     * rows. On MiniLM's shapes this was a few percent faster than 32-row
+     * blocks outside and up to 1.7x faster than W slices outside (A then
+     * streams from L2 through the tile loads, which stall on it). Storing
+     * finished tiles straight into the wide output rows, instead of
+     * through `block`, was slower. */
+    for (size_t group = 0; group < m; group += GROUP_ROWS) {
+        size_t group_end = group + GROUP_ROWS < m ? group + GROUP_ROWS : m;
+        for (size_t nb = 0; nb < n_pad; nb += 32) {
+            size_t w_offset = (nb / TILE_ROWS) * w_group_stride;
+            for (size_t mb = group; mb < group_end; mb += 32) {
+                size_t a_offset = (mb / TILE_ROWS) * a_group_stride;
+                size_t rows = m - mb < 32 ? m - mb : 32;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (size_t kb = 0; kb < k_tiles; kb++) {
+                    size_t step = kb * TILE_VALUES;
+                    if (split) {
+                        /* Ordered so that each operand pair shares a
+                         * load with the next: 8 tile loads, 12 products. */
+                        LOAD_A(a_hi + a_offset + step);
+                        LOAD_W(w_lo + w_offset + step);
+                        PRODUCTS(); /* hi x lo */
+                        LOAD_W(w_hi + w_offset + step);
+                        PRODUCTS(); /* hi x hi */
+                        LOAD_A(a_lo + a_offset + step);
+                        PRODUCTS(); /* lo x hi */
+                    } else {
+                        LOAD_A(a_hi + a_offset + step);
+                        LOAD_W(w_hi + w_offset + step);
+                        PRODUCTS();
+                    }
                 }
-            }
-            _tile_stored(0, &block[0][0], 128);
-            _tile_stored(1, &block[0][16], 128);
-            _tile_stored(2, &block[16][0], 128);
-            _tile_stored(3, &block[16][16], 128);
-            size_t rows = m - mb < 32 ? m - mb : 32;
-            size_t cols = nb >= n ? 0 : (n - nb < 32 ? n - nb : 32);
-            for (size_t r = 0; r < rows; r++) {
-                float *dst = out + (mb + r) * ldc + nb;
-                for (size_t j = 0; j < cols; j++) dst[j] = block[r][j] + (bias ? bias[nb + j] : 0.0f);
+                _tile_stored(0, &block[0][0], 128);
+                _tile_stored(1, &block[0][16], 128);
+                _tile_stored(2, &block[16][0], 128);
+                _tile_stored(3, &block[16][16], 128);
+                size_t cols = nb >= n ? 0 : (n - nb < 32 ? n - nb : 32);
+                for (size_t r = 0; r < rows; r++) {
+                    float *dst = out + (mb + r) * ldc + nb;
+                    for (size_t j = 0; j < cols; j++) dst[j] = block[r][j] + (bias ? bias[nb + j] : 0.0f);
+                }
             }
         }
     }

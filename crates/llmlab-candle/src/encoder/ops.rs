@@ -202,15 +202,32 @@ fn attend(qkv: &[f32], start: usize, length: usize, column: usize, head_dim: usi
         let at = (start + token) * width + offset + column;
         &qkv[at..at + head_dim]
     };
+    // Keys transposed (`head_dim` rows, each padded with zero keys to whole
+    // vectors of LANES), so that a query's scores against every key build
+    // up as `head_dim` full-vector updates instead of one short dot product
+    // (and its horizontal sum) per key; the padding's scores are never read.
+    let padded = length.div_ceil(LANES) * LANES;
+    let mut keys = vec![0f32; head_dim * padded];
+    for j in 0..length {
+        for (d, value) in part(j, hidden).iter().enumerate() {
+            keys[d * padded + j] = *value;
+        }
+    }
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = vec![0f32; length];
+    let mut all_scores = vec![0f32; padded];
     let mut out = vec![0f32; length * head_dim];
     for (i, row) in out.chunks_exact_mut(head_dim).enumerate() {
-        let query = part(i, 0);
-        for (j, score) in scores.iter_mut().enumerate() {
-            *score = dot(query, part(j, hidden)) * scale;
+        all_scores.fill(0.0);
+        for (q, key_row) in part(i, 0).iter().zip(keys.chunks_exact(padded)) {
+            let q = q * scale;
+            for (s, k) in all_scores.chunks_exact_mut(LANES).zip(key_row.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    s[l] += q * k[l];
+                }
+            }
         }
-        softmax(&mut scores);
+        let scores = &mut all_scores[..length];
+        softmax(scores);
         for (j, &p) in scores.iter().enumerate() {
             row.iter_mut().zip(part(j, 2 * hidden)).for_each(|(o, v)| *o += p * v);
         }
