@@ -171,68 +171,136 @@ fn softmax(scores: &mut [f32]) {
 /// (`3 * hidden` values per row); returns the `hidden`-wide context rows.
 pub(crate) fn attention(qkv: &[f32], lengths: &[usize], heads: usize, hidden: usize) -> Vec<f32> {
     let head_dim = hidden / heads;
-    let mut starts = Vec::with_capacity(lengths.len());
-    let mut total = 0;
-    for &length in lengths {
-        starts.push(total);
-        total += length;
-    }
+    let total: usize = lengths.iter().sum();
     debug_assert_eq!(qkv.len(), total * 3 * hidden);
-    let jobs: Vec<(usize, usize)> = (0..lengths.len())
-        .flat_map(|s| (0..heads).map(move |h| (s, h)))
-        .collect();
-    let per_head: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|&(s, h)| attend(qkv, starts[s], lengths[s], h * head_dim, head_dim, hidden))
-        .collect();
     let mut context = vec![0f32; total * hidden];
-    for (&(s, h), values) in jobs.iter().zip(&per_head) {
-        for (t, row) in values.chunks_exact(head_dim).enumerate() {
-            let at = (starts[s] + t) * hidden + h * head_dim;
-            context[at..at + head_dim].copy_from_slice(row);
+    // Each sequence's context rows, a contiguous slice of their own.
+    let mut rows_of: Vec<(usize, &mut [f32])> = Vec::with_capacity(lengths.len());
+    let (mut rest, mut start) = (context.as_mut_slice(), 0);
+    for &length in lengths {
+        let (rows, tail) = rest.split_at_mut(length * hidden);
+        rows_of.push((start, rows));
+        (rest, start) = (tail, start + length);
+    }
+    if lengths.len() >= 2 * rayon::current_num_threads() {
+        // Enough sequences to keep every thread busy: one task per
+        // sequence, writing its rows in place, all heads in turn.
+        rows_of
+            .into_par_iter()
+            .zip(lengths)
+            .for_each(|((start, rows), &length)| {
+                let mut scratch = Scratch::default();
+                for h in 0..heads {
+                    let head = Head {
+                        qkv,
+                        start,
+                        length,
+                        column: h * head_dim,
+                        head_dim,
+                        hidden,
+                    };
+                    head.attend(&mut rows[h * head_dim..], hidden, &mut scratch);
+                }
+            });
+    } else {
+        // Few (long) sequences: one task per head, then copy into place.
+        let jobs: Vec<(usize, usize)> = (0..lengths.len())
+            .flat_map(|s| (0..heads).map(move |h| (s, h)))
+            .collect();
+        let per_head: Vec<Vec<f32>> = jobs
+            .par_iter()
+            .map(|&(s, h)| {
+                let (start, length) = (rows_of[s].0, lengths[s]);
+                let head = Head {
+                    qkv,
+                    start,
+                    length,
+                    column: h * head_dim,
+                    head_dim,
+                    hidden,
+                };
+                let mut values = vec![0f32; lengths[s] * head_dim];
+                head.attend(&mut values, head_dim, &mut Scratch::default());
+                values
+            })
+            .collect();
+        for (&(s, h), values) in jobs.iter().zip(&per_head) {
+            let rows = &mut rows_of[s].1;
+            for (t, row) in values.chunks_exact(head_dim).enumerate() {
+                let at = t * hidden + h * head_dim;
+                rows[at..at + head_dim].copy_from_slice(row);
+            }
         }
     }
     context
 }
 
-/// One head of one sequence: `length` x `head_dim` context values.
-fn attend(qkv: &[f32], start: usize, length: usize, column: usize, head_dim: usize, hidden: usize) -> Vec<f32> {
-    let width = 3 * hidden;
-    let part = |token: usize, offset: usize| {
-        let at = (start + token) * width + offset + column;
-        &qkv[at..at + head_dim]
-    };
-    // Keys transposed (`head_dim` rows, each padded with zero keys to whole
-    // vectors of LANES), so that a query's scores against every key build
-    // up as `head_dim` full-vector updates instead of one short dot product
-    // (and its horizontal sum) per key; the padding's scores are never read.
-    let padded = length.div_ceil(LANES) * LANES;
-    let mut keys = vec![0f32; head_dim * padded];
-    for j in 0..length {
-        for (d, value) in part(j, hidden).iter().enumerate() {
-            keys[d * padded + j] = *value;
-        }
+/// Buffers one task reuses from head to head.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// One attention head of one sequence in the packed `qkv` rows.
+struct Head<'a> {
+    qkv: &'a [f32],
+    /// The sequence's first row and its tokens.
+    start: usize,
+    length: usize,
+    /// The head's first column within each of query, key and value.
+    column: usize,
+    head_dim: usize,
+    hidden: usize,
+}
+
+impl Head<'_> {
+    fn part(&self, token: usize, offset: usize) -> &[f32] {
+        let at = (self.start + token) * 3 * self.hidden + offset + self.column;
+        &self.qkv[at..at + self.head_dim]
     }
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut all_scores = vec![0f32; padded];
-    let mut out = vec![0f32; length * head_dim];
-    for (i, row) in out.chunks_exact_mut(head_dim).enumerate() {
-        all_scores.fill(0.0);
-        for (q, key_row) in part(i, 0).iter().zip(keys.chunks_exact(padded)) {
-            let q = q * scale;
-            for (s, k) in all_scores.chunks_exact_mut(LANES).zip(key_row.chunks_exact(LANES)) {
-                for l in 0..LANES {
-                    s[l] += q * k[l];
-                }
+
+    /// Write token i's context values to `out[i * stride..][..head_dim]`,
+    /// for each of the sequence's tokens.
+    fn attend(&self, out: &mut [f32], stride: usize, scratch: &mut Scratch) {
+        let (head_dim, hidden, length) = (self.head_dim, self.hidden, self.length);
+        // Keys transposed (`head_dim` rows, each padded with zero keys to
+        // whole vectors of LANES), so that a query's scores against every
+        // key build up as `head_dim` full-vector updates instead of one short
+        // dot product (and its horizontal sum) per key; the padding's scores
+        // are never read.
+        let padded = length.div_ceil(LANES) * LANES;
+        let keys = &mut scratch.keys;
+        keys.clear();
+        keys.resize(head_dim * padded, 0.0);
+        for j in 0..length {
+            for (d, value) in self.part(j, hidden).iter().enumerate() {
+                keys[d * padded + j] = *value;
             }
         }
-        let scores = &mut all_scores[..length];
-        softmax(scores);
-        for (j, &p) in scores.iter().enumerate() {
-            row.iter_mut().zip(part(j, 2 * hidden)).for_each(|(o, v)| *o += p * v);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let all_scores = &mut scratch.scores;
+        all_scores.resize(padded, 0.0);
+        for i in 0..length {
+            all_scores.fill(0.0);
+            for (q, key_row) in self.part(i, 0).iter().zip(keys.chunks_exact(padded)) {
+                let q = q * scale;
+                for (s, k) in all_scores.chunks_exact_mut(LANES).zip(key_row.chunks_exact(LANES)) {
+                    for l in 0..LANES {
+                        s[l] += q * k[l];
+                    }
+                }
+            }
+            let scores = &mut all_scores[..length];
+            softmax(scores);
+            let row = &mut out[i * stride..i * stride + head_dim];
+            for (j, &p) in scores.iter().enumerate() {
+                row.iter_mut()
+                    .zip(self.part(j, 2 * hidden))
+                    .for_each(|(o, v)| *o += p * v);
+            }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -308,6 +376,29 @@ mod tests {
         // against -9/√2): nearly all weight on value (1, 1).
         for row in context[2..].chunks(2) {
             assert!((row[0] - 1.0).abs() < 1e-4 && (row[1] - 1.0).abs() < 1e-4, "{row:?}");
+        }
+    }
+
+    /// Many sequences take the one-task-per-sequence path, one alone the
+    /// one-task-per-head path: both must give the same numbers.
+    #[test]
+    fn both_attention_paths_agree() {
+        let (heads, hidden) = (3, 48);
+        let lengths = [17, 1, 40, 5, 9, 23, 2, 33];
+        let total: usize = lengths.iter().sum();
+        let qkv: Vec<f32> = (0..total * 3 * hidden)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        // Two threads, so that 8 sequences take the many-sequences path on
+        // any machine.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let together = pool.install(|| attention(&qkv, &lengths, heads, hidden));
+        let mut start = 0;
+        for &length in &lengths {
+            let own = &qkv[start * 3 * hidden..(start + length) * 3 * hidden];
+            let alone = pool.install(|| attention(own, &[length], heads, hidden));
+            assert_eq!(&together[start * hidden..(start + length) * hidden], &alone[..]);
+            start += length;
         }
     }
 
