@@ -131,19 +131,29 @@ impl PackedWeights {
 /// rows x n, row-major. Rows are split over rayon's threads in whole
 /// 32-row blocks; every thread reads all of W, which stays in cache.
 /// `split` keeps ~fp32 accuracy (three bf16 tile products); without it the
-/// product is plain bf16.
-pub(crate) fn linear(amx: Amx, x: &[f32], rows: usize, w: &PackedWeights, bias: &[f32], split: bool) -> Vec<f32> {
+/// product is plain bf16. The result replaces `out`'s contents, reusing its
+/// allocation.
+pub(crate) fn linear(
+    amx: Amx,
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    bias: &[f32],
+    split: bool,
+    out: &mut Vec<f32>,
+) {
     let (n, k) = (w.n, w.k);
     assert_eq!(x.len(), rows * k, "input is not {rows} x {k}");
     assert_eq!(bias.len(), n, "bias is not {n} long");
+    out.clear();
     if rows == 0 || n == 0 {
-        return Vec::new();
+        return;
     }
     let threads = rayon::current_num_threads().max(1);
     let chunk_rows = round_up(rows.div_ceil(threads));
     // Left uninitialised: the kernel writes every element, and zeroing
     // megabytes per layer cost ~5% of a forward pass.
-    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
+    out.reserve(rows * n);
     out.spare_capacity_mut()[..rows * n]
         .par_chunks_mut(chunk_rows * n)
         .zip(x.par_chunks(chunk_rows * k))
@@ -151,7 +161,6 @@ pub(crate) fn linear(amx: Amx, x: &[f32], rows: usize, w: &PackedWeights, bias: 
     // SAFETY: the chunks cover all rows * n elements and product_rows wrote
     // each of its chunk's (a panic above never reaches this line).
     unsafe { out.set_len(rows * n) };
-    out
 }
 
 thread_local! {

@@ -67,15 +67,25 @@ impl Linear {
     }
 
     /// `x`: `rows` x inputs, row-major; returns rows x outputs.
+    #[cfg(test)]
     pub fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_into(x, rows, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Linear::forward`] into `out`, reusing its allocation: a forward
+    /// pass then faults in its big buffers once, not once per layer.
+    pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> candle_core::Result<()> {
         debug_assert_eq!(x.len(), rows * self.inputs);
         match &self.weights {
-            Weights::Amx(amx, packed) => Ok(amx::linear(*amx, x, rows, packed, &self.bias, SPLIT_BF16)),
+            Weights::Amx(amx, packed) => amx::linear(*amx, x, rows, packed, &self.bias, SPLIT_BF16, out),
             Weights::Candle(weight, bias) => {
                 let x = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
-                x.matmul(&weight.t()?)?.broadcast_add(bias)?.flatten_all()?.to_vec1()
+                *out = x.matmul(&weight.t()?)?.broadcast_add(bias)?.flatten_all()?.to_vec1()?;
             }
         }
+        Ok(())
     }
 }
 

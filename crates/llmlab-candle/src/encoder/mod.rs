@@ -147,14 +147,16 @@ impl Encoder {
         }
         self.embedding_norm.apply(&mut x, None);
 
+        // Buffers reused from layer to layer.
+        let (mut qkv, mut context, mut attended, mut inner) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x, tokens)?;
-            let context = ops::attention(&qkv, &lengths, self.heads, h);
-            let mut attended = layer.attention_out.forward(&context, tokens)?;
+            layer.qkv.forward_into(&x, tokens, &mut qkv)?;
+            ops::attention_into(&qkv, &lengths, self.heads, h, &mut context);
+            layer.attention_out.forward_into(&context, tokens, &mut attended)?;
             layer.attention_norm.apply(&mut attended, Some(&x));
-            let mut inner = layer.intermediate.forward(&attended, tokens)?;
+            layer.intermediate.forward_into(&attended, tokens, &mut inner)?;
             self.activation.apply(&mut inner);
-            x = layer.output.forward(&inner, tokens)?;
+            layer.output.forward_into(&inner, tokens, &mut x)?;
             layer.output_norm.apply(&mut x, Some(&attended));
         }
         Ok(x)

@@ -168,12 +168,14 @@ fn softmax(scores: &mut [f32]) {
 
 /// Multi-head self-attention over sequences packed one after another
 /// (no padding, so no mask): `qkv` holds each token's query, key and value
-/// (`3 * hidden` values per row); returns the `hidden`-wide context rows.
-pub(crate) fn attention(qkv: &[f32], lengths: &[usize], heads: usize, hidden: usize) -> Vec<f32> {
+/// (`3 * hidden` values per row); the `hidden`-wide context rows replace
+/// `context`'s contents.
+pub(crate) fn attention_into(qkv: &[f32], lengths: &[usize], heads: usize, hidden: usize, context: &mut Vec<f32>) {
     let head_dim = hidden / heads;
     let total: usize = lengths.iter().sum();
     debug_assert_eq!(qkv.len(), total * 3 * hidden);
-    let mut context = vec![0f32; total * hidden];
+    context.clear();
+    context.resize(total * hidden, 0.0);
     // Each sequence's context rows, a contiguous slice of their own.
     let mut rows_of: Vec<(usize, &mut [f32])> = Vec::with_capacity(lengths.len());
     let (mut rest, mut start) = (context.as_mut_slice(), 0);
@@ -232,6 +234,12 @@ pub(crate) fn attention(qkv: &[f32], lengths: &[usize], heads: usize, hidden: us
             }
         }
     }
+}
+
+#[cfg(test)]
+fn attention(qkv: &[f32], lengths: &[usize], heads: usize, hidden: usize) -> Vec<f32> {
+    let mut context = Vec::new();
+    attention_into(qkv, lengths, heads, hidden, &mut context);
     context
 }
 
