@@ -158,14 +158,6 @@ impl LayerNorm {
     }
 }
 
-/// In-place softmax of one row of scores.
-fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    scores.iter_mut().for_each(|s| *s = exp(*s - max));
-    let total = sum(scores);
-    scores.iter_mut().for_each(|s| *s /= total);
-}
-
 /// Multi-head self-attention over sequences packed one after another
 /// (no padding, so no mask): `qkv` holds each token's query, key and value
 /// (`3 * hidden` values per row); the `hidden`-wide context rows replace
@@ -287,28 +279,60 @@ impl Head<'_> {
             }
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let all_scores = &mut scratch.scores;
-        all_scores.resize(padded, 0.0);
+        let scores = &mut scratch.scores;
+        scores.resize(padded, 0.0);
         for i in 0..length {
-            all_scores.fill(0.0);
-            for (q, key_row) in self.part(i, 0).iter().zip(keys.chunks_exact(padded)) {
-                let q = q * scale;
-                for (s, k) in all_scores.chunks_exact_mut(LANES).zip(key_row.chunks_exact(LANES)) {
+            let query = self.part(i, 0);
+            // Scores LANES keys at a time, accumulated in registers.
+            for (c, chunk) in scores.chunks_exact_mut(LANES).enumerate() {
+                let mut acc = [0f32; LANES];
+                for (d, &q) in query.iter().enumerate() {
+                    let keys = &keys[d * padded + c * LANES..][..LANES];
                     for l in 0..LANES {
-                        s[l] += q * k[l];
+                        acc[l] += q * keys[l];
                     }
                 }
+                for l in 0..LANES {
+                    chunk[l] = acc[l] * scale;
+                }
             }
-            let scores = &mut all_scores[..length];
-            softmax(scores);
+            let total = exponentiate(scores, length);
+            // Context = the values weighted by the scores, LANES columns at
+            // a time in registers, divided by the softmax's sum once.
             let row = &mut out[i * stride..i * stride + head_dim];
-            for (j, &p) in scores.iter().enumerate() {
-                row.iter_mut()
-                    .zip(self.part(j, 2 * hidden))
-                    .for_each(|(o, v)| *o += p * v);
+            let whole = head_dim / LANES * LANES;
+            for (c, chunk) in row[..whole].chunks_exact_mut(LANES).enumerate() {
+                let mut acc = [0f32; LANES];
+                for (j, &p) in scores[..length].iter().enumerate() {
+                    let values = &self.part(j, 2 * hidden)[c * LANES..][..LANES];
+                    for l in 0..LANES {
+                        acc[l] += p * values[l];
+                    }
+                }
+                for l in 0..LANES {
+                    chunk[l] = acc[l] / total;
+                }
+            }
+            for (column, value) in row.iter_mut().enumerate().skip(whole) {
+                let sum: f32 = scores[..length]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| p * self.part(j, 2 * hidden)[column])
+                    .sum();
+                *value = sum / total;
             }
         }
     }
+}
+
+/// The unnormalised softmax of the first `length` of `scores` (a whole
+/// number of LANES long): each becomes e^(score - max), the rest 0;
+/// returns their sum.
+fn exponentiate(scores: &mut [f32], length: usize) -> f32 {
+    let max = scores[..length].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scores.iter_mut().for_each(|s| *s = exp(*s - max));
+    scores[length..].fill(0.0);
+    sum(scores)
 }
 
 #[cfg(test)]
