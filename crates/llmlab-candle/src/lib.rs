@@ -4,8 +4,8 @@
 //! The pipeline tokenises, cuts long inputs into windows the model can read,
 //! runs batches of windows packed without padding through its own encoder
 //! (matrix products on AMX tiles where the CPU has them, else candle's
-//! matmul) and pools each window's token states. Vectors leave unnormalised: the core
-//! service normalises, once, for every backend.
+//! matmul) and pools each window's token states. Vectors leave
+//! unnormalised: the core service normalises, once, for every backend.
 
 mod batch;
 mod bert;

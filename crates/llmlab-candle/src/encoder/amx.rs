@@ -21,7 +21,7 @@ use rayon::prelude::*;
 /// and in blocks of two 16-row tiles.
 const BLOCK: usize = 32;
 
-pub(crate) fn round_up(x: usize) -> usize {
+fn round_up(x: usize) -> usize {
     x.div_ceil(BLOCK) * BLOCK
 }
 
