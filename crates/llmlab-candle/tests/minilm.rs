@@ -1,38 +1,18 @@
 //! The BERT pipeline on the real all-MiniLM-L6-v2 against vectors that
 //! sentence-transformers (PyTorch) made from the same files
-//! (`scripts/make-embedding-fixture.py`). scripts/test.sh pulls the model
-//! first; without it these tests say so and pass.
+//! (`scripts/make-embedding-fixture.py`, see `minilm_support`).
+//! scripts/test.sh pulls the model first; without it these tests say so
+//! and pass.
 
-use std::path::{Path, PathBuf};
+mod minilm_support;
+
 use std::sync::OnceLock;
 
 use llmlab_candle::BertEmbeddingPipeline;
 use llmlab_core::embedding::{cosine_similarity, l2_normalize, EmbedInput, RawEmbedding};
 use llmlab_core::pipeline::EmbeddingPipeline;
-use llmlab_core::registry::{ModelSpec, Registry};
-use llmlab_core::{config, ErrorKind};
-use serde::Deserialize;
-
-const MODEL_ID: &str = "all-minilm-l6-v2";
-
-#[derive(Deserialize)]
-struct Fixture {
-    model: String,
-    sentences: Vec<String>,
-    /// Unit-length vectors, one per sentence.
-    embeddings: Vec<Vec<f32>>,
-}
-
-fn fixture() -> Fixture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture present")).expect("fixture parses")
-}
-
-fn spec() -> ModelSpec {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/models.yaml");
-    let registry = Registry::load(&file, &config::models_dir()).expect("registry loads");
-    registry.require(MODEL_ID).expect("model in registry").clone()
-}
+use llmlab_core::ErrorKind;
+use minilm_support::{fixture, model_present, spec};
 
 /// The one loaded model of this test binary, or `None` (with a message)
 /// when its folder has not been pulled.
@@ -40,16 +20,7 @@ fn pipeline() -> Option<&'static BertEmbeddingPipeline> {
     static CELL: OnceLock<Option<BertEmbeddingPipeline>> = OnceLock::new();
     CELL.get_or_init(|| {
         let spec = spec();
-        let dir: &PathBuf = &spec.path;
-        if !dir.join("model.safetensors").is_file() {
-            eprintln!(
-                "SKIPPED: model folder {} is missing: run `cargo run -p llmlab-server -- pull {MODEL_ID}` \
-                 (scripts/test.sh does)",
-                dir.display()
-            );
-            return None;
-        }
-        Some(BertEmbeddingPipeline::load(&spec).expect("model loads"))
+        model_present(&spec).then(|| BertEmbeddingPipeline::load(&spec).expect("model loads"))
     })
     .as_ref()
 }

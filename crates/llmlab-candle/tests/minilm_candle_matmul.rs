@@ -4,41 +4,26 @@
 //! it, this binary is what keeps the fallback tested. A binary of its own
 //! because the switch is read from the process environment at load.
 
-use std::path::Path;
+mod minilm_support;
 
 use llmlab_candle::BertEmbeddingPipeline;
 use llmlab_core::config;
 use llmlab_core::embedding::{cosine_similarity, l2_normalize, EmbedInput};
 use llmlab_core::pipeline::EmbeddingPipeline;
-use llmlab_core::registry::Registry;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Fixture {
-    sentences: Vec<String>,
-    embeddings: Vec<Vec<f32>>,
-}
+use minilm_support::{fixture, model_present, spec};
 
 #[test]
 fn candle_matmul_matches_sentence_transformers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let registry = Registry::load(&root.join("../../models/models.yaml"), &config::models_dir()).unwrap();
-    let spec = registry.require("all-minilm-l6-v2").unwrap();
-    if !spec.path.join("model.safetensors").is_file() {
-        eprintln!(
-            "SKIPPED: model folder {} is missing (scripts/test.sh pulls it)",
-            spec.path.display()
-        );
+    let spec = spec();
+    if !model_present(&spec) {
         return;
     }
     // The only test in this binary, so nothing else reads the environment
     // while it is set.
     std::env::set_var(config::ENV_AMX, "0");
-    let model = BertEmbeddingPipeline::load(spec).unwrap();
+    let model = BertEmbeddingPipeline::load(&spec).unwrap();
     assert_eq!(model.matmul_kernel(), "candle-gemm");
-    let fixture: Fixture =
-        serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/minilm_reference.json")).unwrap())
-            .unwrap();
+    let fixture = fixture();
     let inputs: Vec<EmbedInput> = fixture.sentences.iter().cloned().map(EmbedInput::Text).collect();
     let got = model.embed(&inputs, false).unwrap();
     for ((sentence, reference), raw) in fixture.sentences.iter().zip(&fixture.embeddings).zip(&got) {

@@ -35,14 +35,18 @@ impl MatmulKernel {
 }
 
 enum Weights {
-    Amx(Amx, PackedWeights),
-    /// `[outputs, inputs]`, multiplied transposed as candle's Linear does.
-    Candle(Tensor, Tensor),
+    Amx {
+        amx: Amx,
+        packed: PackedWeights,
+        bias: Vec<f32>,
+    },
+    /// `weight` is `[outputs, inputs]`, multiplied transposed as candle's
+    /// Linear does.
+    Candle { weight: Tensor, bias: Tensor },
 }
 
 pub(crate) struct Linear {
     weights: Weights,
-    bias: Vec<f32>,
     inputs: usize,
 }
 
@@ -57,13 +61,17 @@ impl Linear {
     ) -> candle_core::Result<Self> {
         assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
         let weights = match kernel {
-            MatmulKernel::Amx(amx) => Weights::Amx(amx, PackedWeights::new(amx, weight, outputs, inputs)),
-            MatmulKernel::Candle => Weights::Candle(
-                Tensor::from_slice(weight, (outputs, inputs), &Device::Cpu)?,
-                Tensor::from_slice(&bias, outputs, &Device::Cpu)?,
-            ),
+            MatmulKernel::Amx(amx) => Weights::Amx {
+                amx,
+                packed: PackedWeights::new(amx, weight, outputs, inputs),
+                bias,
+            },
+            MatmulKernel::Candle => Weights::Candle {
+                weight: Tensor::from_slice(weight, (outputs, inputs), &Device::Cpu)?,
+                bias: Tensor::from_vec(bias, outputs, &Device::Cpu)?,
+            },
         };
-        Ok(Self { weights, bias, inputs })
+        Ok(Self { weights, inputs })
     }
 
     /// `x`: `rows` x inputs, row-major; returns rows x outputs.
@@ -79,8 +87,8 @@ impl Linear {
     pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> candle_core::Result<()> {
         debug_assert_eq!(x.len(), rows * self.inputs);
         match &self.weights {
-            Weights::Amx(amx, packed) => amx::linear(*amx, x, rows, packed, &self.bias, SPLIT_BF16, out),
-            Weights::Candle(weight, bias) => {
+            Weights::Amx { amx, packed, bias } => amx::linear(*amx, x, rows, packed, bias, SPLIT_BF16, out),
+            Weights::Candle { weight, bias } => {
                 let x = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
                 *out = x.matmul(&weight.t()?)?.broadcast_add(bias)?.flatten_all()?.to_vec1()?;
             }

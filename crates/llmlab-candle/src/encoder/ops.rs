@@ -176,6 +176,14 @@ pub(crate) fn attention_into(qkv: &[f32], lengths: &[usize], heads: usize, hidde
         rows_of.push((start, rows));
         (rest, start) = (tail, start + length);
     }
+    let head_of = |start, length, h: usize| Head {
+        qkv,
+        start,
+        length,
+        column: h * head_dim,
+        head_dim,
+        hidden,
+    };
     if lengths.len() >= 2 * rayon::current_num_threads() {
         // Enough sequences to keep every thread busy: one task per
         // sequence, writing its rows in place, all heads in turn.
@@ -185,14 +193,7 @@ pub(crate) fn attention_into(qkv: &[f32], lengths: &[usize], heads: usize, hidde
             .for_each(|((start, rows), &length)| {
                 let mut scratch = Scratch::default();
                 for h in 0..heads {
-                    let head = Head {
-                        qkv,
-                        start,
-                        length,
-                        column: h * head_dim,
-                        head_dim,
-                        hidden,
-                    };
+                    let head = head_of(start, length, h);
                     head.attend(&mut rows[h * head_dim..], hidden, &mut scratch);
                 }
             });
@@ -204,15 +205,7 @@ pub(crate) fn attention_into(qkv: &[f32], lengths: &[usize], heads: usize, hidde
         let per_head: Vec<Vec<f32>> = jobs
             .par_iter()
             .map(|&(s, h)| {
-                let (start, length) = (rows_of[s].0, lengths[s]);
-                let head = Head {
-                    qkv,
-                    start,
-                    length,
-                    column: h * head_dim,
-                    head_dim,
-                    hidden,
-                };
+                let head = head_of(rows_of[s].0, lengths[s], h);
                 let mut values = vec![0f32; lengths[s] * head_dim];
                 head.attend(&mut values, head_dim, &mut Scratch::default());
                 values
