@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-python3 -c 'import openai, pytest' 2>/dev/null || python3 -m pip install --quiet openai pytest
+# The e2e suites' clients: OpenAI's, and raw WebSocket, gRPC and AMQP
+# clients for the adversarial suite.
+python3 -c 'import openai, pytest, websocket, grpc, pika' 2>/dev/null \
+  || python3 -m pip install --quiet openai pytest websocket-client grpcio pika
 # One build for everything: the test binaries and the `llmlab` binary they
 # drive (a separate `cargo build` would compile the dependencies a second
 # time, with other features).

@@ -40,9 +40,9 @@ impl BertEmbeddingPipeline {
             |what: &str, e: &dyn std::fmt::Display| Error::unavailable(format!("model '{}': {what}: {e}", spec.id));
         let config_path = dir.join(CONFIG_FILE);
         let config_text = std::fs::read_to_string(&config_path)
-            .map_err(|e| unavailable(&format!("cannot read {}", config_path.display()), &e))?;
+            .map_err(|e| unavailable(&format!("cannot read {CONFIG_FILE}"), &e.kind()))?;
         let config: BertConfig = serde_json::from_str(&config_text)
-            .map_err(|e| unavailable(&format!("{} is not a BERT config", config_path.display()), &e))?;
+            .map_err(|e| unavailable(&format!("{CONFIG_FILE} is not a BERT config"), &e))?;
 
         let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE)).map_err(|e| unavailable("tokenizer", &e))?;
         let specials = probe_specials(&tokenizer).map_err(|e| unavailable("tokenizer", &e))?;
@@ -51,9 +51,9 @@ impl BertEmbeddingPipeline {
         // Read into memory rather than mmap: mapping a file is `unsafe`
         // (another process could change it under us), and 100 MB is cheap.
         let weights = std::fs::read(&weights_path)
-            .map_err(|e| unavailable(&format!("cannot read {}", weights_path.display()), &e))?;
+            .map_err(|e| unavailable(&format!("cannot read {WEIGHTS_FILE}"), &e.kind()))?;
         let encoder = Encoder::load(&config, &weights, MatmulKernel::detect())
-            .map_err(|e| unavailable(&format!("{} does not fit its config", weights_path.display()), &e))?;
+            .map_err(|e| unavailable(&format!("{WEIGHTS_FILE} does not fit its config"), &e))?;
 
         tracing::info!(
             model = %spec.id,
@@ -171,7 +171,7 @@ impl EmbeddingPipeline for BertEmbeddingPipeline {
 /// pipeline pads per batch and windows long inputs itself, and a tokenizer
 /// that cut inputs would cut them silently.
 fn load_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
-    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| format!("cannot load {TOKENIZER_FILE}: {e}"))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(None)

@@ -62,6 +62,16 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_SSE_KEEP_ALIVE_SECS: u64 = 5;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Seconds a client has to send a request's line and headers; also how long
+/// an idle keep-alive connection waits for its next request.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Seconds a client has to send a whole request body once its headers are in.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Connections (HTTP and upgraded WebSockets) served at once; further ones
+/// wait in the listen backlog until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Largest request head (request line and headers) read; more is a 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Job-queue door: the prefix of every queue name, and how many times a job
 /// whose failure is the server's is tried before it is dead-lettered.

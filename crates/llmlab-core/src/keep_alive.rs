@@ -25,7 +25,10 @@ impl KeepAlive {
         let bad = || {
             Error::invalid_param(
                 "keep_alive",
-                format!("invalid keep_alive '{text}': use e.g. \"5m\", \"30s\", \"0\" or \"-1\""),
+                format!(
+                    "invalid keep_alive '{}': use e.g. \"5m\", \"30s\", \"0\" or \"-1\"",
+                    crate::text::echo(text)
+                ),
             )
         };
         if let Some(magnitude) = text.strip_prefix('-') {

@@ -183,7 +183,7 @@ impl crate::StreamObserver for GenerationMeter {
                 self.usage.completion_tokens,
             ),
             ChatEvent::Stopped(trip) => guard_tripped(&self.model, trip.kind.stop_reason()),
-            ChatEvent::Logprobs(_) => {}
+            ChatEvent::Logprobs(_) | ChatEvent::Started => {}
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct FakeChatPipeline {
     pub completions: Mutex<Vec<CompletionRequest>>,
     /// Requests whose stream ended by cancellation or a dropped receiver.
     pub cancelled: Arc<AtomicUsize>,
+    /// Play scripts as if every request waited in a full engine's queue:
+    /// no `Started` event before the script's events.
+    pub held_in_queue: std::sync::atomic::AtomicBool,
 }
 
 impl FakeChatPipeline {
@@ -65,6 +68,7 @@ impl FakeChatPipeline {
             chats: Mutex::new(Vec::new()),
             completions: Mutex::new(Vec::new()),
             cancelled: Arc::new(AtomicUsize::new(0)),
+            held_in_queue: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -78,6 +82,13 @@ impl FakeChatPipeline {
             return Err(error);
         }
         let (tx, stream) = ChatStream::channel();
+        // Like an engine with a free slot, the fake starts at once, unless
+        // the script fails before starting (a prompt too long) or the test
+        // holds it in the queue.
+        let fails_at_once = matches!(script.events.first(), Some(ChatEvent::Error(_)));
+        if !fails_at_once && !self.held_in_queue.load(Ordering::SeqCst) {
+            let _ = tx.send(ChatEvent::Started);
+        }
         let cancelled = Arc::clone(&self.cancelled);
         tokio::spawn(async move {
             for event in script.events {

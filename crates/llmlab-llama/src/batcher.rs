@@ -6,6 +6,7 @@
 //! ends, for the next request that starts the same way.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -14,6 +15,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::Error;
 
+use crate::control_text::ControlTexts;
 use crate::engine::{EngineLoad, Job};
 use crate::policy::TokenPolicy;
 use crate::sequence::{common_prefix, Sequence, Step};
@@ -34,6 +36,7 @@ pub(crate) struct Batcher<'m> {
     batch: LlamaBatch<'static>,
     batch_capacity: usize,
     policy: TokenPolicy,
+    control_texts: Arc<ControlTexts>,
     /// Tokens one sequence may hold (prompt plus output).
     context_size: usize,
     slots: Vec<SlotCache>,
@@ -47,6 +50,7 @@ impl<'m> Batcher<'m> {
         model: &'m LlamaModel,
         ctx: LlamaContext<'m>,
         policy: TokenPolicy,
+        control_texts: Arc<ControlTexts>,
         parallel: usize,
         context_size: usize,
     ) -> Self {
@@ -57,6 +61,7 @@ impl<'m> Batcher<'m> {
             batch: LlamaBatch::new(batch_capacity, 1),
             batch_capacity,
             policy,
+            control_texts,
             context_size,
             slots: (0..parallel.max(1)).map(|_| SlotCache::default()).collect(),
             active: Vec::new(),
@@ -78,7 +83,7 @@ impl<'m> Batcher<'m> {
         load.started();
         let span = job.span.clone();
         let _entered = span.enter();
-        let Some(mut sequence) = Sequence::prepare(self.model, job, self.context_size) else {
+        let Some(mut sequence) = Sequence::prepare(self.model, &self.control_texts, job, self.context_size) else {
             load.finished();
             return;
         };
@@ -161,9 +166,9 @@ impl<'m> Batcher<'m> {
                 Step::Continue => index += 1,
                 Step::Finished(reason) => {
                     let sequence = self.active.remove(index);
-                    let slot = sequence.slot();
+                    let (slot, held) = (sequence.slot(), sequence.held());
                     self.release(slot, sequence.finish(reason));
-                    load.finished();
+                    load.finished_after(held);
                 }
             }
         }

@@ -15,6 +15,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::guards::QueueWaitEstimator;
 use llmlab_core::metrics;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
@@ -22,7 +23,9 @@ use llmlab_core::{ChatEvent, ChatEventSender, Error, ErrorKind, GenerationParams
 
 use crate::backend::backend;
 use crate::batcher::Batcher;
+use crate::control_text::ControlTexts;
 use crate::policy::TokenPolicy;
+use crate::sequence::tokenize_prompt;
 
 /// What the rest of the crate learns about a model once it is loaded.
 #[derive(Debug, Clone)]
@@ -36,11 +39,39 @@ pub(crate) struct ModelInfo {
     pub eos_token: String,
     /// Tokens one sequence may hold.
     pub context_size: u32,
+    /// Control-token texts, escaped in client strings before rendering.
+    pub control_texts: Arc<ControlTexts>,
+}
+
+/// A prompt and how its text may be read.
+pub(crate) enum Prompt {
+    /// A client's own text (plain completion): read as written, control
+    /// tokens included, as every completion endpoint does.
+    Raw(String),
+    /// A rendered chat template whose client strings were escaped (see
+    /// `control_text`): control tokens only where the template put them.
+    Rendered(String),
+}
+
+impl Prompt {
+    /// The request field the prompt was made from (errors name it).
+    pub fn request_field(&self) -> &'static str {
+        match self {
+            Self::Raw(_) => "prompt",
+            Self::Rendered(_) => "messages",
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Raw(text) | Self::Rendered(text) => text,
+        }
+    }
 }
 
 /// One generation request, as the engine thread sees it.
 pub(crate) struct Job {
-    pub prompt: String,
+    pub prompt: Prompt,
     /// Sampling already resolved against model and global defaults.
     pub params: GenerationParams,
     pub cancel: CancellationToken,
@@ -53,6 +84,7 @@ pub(crate) struct Job {
 
 enum Command {
     Generate(Box<Job>),
+    Tokenize(Prompt, mpsc::SyncSender<Vec<i32>>),
     Shutdown,
 }
 
@@ -64,10 +96,16 @@ pub(crate) struct EngineLoad {
     queued: AtomicUsize,
     active: AtomicUsize,
     max_queue: usize,
+    /// Refuses requests that could not start before their first-token
+    /// deadline.
+    wait: QueueWaitEstimator,
 }
 
 impl EngineLoad {
-    fn enqueue(&self) -> Result<()> {
+    fn enqueue(&self, first_token: Option<std::time::Duration>) -> Result<()> {
+        let waiting = self.queued.load(Ordering::SeqCst);
+        self.wait
+            .admit(&self.model, waiting, self.active.load(Ordering::SeqCst), first_token)?;
         let depth = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
         if depth > self.max_queue {
             self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -90,6 +128,12 @@ impl EngineLoad {
         metrics::queue_depth(&self.model, depth);
         let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::active_sequences(&self.model, active);
+    }
+
+    /// A request finished after holding its slot for `held`.
+    pub fn finished_after(&self, held: std::time::Duration) {
+        self.wait.record_hold(held);
+        self.finished();
     }
 
     pub fn finished(&self) {
@@ -117,6 +161,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             max_queue: spec.max_queue as usize,
+            wait: QueueWaitEstimator::new(spec.parallel.max(1) as usize),
         });
         let spec = spec.clone();
         let thread = std::thread::Builder::new()
@@ -139,8 +184,19 @@ impl Engine {
         ))
     }
 
+    /// The tokens a prompt becomes (waits while every slot is busy).
+    pub fn tokenize(&self, prompt: Prompt) -> Result<Vec<i32>> {
+        let stopped = || Error::unavailable("the model's engine has stopped");
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.commands
+            .send(Command::Tokenize(prompt, reply))
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())
+    }
+
     pub fn submit(&self, job: Job) -> Result<()> {
-        self.load.enqueue()?;
+        let first_token = job.params.guards.and_then(|g| g.deadlines.first_token());
+        self.load.enqueue(first_token)?;
         self.commands.send(Command::Generate(Box::new(job))).map_err(|_| {
             self.load.queued.fetch_sub(1, Ordering::SeqCst);
             Error::unavailable("the model's engine has stopped")
@@ -181,11 +237,20 @@ fn engine_main(
     };
     let info = model_info(&model, spec);
     let policy = TokenPolicy::new(&model, info.reasoning_format, info.tool_call_format);
+    let control_texts = Arc::clone(&info.control_texts);
+    let texts_for_batcher = Arc::clone(&control_texts);
     if ready.send(Ok(info)).is_err() {
         return;
     }
     metrics::model_memory(&spec.id, model.size());
-    let mut batcher = Batcher::new(&model, ctx, policy, spec.parallel as usize, spec.context_size as usize);
+    let mut batcher = Batcher::new(
+        &model,
+        ctx,
+        policy,
+        texts_for_batcher,
+        spec.parallel as usize,
+        spec.context_size as usize,
+    );
     let mut stopping = false;
     while !(stopping && batcher.is_idle()) {
         // New requests join between decode steps while slots are free; with
@@ -198,6 +263,10 @@ fn engine_main(
             };
             match command {
                 Ok(Command::Generate(job)) => batcher.admit(*job, load),
+                Ok(Command::Tokenize(prompt, reply)) => {
+                    let tokens = tokenize_prompt(&model, &control_texts, &prompt);
+                    let _ = reply.send(tokens.iter().map(|t| t.0).collect());
+                }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => stopping = true,
                 Err(TryRecvError::Empty) => break,
             }
@@ -224,11 +293,8 @@ pub(crate) fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
     let started = Instant::now();
     let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
     let model = LlamaModel::load_from_file(backend()?, &spec.path, &params).map_err(|e| {
-        Error::unavailable(format!(
-            "cannot load model '{}' from {}: {e}",
-            spec.id,
-            spec.path.display()
-        ))
+        tracing::warn!(model = %spec.id, path = %spec.path.display(), error = %e, "llama.cpp could not load the model");
+        Error::unavailable(format!("cannot load model '{}': {e}", spec.id))
     })?;
     tracing::info!(model = %spec.id, load_ms = started.elapsed().as_millis() as u64, "model weights loaded");
     Ok(model)
@@ -291,5 +357,21 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec) -> ModelInfo {
         bos_token: special_text(vocab.bos()),
         eos_token: special_text(vocab.eos()),
         context_size: spec.context_size,
+        control_texts: Arc::new(control_texts(model)),
     }
+}
+
+/// The texts of the tokens llama.cpp reads out of a prompt only when special
+/// parsing is on (control and unknown tokens).
+fn control_texts(model: &LlamaModel) -> ControlTexts {
+    use llama_cpp_2::token_type::LlamaTokenAttr;
+    let vocab = model.vocab();
+    let texts = vocab.tokens().filter_map(|token| {
+        let attr = vocab.attr(token);
+        if !(attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::Unknown)) {
+            return None;
+        }
+        vocab.text(token).and_then(|t| t.to_str().ok()).map(str::to_owned)
+    });
+    ControlTexts::new(texts)
 }

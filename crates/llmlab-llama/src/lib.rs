@@ -5,6 +5,7 @@
 
 mod backend;
 mod batcher;
+mod control_text;
 mod embedder;
 mod encoder;
 mod engine;

@@ -19,7 +19,10 @@ const F16_BYTES: u64 = 2;
 
 pub fn estimate_memory(spec: &ModelSpec) -> Result<MemoryEstimate> {
     let weights = std::fs::metadata(&spec.path)
-        .map_err(|e| Error::unavailable(format!("model file for '{}' at {}: {e}", spec.id, spec.path.display())))?
+        .map_err(|e| {
+            tracing::warn!(model = %spec.id, path = %spec.path.display(), error = %e, "cannot read the model file");
+            Error::unavailable(format!("cannot read the model file of '{}': {}", spec.id, e.kind()))
+        })?
         .len();
     let shape = GgufContext::from_file(&spec.path).and_then(|gguf| Shape::read(&gguf));
     let kv = shape.map_or(0, |s| s.kv_cache_bytes(spec.context_size.saturating_mul(spec.parallel)));

@@ -1,5 +1,6 @@
 //! `LlamaChatPipeline`: the `ChatPipeline` of a GGUF model.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,7 @@ use llmlab_core::{
     ToolChoice,
 };
 
-use crate::engine::{Engine, Job, ModelInfo};
+use crate::engine::{Engine, Job, ModelInfo, Prompt};
 use crate::template::ChatTemplate;
 
 pub struct LlamaChatPipeline {
@@ -39,7 +40,10 @@ impl LlamaChatPipeline {
         let template = info
             .chat_template
             .as_deref()
-            .map(|source| ChatTemplate::new(source, &info.bos_token, &info.eos_token))
+            .map(|source| {
+                ChatTemplate::new(source, &info.bos_token, &info.eos_token)
+                    .map(|t| t.with_control_texts(Arc::clone(&info.control_texts)))
+            })
             .transpose()
             .map_err(|e| Error::unavailable(format!("model '{}': {}", spec.id, e.message)))?;
         tracing::info!(model = %spec.id, reasoning = ?info.reasoning_format, tools = ?info.tool_call_format, "output formats");
@@ -66,7 +70,7 @@ impl LlamaChatPipeline {
 
     fn submit(
         &self,
-        prompt: String,
+        prompt: Prompt,
         mut params: GenerationParams,
         processor: Option<ProcessorChain>,
         cancel: CancellationToken,
@@ -75,7 +79,7 @@ impl LlamaChatPipeline {
         params.guards.get_or_insert(self.spec.guards);
         let (events, stream) = ChatStream::channel();
         let span = tracing::info_span!("generate", model = %self.spec.id);
-        tracing::debug!(parent: &span, %prompt, "prompt");
+        tracing::debug!(parent: &span, prompt = %self.info.control_texts.display(prompt.text()), "prompt");
         self.engine.submit(Job {
             prompt,
             params,
@@ -99,7 +103,7 @@ impl ChatPipeline for LlamaChatPipeline {
         if let Some(schema) = forced_tool_call_schema(&request.tools, &request.tool_choice)? {
             request.params.json_schema = Some(schema);
         }
-        let prompt = self.render_prompt(&request)?;
+        let prompt = self.render_escaped(&request)?;
         // A grammar forces JSON from the first token, so a think block the
         // prompt opened can never be closed: route from content then.
         let starts_in_reasoning = request.params.json_schema.is_none() && prompt_opens_reasoning(&prompt);
@@ -109,16 +113,31 @@ impl ChatPipeline for LlamaChatPipeline {
             &request.tools,
             starts_in_reasoning,
         );
-        self.submit(prompt, request.params, Some(processor), cancel)
+        self.submit(Prompt::Rendered(prompt), request.params, Some(processor), cancel)
     }
 
     fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
         request.validate()?;
         // Plain completion: the raw text is the answer, nothing is routed.
-        self.submit(request.prompt, request.params, None, cancel)
+        self.submit(Prompt::Raw(request.prompt), request.params, None, cancel)
     }
 
+    /// The prompt as the model reads it.
     fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
+        Ok(self.info.control_texts.display(&self.render_escaped(request)?))
+    }
+}
+
+impl LlamaChatPipeline {
+    /// The token ids a chat request's prompt becomes (what the engine would
+    /// decode; for tests and tooling).
+    pub fn prompt_tokens(&self, request: &ChatRequest) -> Result<Vec<i32>> {
+        let prompt = self.render_escaped(request)?;
+        self.engine.tokenize(Prompt::Rendered(prompt))
+    }
+
+    /// The rendered prompt, client strings escaped (see `control_text`).
+    fn render_escaped(&self, request: &ChatRequest) -> Result<String> {
         if let Some(i) = request.messages.iter().position(|m| m.content.has_images()) {
             return Err(Error::invalid_param(
                 format!("messages[{i}].content"),

@@ -22,11 +22,23 @@ pub(crate) fn build_request_sampler(model: &LlamaModel, params: &GenerationParam
 
 /// A grammar sampler accepting exactly the JSON texts that match `schema`,
 /// converted by llama.cpp's own JSON-schema-to-GBNF translator.
+///
+/// Validation (`check_grammar_schema`) refuses the schemas known to fail
+/// here; whatever still fails is the client's schema too, never the model's
+/// fault, so it is a client error and does not count against the model.
 fn grammar_sampler(model: &LlamaModel, schema: &serde_json::Value) -> Result<LlamaSampler> {
-    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
-        .map_err(|e| Error::invalid(format!("the JSON schema cannot be turned into a grammar: {e}")))?;
-    LlamaSampler::grammar(model, &gbnf, "root")
-        .map_err(|e| Error::internal(format!("llama.cpp rejected the generated grammar: {e}")))
+    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+        Error::invalid_param(
+            "response_format",
+            format!("llama.cpp cannot turn the JSON schema into a grammar: {e}"),
+        )
+    })?;
+    LlamaSampler::grammar(model, &gbnf, "root").map_err(|e| {
+        Error::invalid_param(
+            "response_format",
+            format!("llama.cpp rejected the grammar made from the JSON schema: {e}"),
+        )
+    })
 }
 
 /// `params` must be fully resolved (every field set); missing values fall
@@ -56,8 +68,11 @@ pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampl
             chain.push(LlamaSampler::min_p(p, 1));
         }
         chain.push(LlamaSampler::temp(temperature));
-        // Seeds are u64 on the wire; llama.cpp takes 32 bits.
-        let seed = params.seed.map_or(RANDOM_SEED, |s| (s & u64::from(u32::MAX)) as u32);
+        // Validation keeps seeds within 32 bits (`MAX_SEED`).
+        let seed = params
+            .seed
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(RANDOM_SEED);
         chain.push(LlamaSampler::dist(seed));
     }
     LlamaSampler::chain_simple(chain)

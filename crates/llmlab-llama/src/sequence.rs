@@ -16,7 +16,8 @@ use llmlab_core::guards::{GuardSet, GuardSettings};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
 use llmlab_core::{ChatEvent, Error, FinishReason, GenerationParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
-use crate::engine::Job;
+use crate::control_text::{ControlTexts, PromptPiece};
+use crate::engine::{Job, Prompt};
 use crate::logprobs::logprobs;
 use crate::output::Output;
 use crate::policy::TokenPolicy;
@@ -61,15 +62,15 @@ pub(crate) struct Sequence {
 impl Sequence {
     /// Validate and tokenize a job. A job that cannot run is answered here
     /// (its terminal event sent) and `None` returned.
-    pub fn prepare(model: &LlamaModel, mut job: Job, context_size: usize) -> Option<Self> {
+    pub fn prepare(model: &LlamaModel, control_texts: &ControlTexts, mut job: Job, context_size: usize) -> Option<Self> {
         if is_cancelled(&job) {
             let _ = job.events.send(ChatEvent::Done {
                 finish_reason: FinishReason::Cancelled,
             });
             return None;
         }
-        let prompt = tokenize_prompt(model, &job.prompt);
-        let checked = check_prompt(&prompt, context_size)
+        let prompt = tokenize_prompt(model, control_texts, &job.prompt);
+        let checked = check_prompt(&prompt, context_size, job.prompt.request_field())
             // Built before the prompt is processed: a schema that cannot
             // become a grammar fails the request without wasting compute.
             .and_then(|()| build_request_sampler(model, &job.params));
@@ -80,6 +81,9 @@ impl Sequence {
                 return None;
             }
         };
+        // Out of the queue: deadlines and the breaker now hold the model
+        // responsible for how this request goes.
+        let _ = job.events.send(ChatEvent::Started);
         let room = (context_size - prompt.len()) as u32;
         let max_new = job.params.max_tokens.map_or(room, |m| m.min(room));
         let output = Output {
@@ -115,6 +119,11 @@ impl Sequence {
     /// Past its prompt: it has a sampled token to decode.
     pub fn is_generating(&self) -> bool {
         self.next.is_some()
+    }
+
+    /// How long it has held its slot.
+    pub fn held(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn slot(&self) -> usize {
@@ -287,13 +296,14 @@ fn is_cancelled(job: &Job) -> bool {
     job.cancel.is_cancelled() || job.events.is_closed()
 }
 
-fn check_prompt(prompt: &[LlamaToken], context_size: usize) -> Result<()> {
+/// `param` names the request field the prompt came from.
+fn check_prompt(prompt: &[LlamaToken], context_size: usize, param: &str) -> Result<()> {
     if prompt.is_empty() {
-        return Err(Error::invalid_param("prompt", "the prompt is empty"));
+        return Err(Error::invalid_param(param, "the prompt is empty"));
     }
     if prompt.len() >= context_size {
         return Err(Error::invalid_param(
-            "messages",
+            param,
             format!(
                 "the prompt is {} tokens but the model's context holds {context_size}",
                 prompt.len()
@@ -339,9 +349,24 @@ pub(crate) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// Tokenize with special tokens parsed (templates write them as text) and
 /// BOS added when the model wants one, without doubling a BOS the template
 /// already wrote.
-fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+pub(crate) fn tokenize_prompt(model: &LlamaModel, control_texts: &ControlTexts, prompt: &Prompt) -> Vec<LlamaToken> {
     let vocab = model.vocab();
-    let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let mut tokens = match prompt {
+        Prompt::Raw(text) => vocab.tokenize(text.as_bytes(), true, true),
+        Prompt::Rendered(text) => {
+            let mut tokens = Vec::new();
+            for (i, piece) in control_texts.pieces(text).into_iter().enumerate() {
+                // The model's own start tokens (BOS) go before the first piece.
+                let add_special = i == 0;
+                match piece {
+                    PromptPiece::Template(text) => tokens.extend(vocab.tokenize(text.as_bytes(), add_special, true)),
+                    PromptPiece::Literal(text) => tokens.extend(vocab.tokenize(text.as_bytes(), add_special, false)),
+                }
+            }
+            tokens
+        }
+    };
+    // Templates that write BOS themselves would get a second one.
     let bos = vocab.bos();
     if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
         tokens.remove(0);

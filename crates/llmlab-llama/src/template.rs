@@ -8,7 +8,11 @@ use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
+use std::sync::Arc;
+
 use llmlab_core::{ChatMessage, Error, MessageContent, Result, ToolDefinition};
+
+use crate::control_text::{escape_json, ControlTexts};
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -17,6 +21,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Escapes control-token text in every client string (none by default).
+    control_texts: Arc<ControlTexts>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -45,13 +51,28 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            control_texts: Arc::default(),
         })
+    }
+
+    /// Escape these control-token texts wherever a client string holds
+    /// them, so that only the template writes control tokens.
+    pub(crate) fn with_control_texts(mut self, control_texts: Arc<ControlTexts>) -> Self {
+        self.control_texts = control_texts;
+        self
     }
 
     /// Render a conversation, ending with the assistant's generation prompt.
     pub fn render(&self, messages: &[ChatMessage], tools: &[ToolDefinition]) -> Result<String> {
-        let messages: Vec<Json> = messages.iter().map(message_to_json).collect();
-        let tools = (!tools.is_empty()).then(|| serde_json::to_value(tools).unwrap_or_default());
+        // Every string a client wrote is escaped; the template's own text
+        // (and bos/eos) is not.
+        let mut messages = Json::Array(messages.iter().map(message_to_json).collect());
+        escape_json(&self.control_texts, &mut messages);
+        let tools = (!tools.is_empty()).then(|| {
+            let mut tools = serde_json::to_value(tools).unwrap_or_default();
+            escape_json(&self.control_texts, &mut tools);
+            tools
+        });
         let template = self
             .env
             .get_template(TEMPLATE_NAME)

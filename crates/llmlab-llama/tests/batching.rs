@@ -72,7 +72,7 @@ fn first_content(stream: &mut ChatStream) -> String {
     loop {
         match stream.blocking_next().expect("stream open") {
             ChatEvent::Content(text) => return text,
-            ChatEvent::Reasoning(_) | ChatEvent::Logprobs(_) => {}
+            ChatEvent::Started | ChatEvent::Reasoning(_) | ChatEvent::Logprobs(_) => {}
             other => panic!("unexpected event before content: {other:?}"),
         }
     }

@@ -1,5 +1,7 @@
 //! The API key check every door shares: `authorization: Bearer <key>`.
 
+use sha2::{Digest, Sha256};
+
 /// What a presented `authorization` value amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCheck {
@@ -20,22 +22,35 @@ impl KeyCheck {
     }
 }
 
-/// Check the `authorization` value against the configured key, comparing in
-/// constant time so the key cannot be guessed from response times.
+/// Check the `authorization` value against the configured key. The scheme
+/// name is case-insensitive (RFC 9110 §11.1), so `bearer` works as well as
+/// `Bearer`.
 pub fn check(expected: Option<&str>, authorization: Option<&str>) -> KeyCheck {
     let Some(expected) = expected else {
         return KeyCheck::Allowed;
     };
-    match authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => KeyCheck::Allowed,
+    match bearer_token(authorization) {
+        Some(key) if same_key(key, expected) => KeyCheck::Allowed,
         Some(_) => KeyCheck::Invalid,
         None => KeyCheck::Missing,
     }
 }
 
-/// Compare without leaking the position of the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of a `Bearer` credential, whatever the case of the scheme.
+fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compare the SHA-256 digests of both keys, byte by byte without an early
+/// exit: the time taken depends neither on where the keys first differ nor
+/// on their lengths (a plain comparison returns at once on a length
+/// mismatch, which tells an attacker the key's length).
+fn same_key(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -50,5 +65,23 @@ mod tests {
         assert_eq!(check(Some("k"), Some("k")), KeyCheck::Missing);
         assert_eq!(check(Some("k"), Some("Bearer x")), KeyCheck::Invalid);
         assert_eq!(check(Some("k"), Some("Bearer kk")), KeyCheck::Invalid);
+        assert_eq!(check(Some("k"), Some("Bearer ")), KeyCheck::Missing);
+        assert_eq!(check(Some("k"), Some("Basic k")), KeyCheck::Missing);
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for value in ["bearer k", "BEARER k", "BeArEr k", "  Bearer   k  ", "bearer\tk"] {
+            assert_eq!(check(Some("k"), Some(value)), KeyCheck::Allowed, "{value:?}");
+        }
+        assert_eq!(check(Some("k"), Some("bearerk")), KeyCheck::Missing);
+    }
+
+    #[test]
+    fn keys_of_any_length_compare() {
+        let long = "x".repeat(10_000);
+        assert_eq!(check(Some(&long), Some(&format!("Bearer {long}"))), KeyCheck::Allowed);
+        assert_eq!(check(Some(&long), Some("Bearer x")), KeyCheck::Invalid);
+        assert_eq!(check(Some("x"), Some(&format!("Bearer {long}"))), KeyCheck::Invalid);
     }
 }

@@ -35,12 +35,13 @@ impl PipelineFactory for BackendFactory {
         match spec.backend {
             BackendKind::Llama => llmlab_llama::check_model_file(spec),
             BackendKind::Candle if spec.path.is_dir() => Ok(()),
-            BackendKind::Candle => Err(Error::unavailable(format!(
-                "model folder for '{}' not found at {} (run `llmlab pull {}`)",
-                spec.id,
-                spec.path.display(),
-                spec.id
-            ))),
+            BackendKind::Candle => {
+                tracing::warn!(model = %spec.id, path = %spec.path.display(), "model folder not found");
+                Err(Error::unavailable(format!(
+                    "the model folder of '{}' is missing on the server (run `llmlab pull {}`)",
+                    spec.id, spec.id
+                )))
+            }
         }
     }
 

@@ -3,13 +3,19 @@
 //! round-trip; poison and failing jobs reach the dead-letter queue with
 //! their reason; two workers share a queue and a job of a worker killed
 //! with SIGKILL is completed by the other; a cut connection is re-made;
-//! SIGTERM finishes the running job before exiting.
+//! SIGTERM finishes the running job before exiting. Hostile jobs: counter
+//! headers out of range, a reply queue that is missing (or deleted mid-job),
+//! a body over the limit, an invalid request, and a job whose workers keep
+//! dying are all answered and dead-lettered, never wedging the worker.
 
 mod amqp_support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
 use amqp_support::{unique_prefix, Client, CuttableProxy, Worker, BROKER, SERIAL};
@@ -291,5 +297,275 @@ async fn serve_runs_http_grpc_and_a_worker_on_one_service() {
 
     server.terminate();
     assert!(server.exit_status(Duration::from_secs(30)).await.success());
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+#[tokio::test]
+async fn poison_counter_headers_are_refused_and_do_not_wedge_the_worker() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("headers");
+    let worker = Worker::start(BROKER, &prefix, "w1", &["--worker-models", TEXT_MODEL, "--slots", "4"]);
+    let mut client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    client.wait_for_consumers(&queue, 1, SLOW).await;
+
+    // Four: as many as the worker's prefetch, so a worker that left any of
+    // them unsettled would never take the good job behind them.
+    let poisons = [
+        (
+            "huge",
+            AMQPValue::LongLongInt(4_294_967_295),
+            "was tried 4294967295 times already",
+        ),
+        ("negative", AMQPValue::LongInt(-1), "must be a non-negative integer"),
+        (
+            "string",
+            AMQPValue::LongString("2".into()),
+            "must be a non-negative integer",
+        ),
+        ("fraction", AMQPValue::Double(1.5), "must be a non-negative integer"),
+    ];
+    for (id, value, _) in &poisons {
+        let (job, name) = (completion(2, false), "x-llmlab-attempts");
+        client.publish_with_header(&queue, &job, id, name, value.clone()).await;
+    }
+    client.publish(&queue, &completion(2, false), "good").await;
+    let answers = client.first_replies(poisons.len() + 1, SLOW).await;
+    assert_eq!(answers["good"].kind(), "result", "{:?}", answers["good"].body);
+    let dead = client.dead_letters(poisons.len(), SLOW).await;
+    for (id, _, says) in &poisons {
+        let reply = &answers[*id].body;
+        assert_eq!(
+            (reply["type"].as_str(), reply["status"].as_u64()),
+            (Some("error"), Some(400)),
+            "{id}: {reply}"
+        );
+        assert_eq!(reply["error"]["param"], "x-llmlab-attempts", "{id}: {reply}");
+        let reason = &dead[*id].reason;
+        assert!(
+            reason.starts_with("invalid job: header x-llmlab-attempts") && reason.contains(says),
+            "{id}: {reason}"
+        );
+    }
+    let mut worker = worker;
+    assert!(worker.child.try_wait().unwrap().is_none(), "still running");
+    drop(worker);
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_reply_queue_is_missing_or_goes_away_is_dead_lettered() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("replyto");
+    let worker = Worker::start(BROKER, &prefix, "w1", &["--worker-models", TEXT_MODEL]);
+    let client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    client.wait_for_consumers(&queue, 1, SLOW).await;
+
+    // Missing before the job starts: refused without running.
+    let missing = format!("{prefix}.nobody-reads-this");
+    let properties = client.job_properties("missing").with_reply_to(missing.as_str().into());
+    let body = completion(4, false).to_string();
+    client.publish_with(&queue, body.as_bytes(), properties).await;
+    let dead = client.dead_letter_message(SLOW).await;
+    assert_eq!(dead.reason, format!("reply queue '{missing}' does not exist"));
+    assert_eq!(dead.correlation_id, "missing");
+
+    // Deleted while the job streams: the broker returns the replies (they
+    // are mandatory) and the job is dead-lettered, not acknowledged as done.
+    let vanishing = format!("{prefix}.vanishing");
+    let (channel, mut replies) = client.named_queue(&vanishing).await;
+    let properties = client
+        .job_properties("vanishing")
+        .with_reply_to(vanishing.as_str().into());
+    let body = completion(200, true).to_string();
+    client.publish_with(&queue, body.as_bytes(), properties).await;
+    tokio::time::timeout(SLOW, replies.next())
+        .await
+        .expect("a first chunk")
+        .unwrap()
+        .unwrap();
+    channel
+        .queue_delete(vanishing.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let dead = client.dead_letter_message(SLOW).await;
+    let expected = format!("reply queue '{vanishing}' does not exist (the broker returned the message: 312 NO_ROUTE)");
+    assert_eq!(
+        (dead.correlation_id.as_str(), dead.reason.as_str()),
+        ("vanishing", expected.as_str())
+    );
+
+    // Direct reply-to: the pseudo-queue passes the check while its
+    // requester listens.
+    let direct = client.connection.create_channel().await.unwrap();
+    let pseudo = "amq.rabbitmq.reply-to";
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut answers = direct
+        .basic_consume(pseudo.into(), "d".into(), no_ack, FieldTable::default())
+        .await
+        .unwrap();
+    let properties = client.job_properties("direct").with_reply_to(pseudo.into());
+    let body = completion(2, false).to_string();
+    let published = direct.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        properties,
+    );
+    published.await.unwrap().await.unwrap();
+    let answer = tokio::time::timeout(SLOW, answers.next())
+        .await
+        .expect("a direct reply")
+        .unwrap()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.data).unwrap();
+    assert_eq!(answer["type"], "result", "{answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.dead_letter_count().await, 0, "answered, so not dead-lettered");
+    drop(worker);
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+#[tokio::test]
+async fn oversized_and_invalid_jobs_are_answered_and_dead_lettered_at_once() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("limits");
+    let args = [
+        "--worker-models",
+        TEXT_MODEL,
+        "--max-body-bytes",
+        "1024",
+        "--job-retry-delay-secs",
+        "0",
+    ];
+    let worker = Worker::start(BROKER, &prefix, "w1", &args);
+    let mut client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    client.wait_for_consumers(&queue, 1, SLOW).await;
+
+    let big =
+        json!({"type": "completions", "body": {"model": TEXT_MODEL, "prompt": "word ".repeat(1000), "max_tokens": 2}});
+    let size = big.to_string().len();
+    client.publish(&queue, &big, "big").await;
+    let reply = client.next_reply(SLOW).await;
+    assert_eq!(
+        (reply.correlation_id.as_str(), reply.body["status"].as_u64()),
+        ("big", Some(413)),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["code"], "request_too_large");
+    assert_eq!(reply.body["error"]["type"], "invalid_request_error");
+    let dead = client.dead_letter_message(SLOW).await;
+    assert_eq!(
+        dead.reason,
+        format!("job body is {size} bytes, larger than the limit of 1024 bytes")
+    );
+    assert_eq!(dead.body.len(), size);
+
+    // A client error is never retried: dead-lettered on its first try.
+    let hot = json!({"type": "completions", "body": {"model": TEXT_MODEL, "prompt": "x", "temperature": 500}});
+    client.publish(&queue, &hot, "hot").await;
+    let reply = client.next_reply(SLOW).await;
+    assert_eq!(
+        (reply.correlation_id.as_str(), reply.body["status"].as_u64()),
+        ("hot", Some(400)),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["param"], "temperature");
+    let dead = client.dead_letter_message(SLOW).await;
+    assert!(
+        dead.reason.starts_with("invalid request: 'temperature' must be"),
+        "{}",
+        dead.reason
+    );
+    assert_eq!(dead.count("x-llmlab-attempts"), Some(1));
+    drop(worker);
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+#[tokio::test]
+async fn redelivered_jobs_are_counted_and_dead_lettered_past_the_bound() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("redeliver");
+    let mut client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    // Before any worker: two jobs the broker then marks redelivered, one
+    // already handed back twice.
+    client.declare_job_queue(&queue).await;
+    let job = completion(2, false);
+    client
+        .publish_with_header(&queue, &job, "worn", "x-llmlab-redeliveries", AMQPValue::LongInt(2))
+        .await;
+    client.publish(&queue, &job, "fresh").await;
+    client.take_and_requeue(&queue, 2).await;
+
+    let args = ["--worker-models", TEXT_MODEL, "--job-max-redeliveries", "2"];
+    let worker = Worker::start(BROKER, &prefix, "w1", &args);
+    let answers = client.first_replies(2, SLOW).await;
+    assert_eq!(
+        answers["fresh"].kind(),
+        "result",
+        "counted once, then run: {:?}",
+        answers["fresh"].body
+    );
+    assert_eq!(answers["worn"].body["status"], 500, "{:?}", answers["worn"].body);
+    let dead = client.dead_letter_message(SLOW).await;
+    assert_eq!(dead.correlation_id, "worn");
+    assert!(
+        dead.reason.starts_with("the job was handed back 3 times"),
+        "{}",
+        dead.reason
+    );
+    drop(worker);
+    client.delete_queues(&[TEXT_MODEL]).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_workers_are_killed_each_time_ends_in_the_dead_letter_queue() {
+    let _serial = SERIAL.lock().await;
+    let prefix = unique_prefix("sigkill");
+    let args = [
+        "--worker-models",
+        TEXT_MODEL,
+        "--slots",
+        "1",
+        "--job-max-redeliveries",
+        "1",
+    ];
+    let mut client = Client::connect(&prefix).await;
+    let queue = client.model_queue(TEXT_MODEL);
+    client.declare_job_queue(&queue).await;
+    client.publish(&queue, &completion(1000, true), "poison").await;
+    // Two runs, each killed mid-stream (as a job that crashes its worker
+    // would), then a third worker refuses it.
+    for round in ["w1", "w2"] {
+        let mut worker = Worker::start(BROKER, &prefix, round, &args);
+        client.reply_from(round, Some("chunk"), SLOW).await;
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+    }
+    let worker = Worker::start(BROKER, &prefix, "w3", &args);
+    let last = client.reply_from("w3", None, SLOW).await;
+    assert_eq!(
+        (last.kind(), last.body["status"].as_u64()),
+        ("error", Some(500)),
+        "{:?}",
+        last.body
+    );
+    let dead = client.dead_letter_message(SLOW).await;
+    assert!(
+        dead.reason.starts_with("the job was handed back 2 times"),
+        "{}",
+        dead.reason
+    );
+    assert_eq!(dead.count("x-llmlab-redeliveries"), Some(1));
+    drop(worker);
     client.delete_queues(&[TEXT_MODEL]).await;
 }

@@ -238,12 +238,29 @@ async fn api_key_guards_v1_routes_only() {
 }
 
 #[tokio::test]
-async fn health_is_503_until_the_default_model_is_loaded() {
+async fn health_waits_for_start_up_preloads_only() {
     let h = harness(Script::text(&["x"]), None);
     let health = || Request::get("/health").body(Body::empty()).unwrap();
-    assert_eq!(send(&h.state, health()).await.status, StatusCode::SERVICE_UNAVAILABLE);
-    h.state.service.load("fake-a", None).await.unwrap();
-    assert_eq!(send(&h.state, health()).await.status, StatusCode::OK);
+    // Nothing preloads: ready at once, nothing loaded (a balancer waiting
+    // for 200 must not wait for traffic it holds back).
+    let idle = send(&h.state, health()).await;
+    assert_eq!(idle.status, StatusCode::OK);
+    assert_eq!(idle.json()["status"], "ok");
+    assert_eq!(idle.json()["loaded"], json!([]));
+    // A preload makes it 503 until the load is over, then lists the model.
+    h.state.service.preload(vec!["fake-a".into()]);
+    let loading = send(&h.state, health()).await;
+    assert_eq!(loading.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(loading.json()["status"], "loading");
+    for _ in 0..100 {
+        if send(&h.state, health()).await.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let ready = send(&h.state, health()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["loaded"], json!(["fake-a"]));
 }
 
 #[tokio::test]

@@ -98,16 +98,73 @@ async fn cancel_stops_one_request_and_leaves_the_other() {
     }
     send(&mut socket, json!({"type": "cancel", "id": "slow"})).await;
     let mut other_done = false;
-    let mut slow_ended = false;
-    while !(other_done && slow_ended) {
+    let mut slow_endings = Vec::new();
+    while !(other_done && !slow_endings.is_empty()) {
         let frame = next(&mut socket).await;
         match (frame["id"].as_str().unwrap(), frame["type"].as_str().unwrap()) {
             ("other", "done") => other_done = true,
-            ("slow", "done" | "error") => slow_ended = true,
+            ("slow", "chunk") => {}
+            ("slow", ending) => slow_endings.push(ending.to_owned()),
             _ => {}
         }
     }
+    assert_eq!(slow_endings, ["cancelled"]);
     assert_eq!(h.factory.pipeline.cancelled.load(Ordering::SeqCst), 1);
+}
+
+/// Frames of request `id` up to and including its terminal frame.
+async fn until_terminal(socket: &mut Socket, id: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = next(socket).await;
+        if frame["id"] != id {
+            continue;
+        }
+        let terminal = frame["type"] != "chunk";
+        frames.push(frame);
+        if terminal {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_id_is_free_again_once_its_request_ended_and_cancels_its_new_request() {
+    let script = Script::text(&["tick"; 200]).with_delay(Duration::from_millis(20));
+    let (mut socket, h) = connect(script).await;
+    for round in 1..=2 {
+        send(&mut socket, chat("a", "one")).await;
+        assert_eq!(next(&mut socket).await["type"], "chunk");
+        send(&mut socket, json!({"type": "cancel", "id": "a"})).await;
+        let frames = until_terminal(&mut socket, "a").await;
+        assert_eq!(frames.last().unwrap()["type"], "cancelled", "round {round}: {frames:?}");
+        assert_eq!(h.factory.pipeline.cancelled.load(Ordering::SeqCst), round);
+    }
+    // Nothing else arrives for the cancelled requests: one terminal each.
+    send(&mut socket, chat("b", "two")).await;
+    let first = next(&mut socket).await;
+    assert_eq!((first["id"].as_str(), first["type"].as_str()), (Some("b"), Some("chunk")));
+}
+
+#[tokio::test]
+async fn a_request_refused_before_it_starts_gets_one_error_frame_only() {
+    let script = Script {
+        events: vec![llmlab_core::ChatEvent::Error(llmlab_core::Error::invalid_param(
+            "messages",
+            "the prompt is 9000 tokens but the model's context holds 4096",
+        ))],
+        delay: Duration::ZERO,
+        reject: None,
+    };
+    let (mut socket, _h) = connect(script).await;
+    send(&mut socket, chat("long", "words")).await;
+    let frames = until_terminal(&mut socket, "long").await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!((frames[0]["type"].as_str(), frames[0]["status"].as_u64()), (Some("error"), Some(400)));
+    // The socket serves on, and no stray `done` for "long" came first.
+    send(&mut socket, chat("next", "hi")).await;
+    let frame = next(&mut socket).await;
+    assert_eq!(frame["id"], "next");
 }
 
 #[tokio::test]
@@ -167,4 +224,25 @@ async fn closing_the_socket_cancels_its_requests() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{} of 2 requests cancelled", cancelled.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_the_body_limit_closes_the_socket_with_1009() {
+    let (mut socket, _h) = connect(Script::text(&["ok"])).await;
+    // The harness limits bodies (and so frames) to 4096 bytes.
+    let huge = chat("big", &"x".repeat(10_000));
+    socket.send(Message::text(huge.to_string())).await.unwrap();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer within 10 s");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+                return;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a 1009 close, got {other:?}"),
+        }
+    }
 }

@@ -52,6 +52,11 @@ impl DeadlineSettings {
         Ok(())
     }
 
+    /// The first-token deadline, when one is set.
+    pub fn first_token(&self) -> Option<Duration> {
+        Self::get(self.first_token_secs)
+    }
+
     fn get(value: Option<f64>) -> Option<Duration> {
         value.filter(|v| *v > 0.0).map(Duration::from_secs_f64)
     }
@@ -85,6 +90,8 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
     tokio::spawn(async move {
         let started = Instant::now();
         let mut last_output: Option<Instant> = None;
+        // Whether the engine took the request; before that it only waited.
+        let mut engine_started = false;
         loop {
             let candidates = [
                 total.map(|d| (started + d, Expired::Total)),
@@ -106,8 +113,12 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
             tokio::select! {
                 event = inner.next_event() => {
                     let Some(event) = event else { return };
-                    if matches!(event, ChatEvent::Content(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall(_)) {
-                        last_output = Some(Instant::now());
+                    match event {
+                        ChatEvent::Started => engine_started = true,
+                        ChatEvent::Content(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall(_) => {
+                            last_output = Some(Instant::now());
+                        }
+                        _ => {}
                     }
                     let terminal = event.is_terminal();
                     if tx.send(event).is_err() || terminal {
@@ -117,7 +128,12 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
                 which = expire => {
                     cancel.cancel();
                     let elapsed = started.elapsed().as_secs_f64();
-                    for event in expired_events(which, elapsed, last_output.is_some(), &settings) {
+                    let events = if engine_started {
+                        expired_events(which, elapsed, last_output.is_some(), &settings)
+                    } else {
+                        vec![ChatEvent::Error(queued_too_long(elapsed))]
+                    };
+                    for event in events {
                         let _ = tx.send(event);
                     }
                     return;
@@ -127,6 +143,17 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
         }
     });
     outer
+}
+
+/// A deadline that ran out while the request still waited for the engine:
+/// the server is overloaded (429, retry later), not failing; the model's
+/// breaker does not count it.
+fn queued_too_long(elapsed: f64) -> Error {
+    Error::new(
+        ErrorKind::Overloaded,
+        format!("the request waited {elapsed:.1}s in the model's queue and ran out of time before it could start; retry later"),
+    )
+    .with_retry_after(elapsed.ceil().max(1.0) as u64)
 }
 
 fn expired_events(which: Expired, elapsed: f64, produced: bool, settings: &DeadlineSettings) -> Vec<ChatEvent> {
@@ -183,7 +210,7 @@ mod tests {
         let (events, cancel) = run(script, settings(600.0, 10.0, 60.0)).await;
         assert!(cancel.is_cancelled());
         match events.as_slice() {
-            [ChatEvent::Error(e)] => {
+            [ChatEvent::Started, ChatEvent::Error(e)] => {
                 assert_eq!(e.kind, ErrorKind::Timeout);
                 assert!(e.message.contains("first token of 10s"), "{}", e.message);
             }
@@ -197,10 +224,10 @@ mod tests {
         let (events, cancel) = run(script, settings(600.0, 10.0, 4.0)).await;
         assert!(cancel.is_cancelled());
         assert!(
-            matches!(events.first(), Some(ChatEvent::Content(t)) if t == "a"),
+            matches!(&events[..2], [ChatEvent::Started, ChatEvent::Content(t)] if t == "a"),
             "{events:?}"
         );
-        match &events[1..] {
+        match &events[2..] {
             [ChatEvent::Stopped(trip), ChatEvent::Done {
                 finish_reason: FinishReason::Stop,
             }] => {
@@ -219,7 +246,31 @@ mod tests {
         let (events, _) = run(script, settings(20.5, 10.0, 4.0)).await;
         let content = events.iter().filter(|e| matches!(e, ChatEvent::Content(_))).count();
         assert_eq!(content, 20);
-        assert!(matches!(&events[content], ChatEvent::Stopped(t) if t.detail.contains("total time")));
+        assert!(matches!(&events[content + 1], ChatEvent::Stopped(t) if t.detail.contains("total time")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn running_out_of_time_in_the_queue_is_overload_not_timeout() {
+        let pipeline = FakeChatPipeline::new(Script::text(&["late"]).with_delay(Duration::from_secs(30)));
+        pipeline
+            .held_in_queue
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let cancel = CancellationToken::new();
+        let inner = pipeline.chat(crate::ChatRequest::default(), cancel.clone()).unwrap();
+        let mut stream = with_deadlines(inner, settings(600.0, 10.0, 60.0), cancel.clone());
+        let mut events = Vec::new();
+        while let Some(event) = stream.next_event().await {
+            events.push(event);
+        }
+        assert!(cancel.is_cancelled());
+        match events.as_slice() {
+            [ChatEvent::Error(e)] => {
+                assert_eq!(e.kind, ErrorKind::Overloaded);
+                assert!(e.message.contains("queue"), "{}", e.message);
+                assert_eq!(e.retry_after_secs, Some(10));
+            }
+            other => panic!("unexpected events {other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -233,6 +284,6 @@ mod tests {
                 finish_reason: FinishReason::Stop
             })
         ));
-        assert_eq!(events.len(), 4);
+        assert_eq!(events.len(), 5);
     }
 }

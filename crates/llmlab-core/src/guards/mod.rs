@@ -6,6 +6,7 @@ mod breaker;
 mod deadline;
 mod load_retry;
 mod perplexity;
+mod queue_wait;
 mod repetition;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ pub use breaker::{Admission, BreakerSettings, BreakerState, CircuitBreaker};
 pub use deadline::{with_deadlines, DeadlineSettings};
 pub use load_retry::{load_with_retry, DegradationLadder, LoadRetrySettings, Loaded, MAX_LOAD_ATTEMPTS};
 pub use perplexity::{PerplexityGuard, PerplexitySettings};
+pub use queue_wait::QueueWaitEstimator;
 pub use repetition::{RepetitionGuard, RepetitionSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -167,7 +167,8 @@ impl Registry {
         self.get(id).ok_or_else(|| {
             let known: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
             crate::Error::not_found(format!(
-                "model '{id}' does not exist; known models: {}",
+                "model '{}' does not exist; known models: {}",
+                crate::text::echo(id),
                 known.join(", ")
             ))
         })

@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 mod budget;
 mod circuit;
 mod embeddings;
+mod health;
 mod lifecycle;
 mod loading;
 mod purpose;
 
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
+pub use health::{FailedModel, Health};
 use loading::{load_pipeline, LoadNote};
 use purpose::Purpose;
 
@@ -146,6 +148,8 @@ pub struct Service {
     /// Estimated memory of each model loaded (or loading). Checking the
     /// budget and reserving a new model's share happen under this one lock.
     footprint: Mutex<HashMap<String, MemoryEstimate>>,
+    /// Start-up preloads not finished yet (see `health.rs`).
+    preloads_pending: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Service {
@@ -193,6 +197,7 @@ impl Service {
             budget: MemoryBudget::default(),
             breakers: circuit::Breakers::default(),
             footprint: Mutex::new(HashMap::new()),
+            preloads_pending: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

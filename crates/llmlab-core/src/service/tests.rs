@@ -403,3 +403,25 @@ async fn engine_errors_in_streams_count_against_the_breaker() {
         .unwrap_err();
     assert!(err.message.contains("failed 3 times in a row"), "{}", err.message);
 }
+
+#[tokio::test(start_paused = true)]
+async fn requests_that_time_out_in_the_queue_are_overload_and_never_open_the_breaker() {
+    let factory = Arc::new(FakeFactory::new(
+        Script::text(&["late"]).with_delay(Duration::from_secs(300)),
+    ));
+    factory.pipeline.held_in_queue.store(true, Ordering::SeqCst);
+    let svc = service(Arc::clone(&factory));
+    for _ in 0..5 {
+        let stream = svc
+            .chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        let err = stream.collect_response().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Overloaded, "{}", err.message);
+        assert!(err.retry_after_secs.is_some());
+    }
+    assert_eq!(
+        svc.breaker_state("fake-a"),
+        (crate::guards::BreakerState::Closed, 0)
+    );
+}

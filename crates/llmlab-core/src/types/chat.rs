@@ -254,6 +254,12 @@ impl SamplingParams {
                 format!("'top_k' must be 0 (off) or positive, got {k}"),
             ));
         }
+        if let Some(seed) = self.seed.filter(|s| *s > MAX_SEED) {
+            return Err(Error::invalid_param(
+                "seed",
+                format!("'seed' must be between 0 and {MAX_SEED} (llama.cpp's samplers take 32-bit seeds), got {seed}"),
+            ));
+        }
         if let Some(n) = self.penalty_last_n.filter(|n| *n < -1) {
             return Err(Error::invalid_param(
                 "penalty_last_n",
@@ -263,6 +269,11 @@ impl SamplingParams {
         Ok(())
     }
 }
+
+/// Largest seed a request may give: samplers take 32 bits, and the top
+/// 32-bit value means "pick one at random" to llama.cpp. A larger seed is
+/// refused rather than silently cut to another one.
+pub const MAX_SEED: u64 = u32::MAX as u64 - 1;
 
 /// What to generate and when to stop, shared by chat and plain completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -324,6 +335,11 @@ impl GenerationParams {
                     format!("stop strings are limited to {MAX_STOP_STRING_BYTES} bytes"),
                 ));
             }
+        }
+        // A schema that cannot become a working grammar is the client's
+        // mistake: refuse it here, before it reaches (and fails in) the engine.
+        if let Some(schema) = &self.json_schema {
+            super::check_grammar_schema(schema, "response_format")?;
         }
         Ok(())
     }

@@ -114,10 +114,14 @@ pub struct TopLogprob {
     pub bytes: Vec<u8>,
 }
 
-/// One event of a generation stream, in order: deltas, then `Usage`, then
-/// exactly one `Done` or `Error` as the last event.
+/// One event of a generation stream, in order: `Started`, deltas, then
+/// `Usage`, then exactly one `Done` or `Error` as the last event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
+    /// The engine took the request: its wait in the queue is over and its
+    /// prompt is being processed. Sent once, before any output; a request
+    /// refused before it starts (a prompt too long) gets only its error.
+    Started,
     Content(String),
     Reasoning(String),
     ToolCall(ToolCallDelta),

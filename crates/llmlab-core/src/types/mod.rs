@@ -3,9 +3,11 @@
 mod chat;
 mod events;
 mod response;
+mod schema_limits;
 mod tool_choice;
 
 pub use chat::*;
 pub use events::*;
 pub use response::*;
+pub use schema_limits::*;
 pub use tool_choice::*;

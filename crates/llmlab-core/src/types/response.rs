@@ -70,6 +70,7 @@ impl ChatResponseBuilder {
                 self.timings = timings;
             }
             ChatEvent::Stopped(trip) => self.stopped_by = Some(trip),
+            ChatEvent::Started => {}
             ChatEvent::Done { finish_reason } => self.finish_reason = Some(finish_reason),
             ChatEvent::Error(error) => self.error = Some(error),
         }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::ToolDefinition;
+use super::{check_grammar_schema, ToolDefinition};
 use crate::{Error, Result};
 
 /// Whether and which tool the model must call.
@@ -54,30 +54,55 @@ impl ToolChoice {
 }
 
 /// The JSON schema a reply must match for `choice`, or `None` when the model
-/// is free. Errors name `tool_choice` when it asks for something impossible.
+/// is free. Errors name `tool_choice` when it asks for something impossible,
+/// and `tools[i].function.parameters` (or `tools`, for all of them together)
+/// when a schema cannot become a grammar (see [`check_grammar_schema`]).
 pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) -> Result<Option<Value>> {
-    let allowed: Vec<&ToolDefinition> = match choice {
+    // Each allowed tool with its index in `tools`, for error messages.
+    let allowed: Vec<(usize, &ToolDefinition)> = match choice {
         ToolChoice::Auto | ToolChoice::None => return Ok(None),
-        ToolChoice::Required => tools.iter().collect(),
-        ToolChoice::Function(name) => tools.iter().filter(|t| &t.function.name == name).collect(),
+        ToolChoice::Required => tools.iter().enumerate().collect(),
+        ToolChoice::Function(name) => tools
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| &t.function.name == name)
+            .collect(),
     };
     if allowed.is_empty() {
         let message = match choice {
             ToolChoice::Function(name) => {
-                format!("tool_choice names '{name}', which is not among the declared tools")
+                format!(
+                    "tool_choice names '{}', which is not among the declared tools",
+                    crate::text::echo(name)
+                )
             }
             _ => "tool_choice 'required' needs at least one tool in 'tools'".to_owned(),
         };
         return Err(Error::invalid_param("tool_choice", message));
     }
+    // The parameters become part of a grammar: check each on its own, so
+    // that an error points into the tool the client wrote.
+    for (i, tool) in &allowed {
+        if let Some(parameters) = &tool.function.parameters {
+            check_grammar_schema(parameters, &format!("tools[{i}].function.parameters"))?;
+        }
+    }
+    let single = allowed.len() == 1;
     let variants: Vec<Value> = allowed
         .iter()
-        .map(|tool| {
-            let arguments = tool
-                .function
-                .parameters
-                .clone()
-                .unwrap_or_else(|| json!({"type": "object"}));
+        .enumerate()
+        .map(|(k, (_, tool))| {
+            // `$ref`s in the parameters start from the parameters' root,
+            // which the wrapper below moves: move the references with it.
+            let prefix = if single {
+                "/properties/arguments".to_owned()
+            } else {
+                format!("/oneOf/{k}/properties/arguments")
+            };
+            let arguments = tool.function.parameters.as_ref().map_or_else(
+                || json!({"type": "object"}),
+                |parameters| super::schema_limits::rebase_refs(parameters, &prefix),
+            );
             json!({
                 "type": "object",
                 "properties": {"name": {"const": tool.function.name}, "arguments": arguments},
@@ -86,11 +111,14 @@ pub fn forced_tool_call_schema(tools: &[ToolDefinition], choice: &ToolChoice) ->
             })
         })
         .collect();
-    Ok(Some(if variants.len() == 1 {
+    let schema = if single {
         variants.into_iter().next().unwrap_or_default()
     } else {
         json!({"oneOf": variants})
-    }))
+    };
+    // Together the tools must still fit the limits of one grammar.
+    check_grammar_schema(&schema, "tools")?;
+    Ok(Some(schema))
 }
 
 #[cfg(test)]
@@ -142,5 +170,37 @@ mod tests {
         assert_eq!(any["oneOf"].as_array().unwrap().len(), 2);
         assert!(forced_tool_call_schema(&tools, &ToolChoice::Function("c".into())).is_err());
         assert!(forced_tool_call_schema(&[], &ToolChoice::Required).is_err());
+    }
+
+    #[test]
+    fn tool_schemas_are_checked_and_their_refs_follow_the_wrapper() {
+        let mut with_defs = tool("d");
+        with_defs.function.parameters = Some(json!({
+            "type": "object", "properties": {"at": {"$ref": "#/$defs/place"}},
+            "$defs": {"place": {"type": "string"}}
+        }));
+        let one = forced_tool_call_schema(std::slice::from_ref(&with_defs), &ToolChoice::Required)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            one["properties"]["arguments"]["properties"]["at"]["$ref"],
+            "#/properties/arguments/$defs/place"
+        );
+        let two = forced_tool_call_schema(&[tool("a"), with_defs.clone()], &ToolChoice::Required)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            two["oneOf"][1]["properties"]["arguments"]["properties"]["at"]["$ref"],
+            "#/oneOf/1/properties/arguments/$defs/place"
+        );
+        check_grammar_schema(&two, "tools").unwrap();
+
+        let mut cyclic = tool("c");
+        cyclic.function.parameters = Some(json!({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}));
+        let tools = [tool("a"), cyclic];
+        let err = forced_tool_call_schema(&tools, &ToolChoice::Function("c".into())).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tools[1].function.parameters"));
+        // Not forced: the schema never becomes a grammar.
+        assert_eq!(forced_tool_call_schema(&tools, &ToolChoice::Auto).unwrap(), None);
     }
 }

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -91,6 +92,17 @@ impl JobError {
             kind: error.kind,
             status: status.as_u16(),
             envelope: envelope(status, error),
+        }
+    }
+
+    /// A job body over the worker's limit: 413, as HTTP answers a body
+    /// over `--max-body-bytes`, in the same envelope.
+    pub fn too_large(limit: usize) -> Self {
+        let error = Error::invalid(format!("job body is larger than {limit} bytes"));
+        Self {
+            kind: error.kind,
+            status: StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+            envelope: envelope(StatusCode::PAYLOAD_TOO_LARGE, &error),
         }
     }
 
@@ -220,6 +232,19 @@ mod tests {
             .unwrap_err()
             .message
             .contains("body"));
+    }
+
+    #[test]
+    fn an_oversized_job_is_a_413_in_the_openai_envelope_and_never_retried() {
+        let error = JobError::too_large(1000);
+        assert_eq!(error.status, 413);
+        assert!(!error.is_retryable());
+        let reply = error.reply();
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["status"], 413);
+        assert_eq!(reply["error"]["type"], "invalid_request_error");
+        assert_eq!(reply["error"]["code"], "request_too_large");
+        assert!(error.message().contains("1000 bytes"));
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub const REASON_HEADER: &str = "x-llmlab-reason";
 /// How many times the job has been tried; the worker counts failures here
 /// when it puts a job back on its queue.
 pub const ATTEMPTS_HEADER: &str = "x-llmlab-attempts";
+/// How many times the broker handed the job back because the worker that
+/// held it went away without an answer (crash, kill, lost connection,
+/// shutdown). The broker does not count this for classic queues, so the
+/// worker does: see `handle::bump_redelivered`.
+pub const REDELIVERIES_HEADER: &str = "x-llmlab-redeliveries";
 /// The queue a dead-lettered job came from.
 pub const QUEUE_HEADER: &str = "x-llmlab-queue";
 /// The worker that published a reply.
@@ -43,6 +48,13 @@ impl Topology {
 
     /// Declare the shared queue, one queue per model and the dead-letter
     /// queue: durable, so that jobs outlive a broker restart.
+    ///
+    /// The job queues stay classic priority queues. Quorum queues would
+    /// count redeliveries themselves (`x-delivery-limit`), but they offer
+    /// no 0-10 priorities, and redeclaring an existing classic queue with
+    /// `x-queue-type: quorum` fails with PRECONDITION_FAILED, so every
+    /// upgrade would need its queues drained and deleted by hand. The
+    /// worker bounds redeliveries with its own header instead.
     pub async fn declare(&self, channel: &Channel, models: &[String]) -> lapin::Result<()> {
         // A 32-bit integer, as most clients (pika, amqplib) send it: RabbitMQ
         // refuses a redeclaration whose argument differs in type.
@@ -58,6 +70,16 @@ impl Topology {
                 .queue_declare(queue.into(), durable, job_arguments.clone())
                 .await?;
         }
+        self.declare_dead_letter_queue(channel).await
+    }
+
+    /// Declare the dead-letter queue alone: also done again when a
+    /// dead-lettered job comes back unroutable because someone deleted it.
+    pub async fn declare_dead_letter_queue(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
         channel
             .queue_declare(self.dead_letter_queue().into(), durable, FieldTable::default())
             .await?;

@@ -1,29 +1,31 @@
-//! The worker: consume jobs, run them, publish replies, acknowledge.
+//! The worker: connect, declare, consume, hand each delivery to
+//! [`handle`](super::handle), reconnect when the broker goes away.
 //!
 //! Delivery is at least once: a job is acknowledged only after its replies
 //! are confirmed by the broker, so a worker that dies mid-job (or loses its
-//! connection) leaves the job to be redelivered to another. The broker's
-//! prefetch is the worker's sequence slots, shared by all its consumers, so
-//! a busy worker holds no jobs an idle one could run.
+//! connection) leaves the job to be redelivered to another; the handler
+//! counts such redeliveries and bounds them. The broker's prefetch is the
+//! worker's sequence slots, shared by all its consumers, so a busy worker
+//! holds no jobs an idle one could run.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
-use serde_json::Value;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::service::Service;
 
-use super::job::{self, Job, JobError, Step};
-use super::topology::{Topology, ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER, WORKER_HEADER};
+use super::handle::{handle, Context, Incoming};
+use super::publish::KnownQueues;
+use super::topology::Topology;
+
+/// Default of `--job-max-redeliveries`.
+pub const DEFAULT_MAX_REDELIVERIES: u32 = 5;
 
 /// How a worker connects and what it takes.
 #[derive(Debug, Clone)]
@@ -40,6 +42,11 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// Pause before a failed job goes back on its queue.
     pub retry_delay: Duration,
+    /// Times a job may come back from a worker that went away without
+    /// answering (crash, kill, lost connection) and still be run again.
+    pub max_redeliveries: u32,
+    /// Largest job body accepted (the HTTP door's `--max-body-bytes`).
+    pub max_body_bytes: usize,
     /// Names the worker in replies and in the broker's connection list.
     pub worker_id: String,
     /// In-flight jobs get this long to finish on shutdown.
@@ -87,13 +94,6 @@ fn lost(connected: bool) -> impl FnOnce(lapin::Error) -> SessionEnd {
     }
 }
 
-/// Everything a job needs to answer and acknowledge.
-struct Context {
-    config: Arc<WorkerConfig>,
-    service: Arc<Service>,
-    channel: Channel,
-}
-
 /// One connection's life: declare, consume, run jobs. `Ok` after a graceful
 /// stop; `Err` when the connection failed (its running jobs are cancelled:
 /// their deliveries can no longer be acknowledged, so the broker requeues
@@ -105,14 +105,14 @@ async fn session(
     hard_stop: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let properties = ConnectionProperties::default().with_connection_name(config.worker_id.clone().into());
-    let connection = Connection::connect(&config.url, properties)
-        .await
-        .map_err(lost(false))?;
+    let connection = Arc::new(
+        Connection::connect(&config.url, properties)
+            .await
+            .map_err(lost(false))?,
+    );
+    // This channel only consumes and acknowledges: each job publishes on a
+    // channel of its own (see `publish`).
     let channel = connection.create_channel().await.map_err(lost(false))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(lost(false))?;
     // Global: one budget for every consumer of this channel.
     channel
         .basic_qos(config.slots, BasicQosOptions { global: true })
@@ -130,6 +130,7 @@ async fn session(
         .chain(std::iter::once(config.topology.shared_queue()))
         .collect();
     let mut consumers = Vec::new();
+    let mut tags = Vec::new();
     for queue in &queues {
         let tag = format!("{}/{queue}", config.worker_id);
         let consumer = channel
@@ -141,15 +142,24 @@ async fn session(
             )
             .await
             .map_err(lost(false))?;
-        consumers.push(consumer);
+        tags.push(consumer.tag());
+        // Each delivery keeps the name of the queue it came from: retries
+        // and counted redeliveries go back there, whatever its routing key.
+        let queue = queue.clone();
+        consumers.push(consumer.map(move |delivery| {
+            delivery.map(|delivery| Incoming {
+                delivery,
+                queue: queue.clone(),
+            })
+        }));
     }
-    let tags: Vec<_> = consumers.iter().map(lapin::Consumer::tag).collect();
     tracing::info!(worker = %config.worker_id, ?queues, slots = config.slots, "consuming jobs");
 
     let context = Arc::new(Context {
         config: Arc::clone(config),
         service: Arc::clone(service),
-        channel: channel.clone(),
+        connection: Arc::clone(&connection),
+        reply_queues: KnownQueues::new(),
     });
     let session_over = hard_stop.child_token();
     let mut deliveries = futures::stream::select_all(consumers);
@@ -158,19 +168,30 @@ async fn session(
         tokio::select! {
             () = stopping.cancelled() => break None,
             next = deliveries.next() => match next {
-                Some(Ok(delivery)) => {
-                    jobs.spawn(handle(Arc::clone(&context), delivery, session_over.child_token()));
+                Some(Ok(incoming)) => {
+                    jobs.spawn(handle(Arc::clone(&context), incoming, session_over.child_token()));
                 }
                 Some(Err(error)) => break Some(anyhow::Error::from(error)),
                 // The broker cancels consumers of a queue that is deleted.
                 None => break Some(anyhow::anyhow!("the broker cancelled the consumers")),
             },
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+            Some(joined) = jobs.join_next(), if !jobs.is_empty() => {
+                // `handle` catches panics in a job; one that escapes (a panic
+                // while dead-lettering a panicking job) has left its delivery
+                // unsettled, holding a prefetch slot. Starting the session
+                // over makes the broker hand it back, counted as redelivered.
+                if let Err(error) = joined {
+                    break Some(anyhow::anyhow!("a job task failed: {error}"));
+                }
+            }
         }
     };
     if let Some(error) = failure {
         session_over.cancel();
         while jobs.join_next().await.is_some() {}
+        // On a connection that still stands (a job task failed), closing it
+        // is what hands the unsettled deliveries back to the broker.
+        let _ = connection.close(200, "worker session restarting".into()).await;
         return Err(SessionEnd { connected: true, error });
     }
 
@@ -193,234 +214,4 @@ async fn session(
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = connection.close(200, "worker stopping".into()).await;
     Ok(())
-}
-
-fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
-    let Some(headers) = properties.headers() else { return 0 };
-    match headers.inner().get(name) {
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
-        _ => 0,
-    }
-}
-
-/// Run one delivery to its end: replies published and confirmed, then the
-/// delivery acknowledged (or requeued, retried, dead-lettered). A broker
-/// error on the way leaves the delivery unacknowledged for redelivery.
-async fn handle(context: Arc<Context>, delivery: lapin::message::Delivery, cancel: CancellationToken) {
-    if let Err(error) = try_handle(&context, &delivery, &cancel).await {
-        tracing::warn!(error = %error, "job not finished; it goes back on its queue");
-        // On a live channel the job would otherwise hold its slot until the
-        // connection closes; on a dead one the broker requeues it anyway.
-        let _ = requeue(&delivery).await;
-    }
-}
-
-async fn try_handle(
-    context: &Context,
-    delivery: &lapin::message::Delivery,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let properties = &delivery.properties;
-    let correlation_id = properties.correlation_id().clone();
-    let reply_to = properties.reply_to().clone();
-    let attempt = header_u32(properties, ATTEMPTS_HEADER) + 1;
-    let replies = Replies::new(
-        context,
-        reply_to.as_ref().map(|q| q.as_str().to_owned()),
-        correlation_id,
-    );
-    let job = match (Job::parse(&delivery.data), &reply_to) {
-        (Err(error), _) => {
-            let error = JobError::from_core(&error);
-            replies.send_confirmed(&error.reply()).await?;
-            dead_letter(context, delivery, &format!("invalid job: {}", error.message()), attempt).await?;
-            return ack(delivery).await;
-        }
-        (Ok(_), None) => {
-            dead_letter(context, delivery, "the message has no reply_to property", attempt).await?;
-            return ack(delivery).await;
-        }
-        (Ok(job), Some(_)) => job,
-    };
-    tracing::debug!(queue = %delivery.routing_key, attempt, redelivered = delivery.redelivered, "job started");
-    let mut steps = Box::pin(job::run(job, Arc::clone(&context.service), cancel.clone()));
-    let mut confirms = Vec::new();
-    let mut failure = None;
-    while let Some(step) = steps.next().await {
-        match step {
-            Step::Reply(reply) => confirms.push(replies.send(&reply).await?),
-            Step::Failed(error) => failure = Some(error),
-        }
-    }
-    // Acknowledge only what the broker has taken.
-    for confirm in confirms {
-        confirmed(confirm).await?;
-    }
-    let Some(error) = failure else {
-        return ack(delivery).await;
-    };
-    if cancel.is_cancelled() {
-        // Shutdown or a lost connection stopped the job: another worker
-        // runs it from the start.
-        return requeue(delivery).await;
-    }
-    if error.is_retryable() && attempt < context.config.max_attempts {
-        tracing::warn!(
-            attempt,
-            error = error.message(),
-            "job failed; it goes back on its queue"
-        );
-        tokio::select! {
-            () = cancel.cancelled() => return requeue(delivery).await,
-            () = tokio::time::sleep(context.config.retry_delay) => {}
-        }
-        retry(context, delivery, attempt).await?;
-        return ack(delivery).await;
-    }
-    let reason = if error.is_retryable() {
-        format!("failed {attempt} times; last error: {}", error.message())
-    } else {
-        format!("invalid request: {}", error.message())
-    };
-    replies.send_confirmed(&error.reply()).await?;
-    dead_letter(context, delivery, &reason, attempt).await?;
-    ack(delivery).await
-}
-
-async fn ack(delivery: &lapin::message::Delivery) -> anyhow::Result<()> {
-    delivery.ack(BasicAckOptions::default()).await?;
-    Ok(())
-}
-
-async fn requeue(delivery: &lapin::message::Delivery) -> anyhow::Result<()> {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    delivery.nack(options).await?;
-    Ok(())
-}
-
-/// Publishes a job's replies to its `reply_to` queue.
-struct Replies<'a> {
-    context: &'a Context,
-    reply_to: Option<String>,
-    /// The same for every reply of the job (a streamed job sends one per
-    /// token), so built once.
-    properties: BasicProperties,
-}
-
-impl<'a> Replies<'a> {
-    fn new(context: &'a Context, reply_to: Option<String>, correlation_id: Option<ShortString>) -> Self {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            WORKER_HEADER.into(),
-            AMQPValue::LongString(LongString::from(context.config.worker_id.as_str())),
-        );
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_headers(headers);
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id);
-        }
-        Self {
-            context,
-            reply_to,
-            properties,
-        }
-    }
-
-    /// Publish one reply; the returned confirmation resolves once the
-    /// broker has it (none when there is nobody to tell).
-    async fn send(&self, reply: &Value) -> lapin::Result<Option<PublisherConfirm>> {
-        let Some(queue) = &self.reply_to else {
-            return Ok(None);
-        };
-        let confirm = self
-            .context
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                reply.to_string().as_bytes(),
-                self.properties.clone(),
-            )
-            .await?;
-        Ok(Some(confirm))
-    }
-
-    /// Publish one reply and wait for the broker to take it.
-    async fn send_confirmed(&self, reply: &Value) -> anyhow::Result<()> {
-        confirmed(self.send(reply).await?).await
-    }
-}
-
-/// Wait for the broker's confirmation; a refusal (nack) is an error.
-async fn confirmed(confirm: Option<PublisherConfirm>) -> anyhow::Result<()> {
-    if let Some(confirm) = confirm {
-        anyhow::ensure!(!confirm.await?.is_nack(), "the broker refused a published message");
-    }
-    Ok(())
-}
-
-/// The delivery's properties with one more header set.
-fn with_headers(delivery: &lapin::message::Delivery, extra: &[(&str, AMQPValue)]) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    for (name, value) in extra {
-        headers.insert((*name).into(), value.clone());
-    }
-    delivery.properties.clone().with_headers(headers)
-}
-
-async fn publish_confirmed(
-    context: &Context,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> anyhow::Result<()> {
-    let confirm = context
-        .channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await?;
-    confirmed(Some(confirm)).await
-}
-
-/// Put the job back on the queue it came from, its attempts counted.
-async fn retry(context: &Context, delivery: &lapin::message::Delivery, attempt: u32) -> anyhow::Result<()> {
-    let properties = with_headers(delivery, &[(ATTEMPTS_HEADER, AMQPValue::LongInt(attempt as i32))]);
-    publish_confirmed(context, delivery.routing_key.as_str(), &delivery.data, properties).await
-}
-
-/// Move the job to the dead-letter queue with the reason in its headers.
-async fn dead_letter(
-    context: &Context,
-    delivery: &lapin::message::Delivery,
-    reason: &str,
-    attempt: u32,
-) -> anyhow::Result<()> {
-    tracing::warn!(reason, queue = %delivery.routing_key, "job dead-lettered");
-    let properties = with_headers(
-        delivery,
-        &[
-            (REASON_HEADER, AMQPValue::LongString(reason.into())),
-            (ATTEMPTS_HEADER, AMQPValue::LongInt(attempt as i32)),
-            (
-                QUEUE_HEADER,
-                AMQPValue::LongString(delivery.routing_key.as_str().into()),
-            ),
-        ],
-    );
-    let queue = context.config.topology.dead_letter_queue();
-    publish_confirmed(context, &queue, &delivery.data, properties).await
 }

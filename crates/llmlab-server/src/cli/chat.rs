@@ -139,7 +139,7 @@ fn answer(
                 delta.arguments
             )?,
             ChatEvent::Usage { usage, timings } => stats = Some((usage, timings)),
-            ChatEvent::Logprobs(_) => {}
+            ChatEvent::Logprobs(_) | ChatEvent::Started => {}
             ChatEvent::Stopped(trip) => write!(
                 out,
                 "\n[stopped by the {} guard: {}]",

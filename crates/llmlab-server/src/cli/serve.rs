@@ -9,7 +9,6 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::config;
-use llmlab_core::keep_alive::KeepAlive;
 
 use super::service::ServiceArgs;
 use super::worker::WorkerArgs;
@@ -22,7 +21,8 @@ pub struct ServeArgs {
     pub host: IpAddr,
     #[arg(long, env = "LLMLAB_PORT", default_value_t = config::DEFAULT_PORT)]
     pub port: u16,
-    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    /// Require `Authorization: Bearer <key>` on every route but /health,
+    /// /openapi.json and /metrics (see --metrics-require-key).
     #[arg(long, env = "LLMLAB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Largest accepted request body, in bytes.
@@ -43,6 +43,19 @@ pub struct ServeArgs {
     /// Also serve gRPC (llmlab.v1.Llmlab, health, reflection) on this port.
     #[arg(long, env = "LLMLAB_GRPC_PORT")]
     pub grpc_port: Option<u16>,
+    /// Seconds a client has to send a request's headers; an idle keep-alive
+    /// connection is closed after as long.
+    #[arg(long, env = "LLMLAB_HEADER_TIMEOUT_SECS", default_value_t = config::DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body (408 otherwise).
+    #[arg(long, env = "LLMLAB_BODY_TIMEOUT_SECS", default_value_t = config::DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+    /// Connections served at once on each port (WebSockets included); more wait to be accepted.
+    #[arg(long, env = "LLMLAB_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// With --api-key, /metrics requires the key too.
+    #[arg(long, env = "LLMLAB_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// With --amqp, also take jobs from RabbitMQ.
@@ -56,12 +69,19 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     http::prometheus::recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let worker = args.worker.config(&registry, grace)?;
+    // The worker inside the server takes the same body limit as HTTP.
+    let worker = args
+        .worker
+        .config(&registry, grace)?
+        .map(|w| crate::amqp::WorkerConfig {
+            max_body_bytes: args.max_body_bytes,
+            ..w
+        });
     runtime.block_on(async move {
         let service = args.service.build(registry);
         // The default model (unless --no-preload) and models marked
-        // `preload` load at start-up and stay loaded: /health reports the
-        // default one.
+        // `preload` load at start-up and stay loaded; /health is ready once
+        // these loads are over.
         let preload: Vec<String> = service
             .registry()
             .models
@@ -69,14 +89,7 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
             .filter(|m| m.preload || (!args.no_preload && m.id == service.default_model()))
             .map(|m| m.id.clone())
             .collect();
-        let loader = Arc::clone(&service);
-        tokio::spawn(async move {
-            for model in preload {
-                if let Err(e) = loader.load(&model, Some(KeepAlive::Forever)).await {
-                    tracing::error!(%model, error = %e, "preloading failed");
-                }
-            }
-        });
+        service.preload(preload);
         let stopping = crate::signals::stop_on_signal();
         let state = AppState {
             service: Arc::clone(&service),
@@ -88,6 +101,13 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
             }),
             shutdown: CancellationToken::new(),
         };
+        let options = http::ServerOptions {
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+            max_connections: args.max_connections.max(1),
+            metrics_require_key: args.metrics_require_key,
+            ..http::ServerOptions::default()
+        };
         let mut doors = tokio::task::JoinSet::new();
         if let Some(port) = args.grpc_port {
             let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, port)).await?;
@@ -95,14 +115,20 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
                 api_key: state.config.api_key.clone(),
                 max_message_bytes: Some(state.config.max_body_bytes),
             };
+            let limits = crate::grpc::ConnectionLimits {
+                max_connections: Some(options.max_connections),
+                handshake_timeout: Some(options.header_timeout),
+            };
             let (service, stopping, hard_stop) = (Arc::clone(&service), stopping.clone(), state.shutdown.clone());
-            doors.spawn(crate::grpc::serve(listener, service, config, stopping, hard_stop));
+            doors.spawn(crate::grpc::serve_limited(
+                listener, service, config, limits, stopping, hard_stop,
+            ));
         }
         if let Some(worker) = worker {
             doors.spawn(crate::amqp::run(worker, Arc::clone(&service), stopping.clone()));
         }
         let addr = SocketAddr::new(args.host, args.port);
-        doors.spawn(http::serve(addr, state, grace, stopping.clone()));
+        doors.spawn(http::serve(addr, state, options, grace, stopping.clone()));
         // The first door to fail stops the others.
         while let Some(outcome) = doors.join_next().await {
             if let Err(e) = outcome? {

@@ -10,7 +10,7 @@ use llmlab_core::registry::{ModelKind, Registry};
 
 use super::service::ServiceArgs;
 use super::CommonArgs;
-use crate::amqp::{Topology, WorkerConfig};
+use crate::amqp::{Topology, WorkerConfig, DEFAULT_MAX_REDELIVERIES};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -34,13 +34,20 @@ pub struct WorkerArgs {
     /// Seconds before a failed job goes back on its queue.
     #[arg(long, env = "LLMLAB_JOB_RETRY_DELAY_SECS", default_value_t = config::DEFAULT_JOB_RETRY_DELAY_SECS)]
     pub job_retry_delay_secs: f64,
+    /// Times a job may come back from workers that went away without
+    /// answering (crashed, killed, disconnected) and still run again; one
+    /// more and it is dead-lettered.
+    #[arg(long, env = "LLMLAB_JOB_MAX_REDELIVERIES", default_value_t = DEFAULT_MAX_REDELIVERIES)]
+    pub job_max_redeliveries: u32,
     /// Names this worker in replies and in the broker [default: host-pid]
     #[arg(long, env = "LLMLAB_WORKER_ID")]
     pub worker_id: Option<String>,
 }
 
 impl WorkerArgs {
-    /// The worker's settings, or `None` when no broker is named.
+    /// The worker's settings, or `None` when no broker is named. Job
+    /// bodies are limited to the default `--max-body-bytes`; a command with
+    /// its own limit sets `max_body_bytes` on the result.
     pub fn config(&self, registry: &Registry, grace: Duration) -> anyhow::Result<Option<WorkerConfig>> {
         let Some(url) = self.amqp.clone().filter(|u| !u.is_empty()) else {
             return Ok(None);
@@ -87,6 +94,8 @@ impl WorkerArgs {
             slots,
             max_attempts: self.job_attempts,
             retry_delay: Duration::from_secs_f64(self.job_retry_delay_secs),
+            max_redeliveries: self.job_max_redeliveries,
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             worker_id,
             grace,
         }))
@@ -103,15 +112,21 @@ pub struct WorkerCommandArgs {
     /// cancelled and go back on their queues.
     #[arg(long, env = "LLMLAB_SHUTDOWN_GRACE_SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Largest accepted job body, in bytes (the same flag, and limit, as
+    /// `serve`'s request bodies); a larger job gets a 413 and is
+    /// dead-lettered unread.
+    #[arg(long, env = "LLMLAB_MAX_BODY_BYTES", default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
 }
 
 pub fn run(common: &CommonArgs, args: WorkerCommandArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let config = args
+    let mut config = args
         .worker
         .config(&registry, grace)?
         .context("the worker needs a broker: pass --amqp URL or set LLMLAB_AMQP_URL")?;
+    config.max_body_bytes = args.max_body_bytes;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let service = args.service.build(registry);

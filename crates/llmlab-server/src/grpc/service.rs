@@ -87,7 +87,7 @@ fn proto_events(mut events: ChatStream, until: Option<Instant>, cancel: Cancella
                     name: delta.name.unwrap_or_default(),
                     arguments: delta.arguments,
                 })),
-                ChatEvent::Logprobs(_) => {}
+                ChatEvent::Logprobs(_) | ChatEvent::Started => {}
                 ChatEvent::Stopped(trip) => stopped_by = convert::guard_name(&trip),
                 ChatEvent::Usage { usage, .. } => yield event(Event::Usage(proto::Usage {
                     prompt_tokens: usage.prompt_tokens,

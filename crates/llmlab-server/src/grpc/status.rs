@@ -5,6 +5,9 @@ use tonic::{Code, Status};
 
 use llmlab_core::{Error, ErrorKind};
 
+use crate::openai::errors::{MAX_MESSAGE_CHARS, MAX_PARAM_CHARS};
+use llmlab_core::text::clip;
+
 /// The gRPC code for each core error kind.
 pub fn code_for(kind: ErrorKind) -> Code {
     match kind {
@@ -20,10 +23,19 @@ pub fn code_for(kind: ErrorKind) -> Code {
 
 /// A core error as a status. The field at fault travels in the
 /// `llmlab-param` metadata entry, a retry hint in `retry-after` (seconds).
+/// Both message and field are cut to a bounded length: they can quote the
+/// client's input (a 10,000-character model id), and on gRPC they travel
+/// in headers.
 pub fn status_from(error: &Error) -> Status {
-    let mut status = Status::new(code_for(error.kind), error.message.clone());
+    let message = clip(&error.message, MAX_MESSAGE_CHARS).into_owned();
+    let mut status = Status::new(code_for(error.kind), message);
     let metadata = status.metadata_mut();
-    if let Some(param) = error.param.as_deref().and_then(|p| MetadataValue::try_from(p).ok()) {
+    // Metadata values are ASCII: the cut is marked with "..." here.
+    let param = error
+        .param
+        .as_deref()
+        .map(|p| clip(p, MAX_PARAM_CHARS).replace('…', "..."));
+    if let Some(param) = param.and_then(|p| MetadataValue::try_from(p.as_str()).ok()) {
         metadata.insert("llmlab-param", param);
     }
     if let Some(secs) = error.retry_after_secs {
@@ -58,5 +70,16 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "unknown role 'robot'");
         assert_eq!(status.metadata().get("llmlab-param").unwrap(), "messages[0].role");
+    }
+
+    #[test]
+    fn echoed_input_is_cut() {
+        let id = "m".repeat(10_000);
+        let mut error = Error::not_found(format!("model '{id}' does not exist"));
+        error.param = Some(id);
+        let status = status_from(&error);
+        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS);
+        let param = status.metadata().get("llmlab-param").unwrap().to_str().unwrap();
+        assert!(param.len() <= MAX_PARAM_CHARS + 2 && param.ends_with("..."));
     }
 }

@@ -14,6 +14,9 @@ pub struct ApiError {
     pub error: Error,
     /// The model the failed request named, for request metrics.
     pub model: Option<String>,
+    /// A `code` of the transport's own (a route, not a model, was not
+    /// found); `None` lets [`crate::openai::errors`] pick it.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -22,6 +25,8 @@ impl ApiError {
     pub fn http(status: StatusCode, message: impl Into<String>) -> Self {
         let kind = if status == StatusCode::NOT_FOUND {
             ErrorKind::NotFound
+        } else if status.is_server_error() {
+            ErrorKind::Internal
         } else {
             ErrorKind::InvalidRequest
         };
@@ -29,7 +34,22 @@ impl ApiError {
             status,
             error: Error::new(kind, message),
             model: None,
+            code: None,
         }
+    }
+
+    /// A transport-level error with its own machine-readable `code`.
+    pub fn with_code(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::http(status, message)
+        }
+    }
+
+    /// The answer to a request for a route that does not exist. Its code is
+    /// not `model_not_found`: clients act on that code (pull the model).
+    pub fn route_not_found(message: impl Into<String>) -> Self {
+        Self::with_code(StatusCode::NOT_FOUND, "route_not_found", message)
     }
 
     pub fn for_model(mut self, model: &super::handlers::ModelLabel) -> Self {
@@ -54,7 +74,11 @@ impl ApiError {
 
     /// The JSON envelope (also used inside SSE `data:` lines).
     pub fn envelope(&self) -> serde_json::Value {
-        envelope(self.status, &self.error)
+        let mut value = envelope(self.status, &self.error);
+        if let Some(code) = self.code {
+            value["error"]["code"] = code.into();
+        }
+        value
     }
 }
 
@@ -64,6 +88,7 @@ impl From<Error> for ApiError {
             status: status_for(error.kind),
             error,
             model: None,
+            code: None,
         }
     }
 }
@@ -89,5 +114,25 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_not_models_and_4xx_are_the_clients() {
+        let body = ApiError::route_not_found("unknown route: GET /x").envelope();
+        assert_eq!(body["error"]["code"], "route_not_found");
+        let body = ApiError::http(StatusCode::METHOD_NOT_ALLOWED, "no").envelope();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let long = ApiError::from(Error::not_found(format!(
+            "model '{}' does not exist",
+            "m".repeat(10_000)
+        )));
+        let body = long.envelope();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.chars().count() <= crate::openai::errors::MAX_MESSAGE_CHARS && message.ends_with('…'));
     }
 }

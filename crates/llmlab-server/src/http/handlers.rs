@@ -189,22 +189,19 @@ pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) ->
     Ok(model_status(&state, &id))
 }
 
-/// 200 once the default model is loaded; 503 while it loads (or failed).
+/// 200 when the server is ready (its start-up preloads are over), 503 with
+/// `Retry-After` while they run; the body lists models loading, loaded and
+/// failed either way.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let model = state.service.default_model();
-    if state.service.is_loaded(model) {
-        (StatusCode::OK, Json(json!({"status": "ok", "model": model}))).into_response()
-    } else {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "model": model})),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
+    let health = state.service.health();
+    if health.ready {
+        return (StatusCode::OK, Json(health)).into_response();
     }
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Prometheus text exposition of every llmlab metric.
@@ -214,12 +211,13 @@ pub async fn metrics() -> Response {
 }
 
 pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
-    ApiError::http(StatusCode::NOT_FOUND, format!("unknown route: {method} {}", uri.path()))
+    ApiError::route_not_found(format!("unknown route: {method} {}", uri.path()))
 }
 
 pub async fn method_not_allowed(uri: axum::http::Uri, method: axum::http::Method) -> ApiError {
-    ApiError::http(
+    ApiError::with_code(
         StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
         format!("method {method} is not allowed on {}", uri.path()),
     )
 }

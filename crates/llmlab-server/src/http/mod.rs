@@ -2,13 +2,18 @@
 //! handed to the core service, and encoded; errors go through
 //! [`errors::ApiError`] only.
 
+mod conn;
 mod embeddings;
 pub mod errors;
 mod handlers;
 mod middleware;
 pub mod prometheus;
+mod server;
 mod sse;
 mod ws;
+
+pub use conn::GuardedStream;
+pub use server::serve_listener;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::config;
 use llmlab_core::service::Service;
 
 /// The OpenAPI description served at `/openapi.json`.
@@ -33,6 +39,36 @@ pub struct HttpConfig {
     pub always_include_usage: bool,
 }
 
+/// How the door treats connections and who may read `/metrics`. Kept apart
+/// from [`HttpConfig`] so that code building an `HttpConfig` literally
+/// (tests, the bench tool) keeps compiling; [`router`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Time to send a request's line and headers, and the longest an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Time to send a whole request body once the headers are in.
+    pub body_timeout: Duration,
+    /// Connections (WebSockets included) served at once.
+    pub max_connections: usize,
+    /// Largest request head; beyond it, 431.
+    pub max_header_bytes: usize,
+    /// With an API key configured, `/metrics` requires it too.
+    pub metrics_require_key: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(config::DEFAULT_HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(config::DEFAULT_BODY_TIMEOUT_SECS),
+            max_connections: config::DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: config::DEFAULT_MAX_HEADER_BYTES,
+            metrics_require_key: false,
+        }
+    }
+}
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
@@ -43,8 +79,22 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// The door's routes with [`ServerOptions::default`].
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    router_with(state, &ServerOptions::default())
+}
+
+/// The door's routes. Layers, outermost first: request ids and metrics;
+/// every error response in the JSON envelope (and panics as 500s); the API
+/// key, before routing decides 404 or 405, so that a client without the key
+/// learns nothing about the routes; body limits and the body timeout.
+pub fn router_with(state: AppState, options: &ServerOptions) -> Router {
+    let gate = middleware::KeyGate::new(state.config.api_key.as_deref(), options.metrics_require_key);
+    let body = middleware::BodyGuard {
+        max_bytes: state.config.max_body_bytes,
+        timeout: options.body_timeout,
+    };
+    Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
@@ -54,12 +104,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(handlers::get_model))
         .route("/v1/models/{id}/load", post(handlers::load_model))
         .route("/v1/models/{id}/unload", post(handlers::unload_model))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::require_api_key,
-        ));
-    Router::new()
-        .merge(api)
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .route(
@@ -69,36 +113,22 @@ pub fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(body, middleware::guard_body))
+        .layer(axum::middleware::from_fn_with_state(gate, middleware::require_api_key))
+        .layer(axum::middleware::from_fn(middleware::envelope_errors))
         .layer(axum::middleware::from_fn(middleware::observe_request))
         .with_state(state)
 }
 
-/// Serve until `stopping` is cancelled (ctrl-c / SIGTERM), then stop
-/// accepting, give in-flight requests `grace` to finish, and cancel
-/// whatever is left.
+/// Bind `addr` and serve the door there (see [`serve_listener`]).
 pub async fn serve(
     addr: SocketAddr,
     state: AppState,
+    options: ServerOptions,
     grace: Duration,
     stopping: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");
-    let shutdown = state.shutdown.clone();
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stopping.cancelled().await;
-            tracing::info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: no new connections; finishing in-flight requests"
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("grace period over; cancelling remaining requests");
-                shutdown.cancel();
-            });
-        })
-        .await?;
-    Ok(())
+    serve_listener(listener, state, options, grace, stopping).await
 }

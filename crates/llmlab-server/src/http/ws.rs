@@ -7,10 +7,12 @@
 //! - `{"type": "cancel", "id": "c1"}`.
 //!
 //! Server frames, per request: `{"id", "type": "chunk", "data": <the SSE
-//! chunk>}` …, then `{"id", "type": "done"}`, or `{"id", "type": "error",
-//! "status", "error": {…}}` (OpenAI's error object). A frame that cannot be
-//! read gets an error frame (with its id when it had one); the socket stays
-//! open.
+//! chunk>}` …, then exactly one terminal frame: `{"id", "type": "done"}`,
+//! `{"id", "type": "error", "status", "error": {…}}` (OpenAI's error
+//! object), or `{"id", "type": "cancelled"}` after the client's cancel. An
+//! id names one running request; once its terminal frame is sent the id may
+//! be used again. A frame that cannot be read gets an error frame (with its
+//! id when it had one); the socket stays open.
 //!
 //! Outgoing frames pass through a bounded queue: a client that reads slowly
 //! holds its requests' streams back instead of growing a buffer. The server
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
@@ -55,13 +57,29 @@ struct ClientFrame {
     body: Option<Value>,
 }
 
+/// The requests a socket runs, by id. A cancel frame only cancels; the
+/// request's own task removes its entry, just before its terminal frame, so
+/// an id is taken until its request has really ended.
 type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve_socket(socket, state))
+/// How a request ended, as its one terminal frame says.
+enum Ending {
+    Done,
+    /// The client cancelled it.
+    Cancelled,
+    Failed(Value),
 }
 
-fn error_frame(id: Option<&str>, error: &Error) -> Message {
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    // A frame may be as large as an HTTP body; a larger one closes the
+    // socket with 1009 (message too big).
+    let limit = state.config.max_body_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve_socket(socket, state))
+}
+
+fn error_frame_json(id: Option<&str>, error: &Error) -> Value {
     let status = status_for(error.kind);
     let mut frame = envelope(status, error);
     frame["type"] = json!("error");
@@ -69,7 +87,11 @@ fn error_frame(id: Option<&str>, error: &Error) -> Message {
     if let Some(id) = id {
         frame["id"] = json!(id);
     }
-    Message::Text(frame.to_string().into())
+    frame
+}
+
+fn error_frame(id: Option<&str>, error: &Error) -> Message {
+    Message::Text(error_frame_json(id, error).to_string().into())
 }
 
 async fn serve_socket(socket: WebSocket, state: AppState) {
@@ -104,7 +126,19 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
                 }
             }
             message = incoming.next() => {
-                let Some(Ok(message)) = message else { break };
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        // tungstenite refuses an oversized frame with this
+                        // error; the client learns why before the close.
+                        if error.to_string().starts_with("Space limit exceeded") {
+                            let close = CloseFrame { code: close_code::SIZE, reason: "message too large".into() };
+                            let _ = outbox.send(Message::Close(Some(close))).await;
+                        }
+                        break;
+                    }
+                    None => break,
+                };
                 last_heard = tokio::time::Instant::now();
                 match message {
                     Message::Text(text) => {
@@ -150,11 +184,8 @@ async fn handle_frame(
     };
     let endpoint = match frame.kind.as_str() {
         "cancel" => {
-            let token = running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
-            if let Some(token) = token {
+            let running = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(token) = running.get(&id) {
                 token.cancel();
             }
             return;
@@ -164,7 +195,10 @@ async fn handle_frame(
         other => {
             let error = Error::invalid_param(
                 "type",
-                format!("unknown frame type '{other}' (expected 'chat.completions', 'completions' or 'cancel')"),
+                format!(
+                    "unknown frame type '{}' (expected 'chat.completions', 'completions' or 'cancel')",
+                    llmlab_core::text::echo(other)
+                ),
             );
             let _ = outbox.send(error_frame(Some(&id), &error)).await;
             return;
@@ -176,14 +210,25 @@ async fn handle_frame(
         return;
     }
     let (state, outbox, running) = (state.clone(), outbox.clone(), Arc::clone(running));
+    let socket_gone = socket_gone.clone();
     tokio::spawn(async move {
-        if let Err(error) = run_request(&id, endpoint, frame.body, &state, &outbox, cancel).await {
-            let _ = outbox.send(error_frame(Some(&id), &error)).await;
-        }
+        let ending = match run_request(&id, endpoint, frame.body, &state, &outbox, cancel.clone()).await {
+            Ok(Ending::Done) => Ending::Done,
+            // Cut short while the socket lives: the client cancelled it.
+            _ if cancel.is_cancelled() && !socket_gone.is_cancelled() => Ending::Cancelled,
+            Ok(ending) => ending,
+            Err(error) => Ending::Failed(error_frame_json(Some(&id), &error)),
+        };
         running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
+        let frame = match ending {
+            Ending::Done => json!({"id": id, "type": "done"}),
+            Ending::Cancelled => json!({"id": id, "type": "cancelled"}),
+            Ending::Failed(frame) => frame,
+        };
+        let _ = outbox.send(Message::Text(frame.to_string().into())).await;
     });
 }
 
@@ -207,8 +252,8 @@ fn register(running: &Running, id: &str, cancel: &CancellationToken) -> Result<(
     Ok(())
 }
 
-/// Run one request and forward its chunks; errors before the stream starts
-/// are returned, errors inside it are sent as the stream's last frame.
+/// Run one request and forward its chunks; the caller sends the terminal
+/// frame (errors before the stream starts come back as `Err`).
 async fn run_request(
     id: &str,
     endpoint: Endpoint,
@@ -216,7 +261,7 @@ async fn run_request(
     state: &AppState,
     outbox: &mpsc::Sender<Message>,
     cancel: CancellationToken,
-) -> Result<()> {
+) -> Result<Ending> {
     let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
     let generation = Generation::new(parse_value::<OpenAiRequest>(body)?, endpoint, &state.service)?;
     let (model, include_usage) = (generation.model.clone(), generation.delivery.include_usage);
@@ -231,22 +276,20 @@ async fn run_request(
     while let Some(item) = stream.next().await {
         let frame = match item {
             StreamItem::Chunk(data) => json!({"id": id, "type": "chunk", "data": data}),
+            // An error ends the stream: it is the terminal frame.
             StreamItem::Error {
                 status, mut envelope, ..
             } => {
                 envelope["id"] = json!(id);
                 envelope["type"] = json!("error");
                 envelope["status"] = json!(status);
-                envelope
+                return Ok(Ending::Failed(envelope));
             }
         };
         // Waits while the client reads slowly: backpressure, not a buffer.
         if outbox.send(Message::Text(frame.to_string().into())).await.is_err() {
-            return Ok(());
+            break;
         }
     }
-    let _ = outbox
-        .send(Message::Text(json!({"id": id, "type": "done"}).to_string().into()))
-        .await;
-    Ok(())
+    Ok(Ending::Done)
 }

@@ -41,15 +41,26 @@ pub fn chunk_stream(
     include_usage: bool,
 ) -> impl Stream<Item = StreamItem> {
     async_stream::stream! {
-        if let Some(role) = chunks.role() {
-            yield StreamItem::Chunk(role);
-        }
+        // The role chunk opens the answer, so it waits for the first event
+        // that belongs to one: a request that fails before it starts gets
+        // its error alone.
+        let mut role = chunks.role();
         let mut usage = None;
         let mut stopped_by = None;
         // Log-probabilities wait for the text of their tokens.
         let mut logprobs = Vec::new();
         while let Some(event) = events.next_event().await {
+            let opens_answer = !matches!(
+                event,
+                ChatEvent::Started | ChatEvent::Error(_) | ChatEvent::Done { finish_reason: FinishReason::Cancelled }
+            );
+            if opens_answer {
+                if let Some(role) = role.take() {
+                    yield StreamItem::Chunk(role);
+                }
+            }
             match event {
+                ChatEvent::Started => {}
                 ChatEvent::Logprobs(items) => logprobs.extend(items),
                 ChatEvent::Content(text) => {
                     let chunk = chunks.content(&text, &logprobs);

@@ -51,7 +51,7 @@ fn encoding(format: Option<&str>) -> Result<Encoding> {
         Some("base64") => Ok(Encoding::Base64),
         Some(other) => Err(Error::invalid_param(
             "encoding_format",
-            format!("must be 'float' or 'base64', got '{other}'"),
+            format!("must be 'float' or 'base64', got '{}'", llmlab_core::text::echo(other)),
         )),
     }
 }

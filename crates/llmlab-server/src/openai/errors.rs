@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
+use llmlab_core::text::clip;
 use llmlab_core::{Error, ErrorKind};
 
 /// Status for each core error kind. Every HTTP response for a core error
@@ -24,15 +25,24 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// Longest error message sent back, in characters. Messages can quote the
+/// client's own input (a model id, a JSON value); a client must not be able
+/// to make the server repeat megabytes back, or, on gRPC, into a header.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+/// Longest `param` (a field path) sent back, in characters.
+pub const MAX_PARAM_CHARS: usize = 256;
+
 /// OpenAI's `type` field for each status.
 fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 404 | 413 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_error",
         503 => "service_unavailable_error",
         504 => "timeout_error",
+        // Every other 4xx (400, 404, 405, 408, 413, 415, 431, ...) is the
+        // request's fault.
+        400..=499 => "invalid_request_error",
         _ => "server_error",
     }
 }
@@ -51,9 +61,9 @@ fn error_code(status: StatusCode, kind: ErrorKind) -> &'static str {
 pub fn envelope(status: StatusCode, error: &Error) -> serde_json::Value {
     json!({
         "error": {
-            "message": error.message,
+            "message": clip(&error.message, MAX_MESSAGE_CHARS),
             "type": error_type(status),
-            "param": error.param,
+            "param": error.param.as_deref().map(|p| clip(p, MAX_PARAM_CHARS)),
             "code": error_code(status, error.kind),
         }
     })

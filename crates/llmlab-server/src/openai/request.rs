@@ -228,9 +228,16 @@ fn response_format_schema(format: &Value) -> Result<Option<Value>> {
 }
 
 /// Parse a JSON body; errors name the field path (`messages[0].role`).
+/// The whole body must be the one value: a `Deserializer` stops after the
+/// value it was asked for, so `.end()` is what rejects `{…} garbage`
+/// (`serde_json::from_slice` calls it too; going through
+/// `serde_path_to_error` means calling it here).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(field_error)
+    let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
+    de.end()
+        .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
+    Ok(value)
 }
 
 /// The same for JSON already parsed (a WebSocket frame's `body`).

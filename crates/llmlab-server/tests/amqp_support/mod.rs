@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -118,6 +120,28 @@ impl Reply {
     }
 }
 
+/// A message taken from the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub reason: String,
+    pub correlation_id: String,
+    pub headers: FieldTable,
+}
+
+impl DeadLetter {
+    /// An integer header, whatever integer type it was written as.
+    pub fn count(&self, name: &str) -> Option<i64> {
+        match self.headers.inner().get(name)? {
+            AMQPValue::LongInt(n) => Some((*n).into()),
+            AMQPValue::LongLongInt(n) => Some(*n),
+            AMQPValue::LongUInt(n) => Some((*n).into()),
+            AMQPValue::ShortInt(n) => Some((*n).into()),
+            _ => None,
+        }
+    }
+}
+
 fn header_text(properties: &BasicProperties, name: &str) -> String {
     match properties.headers().as_ref().and_then(|h| h.inner().get(name).cloned()) {
         Some(AMQPValue::LongString(text)) => text.to_string(),
@@ -175,12 +199,22 @@ impl Client {
         format!("{}.dead", self.prefix)
     }
 
-    /// Publish raw bytes as a job with this client's reply queue.
-    pub async fn publish_raw(&self, queue: &str, body: &[u8], correlation_id: &str) {
-        let properties = BasicProperties::default()
+    /// A job's properties: this client's reply queue, persistent.
+    pub fn job_properties(&self, correlation_id: &str) -> BasicProperties {
+        BasicProperties::default()
             .with_correlation_id(correlation_id.into())
             .with_reply_to(self.reply_queue.as_str().into())
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+    }
+
+    /// Publish raw bytes as a job with this client's reply queue.
+    pub async fn publish_raw(&self, queue: &str, body: &[u8], correlation_id: &str) {
+        self.publish_with(queue, body, self.job_properties(correlation_id))
+            .await;
+    }
+
+    /// Publish with the given properties, waiting for the broker's confirm.
+    pub async fn publish_with(&self, queue: &str, body: &[u8], properties: BasicProperties) {
         self.channel
             .basic_publish(
                 "".into(),
@@ -193,6 +227,59 @@ impl Client {
             .unwrap()
             .await
             .unwrap();
+    }
+
+    /// Publish a job whose headers carry `name: value`.
+    pub async fn publish_with_header(
+        &self,
+        queue: &str,
+        job: &Value,
+        correlation_id: &str,
+        name: &str,
+        value: AMQPValue,
+    ) {
+        let mut headers = FieldTable::default();
+        headers.insert(name.into(), value);
+        let properties = self.job_properties(correlation_id).with_headers(headers);
+        self.publish_with(queue, job.to_string().as_bytes(), properties).await;
+    }
+
+    /// Declare a job queue as the workers do (for a test that fills it
+    /// before any worker runs).
+    pub async fn declare_job_queue(&self, queue: &str) {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-priority".into(), AMQPValue::LongInt(10));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), options, arguments)
+            .await
+            .unwrap();
+    }
+
+    /// Take `count` messages from `queue` without acknowledging them, then
+    /// hand them back: the broker marks them redelivered, as it does when
+    /// a worker dies holding them.
+    pub async fn take_and_requeue(&self, queue: &str, count: usize) {
+        let mut taken = Vec::new();
+        while taken.len() < count {
+            let message = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .expect("a message to take");
+            taken.push(message);
+        }
+        for message in taken {
+            let options = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            message.delivery.nack(options).await.unwrap();
+        }
     }
 
     pub async fn publish(&self, queue: &str, job: &Value, correlation_id: &str) {
@@ -216,6 +303,46 @@ impl Client {
             worker: header_text(properties, "x-llmlab-worker"),
             body: serde_json::from_slice(&delivery.data).expect("replies are JSON"),
         }
+    }
+
+    /// The first reply of each of `count` jobs, by correlation id.
+    pub async fn first_replies(&mut self, count: usize, within: Duration) -> HashMap<String, Reply> {
+        let mut answers = HashMap::new();
+        while answers.len() < count {
+            let reply = self.next_reply(within).await;
+            answers.entry(reply.correlation_id.clone()).or_insert(reply);
+        }
+        answers
+    }
+
+    /// The next reply published by `worker` (of type `kind`, if given),
+    /// passing over the others.
+    pub async fn reply_from(&mut self, worker: &str, kind: Option<&str>, within: Duration) -> Reply {
+        loop {
+            let reply = self.next_reply(within).await;
+            if reply.worker == worker && kind.is_none_or(|k| reply.kind() == k) {
+                return reply;
+            }
+        }
+    }
+
+    /// A queue of this name and a consumer on it (on a channel of its own):
+    /// a reply queue the test may delete.
+    pub async fn named_queue(&self, name: &str) -> (Channel, Consumer) {
+        let channel = self.connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        let options = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = channel
+            .basic_consume(name.into(), "named".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        (channel, consumer)
     }
 
     /// Replies until one of the given type arrives for `correlation_id`.
@@ -260,6 +387,12 @@ impl Client {
 
     /// The next dead-lettered message: its body and reason header.
     pub async fn dead_letter(&self, within: Duration) -> (Vec<u8>, String) {
+        let dead = self.dead_letter_message(within).await;
+        (dead.body, dead.reason)
+    }
+
+    /// The next dead-lettered message, headers and all.
+    pub async fn dead_letter_message(&self, within: Duration) -> DeadLetter {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let got = self
@@ -269,12 +402,45 @@ impl Client {
                 .unwrap();
             if let Some(message) = got {
                 message.delivery.ack(BasicAckOptions::default()).await.unwrap();
-                let reason = header_text(&message.delivery.properties, "x-llmlab-reason");
-                return (message.delivery.data.clone(), reason);
+                let properties = &message.delivery.properties;
+                return DeadLetter {
+                    body: message.delivery.data.clone(),
+                    reason: header_text(properties, "x-llmlab-reason"),
+                    correlation_id: properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_default(),
+                    headers: properties.headers().clone().unwrap_or_default(),
+                };
             }
             assert!(tokio::time::Instant::now() < deadline, "nothing was dead-lettered");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Messages now in the dead-letter queue.
+    pub async fn dead_letter_count(&self) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(self.dead_letter_queue().as_str().into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        queue.message_count()
+    }
+
+    /// The next `count` dead-lettered messages, by correlation id.
+    pub async fn dead_letters(&self, count: usize, within: Duration) -> HashMap<String, DeadLetter> {
+        let mut found = HashMap::new();
+        while found.len() < count {
+            let dead = self.dead_letter_message(within).await;
+            found.insert(dead.correlation_id.clone(), dead);
+        }
+        found
     }
 
     /// Delete every queue this test's prefix made.
