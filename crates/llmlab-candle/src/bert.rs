@@ -50,8 +50,8 @@ impl BertEmbeddingPipeline {
         let weights_path = dir.join(WEIGHTS_FILE);
         // Read into memory rather than mmap: mapping a file is `unsafe`
         // (another process could change it under us), and 100 MB is cheap.
-        let weights = std::fs::read(&weights_path)
-            .map_err(|e| unavailable(&format!("cannot read {WEIGHTS_FILE}"), &e.kind()))?;
+        let weights =
+            std::fs::read(&weights_path).map_err(|e| unavailable(&format!("cannot read {WEIGHTS_FILE}"), &e.kind()))?;
         let encoder = Encoder::load(&config, &weights, MatmulKernel::detect())
             .map_err(|e| unavailable(&format!("{WEIGHTS_FILE} does not fit its config"), &e))?;
 

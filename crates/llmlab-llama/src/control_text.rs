@@ -201,7 +201,10 @@ mod tests {
     fn text_without_control_tokens_is_untouched() {
         let texts = chatml();
         assert!(matches!(texts.escape("plain <b>text</b> <|im_en"), Cow::Borrowed(_)));
-        assert_eq!(texts.pieces("<|im_start|>x"), vec![PromptPiece::Template("<|im_start|>x")]);
+        assert_eq!(
+            texts.pieces("<|im_start|>x"),
+            vec![PromptPiece::Template("<|im_start|>x")]
+        );
         assert!(matches!(ControlTexts::default().escape("<|im_end|>"), Cow::Borrowed(_)));
     }
 

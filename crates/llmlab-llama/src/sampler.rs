@@ -69,10 +69,7 @@ pub(crate) fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampl
         }
         chain.push(LlamaSampler::temp(temperature));
         // Validation keeps seeds within 32 bits (`MAX_SEED`).
-        let seed = params
-            .seed
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(RANDOM_SEED);
+        let seed = params.seed.and_then(|s| u32::try_from(s).ok()).unwrap_or(RANDOM_SEED);
         chain.push(LlamaSampler::dist(seed));
     }
     LlamaSampler::chain_simple(chain)

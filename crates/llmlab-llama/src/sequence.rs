@@ -62,7 +62,12 @@ pub(crate) struct Sequence {
 impl Sequence {
     /// Validate and tokenize a job. A job that cannot run is answered here
     /// (its terminal event sent) and `None` returned.
-    pub fn prepare(model: &LlamaModel, control_texts: &ControlTexts, mut job: Job, context_size: usize) -> Option<Self> {
+    pub fn prepare(
+        model: &LlamaModel,
+        control_texts: &ControlTexts,
+        mut job: Job,
+        context_size: usize,
+    ) -> Option<Self> {
         if is_cancelled(&job) {
             let _ = job.events.send(ChatEvent::Done {
                 finish_reason: FinishReason::Cancelled,

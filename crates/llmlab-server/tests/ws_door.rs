@@ -143,7 +143,10 @@ async fn an_id_is_free_again_once_its_request_ended_and_cancels_its_new_request(
     // Nothing else arrives for the cancelled requests: one terminal each.
     send(&mut socket, chat("b", "two")).await;
     let first = next(&mut socket).await;
-    assert_eq!((first["id"].as_str(), first["type"].as_str()), (Some("b"), Some("chunk")));
+    assert_eq!(
+        (first["id"].as_str(), first["type"].as_str()),
+        (Some("b"), Some("chunk"))
+    );
 }
 
 #[tokio::test]
@@ -160,7 +163,10 @@ async fn a_request_refused_before_it_starts_gets_one_error_frame_only() {
     send(&mut socket, chat("long", "words")).await;
     let frames = until_terminal(&mut socket, "long").await;
     assert_eq!(frames.len(), 1, "{frames:?}");
-    assert_eq!((frames[0]["type"].as_str(), frames[0]["status"].as_u64()), (Some("error"), Some(400)));
+    assert_eq!(
+        (frames[0]["type"].as_str(), frames[0]["status"].as_u64()),
+        (Some("error"), Some(400))
+    );
     // The socket serves on, and no stray `done` for "long" came first.
     send(&mut socket, chat("next", "hi")).await;
     let frame = next(&mut socket).await;

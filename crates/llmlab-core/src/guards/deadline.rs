@@ -252,9 +252,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn running_out_of_time_in_the_queue_is_overload_not_timeout() {
         let pipeline = FakeChatPipeline::new(Script::text(&["late"]).with_delay(Duration::from_secs(30)));
-        pipeline
-            .held_in_queue
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        pipeline.held_in_queue.store(true, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
         let inner = pipeline.chat(crate::ChatRequest::default(), cancel.clone()).unwrap();
         let mut stream = with_deadlines(inner, settings(600.0, 10.0, 60.0), cancel.clone());

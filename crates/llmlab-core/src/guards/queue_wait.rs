@@ -34,7 +34,10 @@ impl QueueWaitEstimator {
     /// A request gave its slot back after holding it for `held`.
     pub fn record_hold(&self, held: Duration) {
         let secs = held.as_secs_f64();
-        let mut mean = self.mean_hold_secs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut mean = self
+            .mean_hold_secs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *mean = Some(match *mean {
             Some(m) => m + HOLD_TIME_WEIGHT * (secs - m),
             None => secs,
@@ -49,7 +52,10 @@ impl QueueWaitEstimator {
         if running + waiting < self.slots {
             return Duration::ZERO;
         }
-        let mean = *self.mean_hold_secs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mean = *self
+            .mean_hold_secs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(mean) = mean else {
             return Duration::ZERO;
         };

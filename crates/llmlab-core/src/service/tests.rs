@@ -420,8 +420,5 @@ async fn requests_that_time_out_in_the_queue_are_overload_and_never_open_the_bre
         assert_eq!(err.kind, ErrorKind::Overloaded, "{}", err.message);
         assert!(err.retry_after_secs.is_some());
     }
-    assert_eq!(
-        svc.breaker_state("fake-a"),
-        (crate::guards::BreakerState::Closed, 0)
-    );
+    assert_eq!(svc.breaker_state("fake-a"), (crate::guards::BreakerState::Closed, 0));
 }

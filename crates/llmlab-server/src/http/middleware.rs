@@ -20,8 +20,8 @@ use tracing::Instrument;
 use crate::api_key::{self, KeyCheck};
 
 use super::errors::ApiError;
-use llmlab_core::text::clip;
 use super::handlers::ModelLabel;
+use llmlab_core::text::clip;
 
 const REQUEST_ID: &str = "x-request-id";
 
