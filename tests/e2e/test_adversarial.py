@@ -251,8 +251,9 @@ def test_grpc_corpus(adversary):
     cases = [
         ("malformed protobuf", "Embed", b"\xff\xff\xff\xff\x0f garbage", grpc.StatusCode.INVALID_ARGUMENT),
         ("truncated protobuf", "ListModels", b"\x0a\x05ab", grpc.StatusCode.INVALID_ARGUMENT),
-        # Field 1 (model) of EmbedRequest as a 10,000-character string.
-        ("huge model id", "Embed", b"\x0a\x90\x4e" + b"m" * 10_000, grpc.StatusCode.NOT_FOUND),
+        # EmbedRequest: field 1 (model) a 10,000-character string, field 2
+        # (inputs) one "hi".
+        ("huge model id", "Embed", b"\x0a\x90\x4e" + b"m" * 10_000 + b"\x12\x02hi", grpc.StatusCode.NOT_FOUND),
     ]
     problems = {}
     for name, method, payload, expected in cases:
