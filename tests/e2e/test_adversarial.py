@@ -119,9 +119,11 @@ def test_http_corpus(adversary):
         try:
             status, text, _ = http(base, method, path, headers, body)
         except (TimeoutError, socket.timeout, urllib.error.URLError, ConnectionError) as e:
-            if name == "headers too large" and isinstance(e, (urllib.error.URLError, ConnectionError)):
-                # Refusing oversized headers by closing is fine too.
-                record(name, 431, "", True)
+            refused_by_closing = {"headers too large": 431, "body over the limit": 413}
+            if name in refused_by_closing and isinstance(e, (urllib.error.URLError, ConnectionError)):
+                # The server answers at once and closes after a while; a
+                # client still sending may see the close before the answer.
+                record(name, refused_by_closing[name], "", True)
                 continue
             problems[name] = record(name, 0, str(e), False, hung=True)
             continue
@@ -264,7 +266,14 @@ def test_grpc_corpus(adversary):
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
             echoed = " ".join(str(v) for _, v in (e.trailing_metadata() or []))
-        found = record(f"grpc {name}", 500 if code == grpc.StatusCode.INTERNAL else 400, details + echoed, True)
+        # gRPC's client-error codes count as 4xx; anything else is a
+        # server error for the report.
+        client_codes = {
+            grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+            grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.OUT_OF_RANGE: 413,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        }
+        found = record(f"grpc {name}", client_codes.get(code, 500), details + echoed, True)
         if code != expected:
             found.append(f"{code}, expected {expected}: {details[:200]}")
         if len(details) + len(echoed) > 2_000:

@@ -37,6 +37,22 @@ pub fn amx_allowed() -> bool {
     !switched_off(ENV_AMX)
 }
 
+/// `1` makes a test that lacks what it needs (a model not pulled, a CPU
+/// feature) fail instead of skipping; CI sets it so nothing skips silently.
+pub const ENV_REQUIRE_ALL: &str = "LLMLAB_REQUIRE_ALL";
+
+/// A test cannot run here for `reason`: it fails when
+/// [`ENV_REQUIRE_ALL`] is set, else it says so on stderr and the caller
+/// returns early.
+pub fn skip_test(reason: &str) {
+    let required = matches!(
+        std::env::var(ENV_REQUIRE_ALL).as_deref().map(str::trim),
+        Ok("1" | "true" | "on" | "yes")
+    );
+    assert!(!required, "{reason} ({ENV_REQUIRE_ALL} is set: nothing may be skipped)");
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// An on-by-default switch set to `0`, `false`, `off` or `no`.
 fn switched_off(name: &str) -> bool {
     matches!(
@@ -202,6 +218,18 @@ pub fn models_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The only test that sets this variable; nothing else in this binary
+    /// reads it.
+    #[test]
+    fn a_skip_fails_when_every_test_is_required() {
+        std::env::remove_var(ENV_REQUIRE_ALL);
+        skip_test("not required: only a note");
+        std::env::set_var(ENV_REQUIRE_ALL, "1");
+        let refused = std::panic::catch_unwind(|| skip_test("model missing"));
+        std::env::remove_var(ENV_REQUIRE_ALL);
+        assert!(refused.is_err());
+    }
 
     #[test]
     fn byte_sizes_parse_with_binary_units() {

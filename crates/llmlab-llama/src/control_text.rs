@@ -13,10 +13,12 @@
 //! template's own text keeps its control tokens. The placeholder carries a
 //! random key drawn once per process, so a client cannot write one itself.
 //!
-//! Only control tokens need this: llama.cpp matches user-defined added
-//! tokens (`<tool_call>`, `<think>`) even with special parsing off, so
-//! those read the same either way. A prompt with no control text in its
-//! client strings tokenizes exactly as before.
+//! Only control tokens can be kept out this way: llama.cpp matches
+//! user-defined added tokens (`<tool_call>`, `<think>`) even with special
+//! parsing off, so those read the same either way. A model whose GGUF marks
+//! its turn markers as user-defined rather than control would still let
+//! them through; the GGUFs we serve mark them as control. A prompt with no
+//! control text in its client strings tokenizes exactly as before.
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -59,16 +61,24 @@ pub(crate) struct ControlTexts {
 }
 
 impl ControlTexts {
-    pub fn new(texts: impl IntoIterator<Item = String>) -> Self {
+    /// Fails only when the matcher cannot be built (it would need more
+    /// memory than the library allows): the model must not serve then, as
+    /// its prompts could not be escaped.
+    pub fn new(texts: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let mut texts: Vec<String> = texts.into_iter().filter(|t| !t.is_empty()).collect();
         texts.sort();
         texts.dedup();
+        if texts.is_empty() {
+            return Ok(Self::default());
+        }
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&texts)
-            .ok()
-            .filter(|_| !texts.is_empty());
-        Self { texts, matcher }
+            .map_err(|e| format!("cannot index the model's {} control tokens: {e}", texts.len()))?;
+        Ok(Self {
+            texts,
+            matcher: Some(matcher),
+        })
     }
 
     /// Text of the control token at `index` (as escaped by [`Self::escape`]).
@@ -173,7 +183,7 @@ mod tests {
     use super::*;
 
     fn chatml() -> ControlTexts {
-        ControlTexts::new(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].map(String::from))
+        ControlTexts::new(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].map(String::from)).unwrap()
     }
 
     #[test]
@@ -221,7 +231,7 @@ mod tests {
 
     #[test]
     fn longest_control_text_wins() {
-        let texts = ControlTexts::new(["<|end|>", "<|end|>x"].map(String::from));
+        let texts = ControlTexts::new(["<|end|>", "<|end|>x"].map(String::from)).unwrap();
         let escaped = texts.escape("<|end|>x");
         assert_eq!(texts.pieces(&escaped), vec![PromptPiece::Literal("<|end|>x")]);
     }

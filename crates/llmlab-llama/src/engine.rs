@@ -235,7 +235,13 @@ fn engine_main(
             return;
         }
     };
-    let info = model_info(&model, spec);
+    let info = match model_info(&model, spec) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let policy = TokenPolicy::new(&model, info.reasoning_format, info.tool_call_format);
     let control_texts = Arc::clone(&info.control_texts);
     let texts_for_batcher = Arc::clone(&control_texts);
@@ -335,7 +341,7 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
     Ok(ctx)
 }
 
-fn model_info(model: &LlamaModel, spec: &ModelSpec) -> ModelInfo {
+fn model_info(model: &LlamaModel, spec: &ModelSpec) -> Result<ModelInfo> {
     let vocab = model.vocab();
     let special_text = |token: LlamaToken| {
         if token.0 < 0 {
@@ -350,20 +356,21 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec) -> ModelInfo {
             .filter(|t| !t.trim().is_empty())
     });
     let (reasoning, tools) = chat_template.as_deref().map(detect_formats).unwrap_or_default();
-    ModelInfo {
+    let control_texts = control_texts(model).map_err(|e| Error::unavailable(format!("model '{}': {e}", spec.id)))?;
+    Ok(ModelInfo {
         reasoning_format: spec.reasoning_format.unwrap_or(reasoning),
         tool_call_format: spec.tool_call_format.unwrap_or(tools),
         chat_template,
         bos_token: special_text(vocab.bos()),
         eos_token: special_text(vocab.eos()),
         context_size: spec.context_size,
-        control_texts: Arc::new(control_texts(model)),
-    }
+        control_texts: Arc::new(control_texts),
+    })
 }
 
 /// The texts of the tokens llama.cpp reads out of a prompt only when special
 /// parsing is on (control and unknown tokens).
-fn control_texts(model: &LlamaModel) -> ControlTexts {
+fn control_texts(model: &LlamaModel) -> std::result::Result<ControlTexts, String> {
     use llama_cpp_2::token_type::LlamaTokenAttr;
     let vocab = model.vocab();
     let texts = vocab.tokens().filter_map(|token| {

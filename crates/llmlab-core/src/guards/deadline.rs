@@ -76,10 +76,25 @@ enum Expired {
     Silence,
 }
 
+/// Called when a deadline ran out through the model's own fault.
+pub type ModelFault = Box<dyn FnOnce() + Send>;
+
 /// Forward `inner` through a task that enforces `settings`; cancelling
 /// `cancel` stops the generation when a deadline passes. Must be called
 /// inside a tokio runtime.
-pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel: CancellationToken) -> ChatStream {
+///
+/// `on_model_fault` (the model's circuit breaker) hears only of expiries
+/// that are the model's fault: a stall after output began, or no first
+/// output although the engine had the whole allowance to itself after it
+/// took the request. Time spent in the queue is overload (the request
+/// fails with a 429), and a long answer cut by the total limit is nobody's
+/// fault.
+pub fn with_deadlines(
+    mut inner: ChatStream,
+    settings: DeadlineSettings,
+    cancel: CancellationToken,
+    on_model_fault: Option<ModelFault>,
+) -> ChatStream {
     if settings.is_off() {
         return inner;
     }
@@ -90,8 +105,8 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
     tokio::spawn(async move {
         let started = Instant::now();
         let mut last_output: Option<Instant> = None;
-        // Whether the engine took the request; before that it only waited.
-        let mut engine_started = false;
+        // When the engine took the request; before that it only waited.
+        let mut engine_started: Option<Instant> = None;
         loop {
             let candidates = [
                 total.map(|d| (started + d, Expired::Total)),
@@ -114,7 +129,7 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
                 event = inner.next_event() => {
                     let Some(event) = event else { return };
                     match event {
-                        ChatEvent::Started => engine_started = true,
+                        ChatEvent::Started => engine_started = Some(Instant::now()),
                         ChatEvent::Content(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall(_) => {
                             last_output = Some(Instant::now());
                         }
@@ -128,11 +143,30 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
                 which = expire => {
                     cancel.cancel();
                     let elapsed = started.elapsed().as_secs_f64();
-                    let events = if engine_started {
-                        expired_events(which, elapsed, last_output.is_some(), &settings)
-                    } else {
-                        vec![ChatEvent::Error(queued_too_long(elapsed))]
+                    let produced = last_output.is_some();
+                    // The allowance the engine had after it took the request.
+                    let engine_had = engine_started.map(|at| at.elapsed());
+                    let limit = match which {
+                        Expired::Total => total,
+                        Expired::FirstToken => first_token,
+                        Expired::Silence => silence,
                     };
+                    let whole_allowance = matches!((engine_had, limit), (Some(had), Some(limit)) if had >= limit);
+                    let events = match which {
+                        _ if engine_started.is_none() => vec![ChatEvent::Error(queued_too_long(elapsed))],
+                        Expired::Silence => expired_events(which, elapsed, produced, &settings),
+                        _ if produced => expired_events(which, elapsed, produced, &settings),
+                        _ if !whole_allowance => vec![ChatEvent::Error(queued_too_long(elapsed))],
+                        _ => expired_events(which, elapsed, produced, &settings),
+                    };
+                    let model_at_fault = engine_started.is_some()
+                        && match which {
+                            Expired::Silence => true,
+                            Expired::FirstToken | Expired::Total => !produced && whole_allowance,
+                        };
+                    if let (true, Some(report)) = (model_at_fault, on_model_fault) {
+                        report();
+                    }
                     for event in events {
                         let _ = tx.send(event);
                     }
@@ -145,13 +179,16 @@ pub fn with_deadlines(mut inner: ChatStream, settings: DeadlineSettings, cancel:
     outer
 }
 
-/// A deadline that ran out while the request still waited for the engine:
-/// the server is overloaded (429, retry later), not failing; the model's
-/// breaker does not count it.
+/// A deadline that ran out while the request waited for the engine, or
+/// whose time the wait used up: the server is overloaded (429, retry
+/// later), not failing. The hint to retry after about as long as this
+/// request waited is the best the deadline task knows of the queue.
 fn queued_too_long(elapsed: f64) -> Error {
     Error::new(
         ErrorKind::Overloaded,
-        format!("the request waited {elapsed:.1}s in the model's queue and ran out of time before it could start; retry later"),
+        format!(
+            "the request ran out of time after {elapsed:.1}s, most of it waiting in the model's queue; retry later"
+        ),
     )
     .with_retry_after(elapsed.ceil().max(1.0) as u64)
 }
@@ -196,7 +233,7 @@ mod tests {
         let pipeline = FakeChatPipeline::new(script);
         let cancel = CancellationToken::new();
         let inner = pipeline.chat(crate::ChatRequest::default(), cancel.clone()).unwrap();
-        let mut stream = with_deadlines(inner, deadlines, cancel.clone());
+        let mut stream = with_deadlines(inner, deadlines, cancel.clone(), None);
         let mut events = Vec::new();
         while let Some(event) = stream.next_event().await {
             events.push(event);
@@ -255,7 +292,7 @@ mod tests {
         pipeline.held_in_queue.store(true, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
         let inner = pipeline.chat(crate::ChatRequest::default(), cancel.clone()).unwrap();
-        let mut stream = with_deadlines(inner, settings(600.0, 10.0, 60.0), cancel.clone());
+        let mut stream = with_deadlines(inner, settings(600.0, 10.0, 60.0), cancel.clone(), None);
         let mut events = Vec::new();
         while let Some(event) = stream.next_event().await {
             events.push(event);
@@ -269,6 +306,74 @@ mod tests {
             }
             other => panic!("unexpected events {other:?}"),
         }
+    }
+
+    /// Plays `events` (each after `delay`), `Started` at once when
+    /// `starts_at_once` (else only where the script has it), and says
+    /// whether the model was blamed.
+    async fn verdict(
+        starts_at_once: bool,
+        events: Vec<ChatEvent>,
+        delay: Duration,
+        deadlines: DeadlineSettings,
+    ) -> (Vec<ChatEvent>, bool) {
+        let pipeline = FakeChatPipeline::new(Script {
+            events,
+            delay,
+            reject: None,
+        });
+        pipeline
+            .held_in_queue
+            .store(!starts_at_once, std::sync::atomic::Ordering::SeqCst);
+        let cancel = CancellationToken::new();
+        let inner = pipeline.chat(crate::ChatRequest::default(), cancel.clone()).unwrap();
+        let blamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let report = std::sync::Arc::clone(&blamed);
+        let fault: ModelFault = Box::new(move || report.store(true, std::sync::atomic::Ordering::SeqCst));
+        let mut stream = with_deadlines(inner, deadlines, cancel, Some(fault));
+        let mut seen = Vec::new();
+        while let Some(event) = stream.next_event().await {
+            seen.push(event);
+        }
+        (seen, blamed.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn text(t: &str) -> ChatEvent {
+        ChatEvent::Content(t.into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_models_own_overruns_are_blamed_on_it() {
+        let second = Duration::from_secs(1);
+        // A stall after output began: the model's fault.
+        let (_, blamed) = verdict(true, vec![text("a"), text("b")], 5 * second, settings(600.0, 20.0, 4.0)).await;
+        assert!(blamed, "a stall");
+        // The engine took the request late (8 s of 10 gone in the queue) and
+        // had no fair chance: overload, not the model's fault.
+        let (events, blamed) = verdict(
+            false,
+            vec![ChatEvent::Started, text("a")],
+            8 * second,
+            settings(600.0, 10.0, 60.0),
+        )
+        .await;
+        assert!(!blamed, "the queue used up the allowance");
+        assert!(
+            matches!(events.last(), Some(ChatEvent::Error(e)) if e.kind == ErrorKind::Overloaded),
+            "{events:?}"
+        );
+        // The engine had its whole allowance and produced nothing: blamed.
+        let (events, blamed) = verdict(true, vec![text("a")], 30 * second, settings(600.0, 10.0, 60.0)).await;
+        assert!(blamed, "no first token in a whole allowance");
+        assert!(
+            matches!(events.last(), Some(ChatEvent::Error(e)) if e.kind == ErrorKind::Timeout),
+            "{events:?}"
+        );
+        // A long answer cut by the total limit: nobody's fault.
+        let many: Vec<ChatEvent> = (0..50).map(|_| text("x")).collect();
+        let (events, blamed) = verdict(true, many, second, settings(10.5, 10.0, 4.0)).await;
+        assert!(!blamed, "a long answer");
+        assert!(events.iter().any(|e| matches!(e, ChatEvent::Stopped(_))), "{events:?}");
     }
 
     #[tokio::test(start_paused = true)]

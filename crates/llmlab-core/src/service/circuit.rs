@@ -1,7 +1,8 @@
 //! A circuit breaker per model (see `guards::breaker`): failed loads, engine
-//! errors and deadline overruns count against it; while it is open requests
-//! fail fast with 503 and `Retry-After` instead of loading a broken model
-//! again and again.
+//! errors and deadlines that run out through the model's fault (decided by
+//! `guards::deadline`, which knows the timings) count against it; while it
+//! is open requests fail fast with 503 and `Retry-After` instead of loading
+//! a broken model again and again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,10 @@ use crate::{metrics, ChatEvent, Error, ErrorKind, FinishReason, Result, StreamOb
 pub(super) type Breakers = Arc<Mutex<HashMap<String, CircuitBreaker>>>;
 
 /// Whether an error is the model's fault (it counts against the breaker)
-/// rather than the request's or the client's.
+/// rather than the request's or the client's. Timeouts are judged where
+/// they happen (see `BreakerWatch::model_fault`), not by their kind.
 fn counts_against_the_model(error: &Error) -> bool {
-    matches!(
-        error.kind,
-        ErrorKind::Internal | ErrorKind::Timeout | ErrorKind::Unavailable
-    )
+    matches!(error.kind, ErrorKind::Internal | ErrorKind::Unavailable)
 }
 
 fn with_breaker<T>(
@@ -106,9 +105,10 @@ impl StreamObserver for BreakerWatch {
         }
         let now = tokio::time::Instant::now();
         match event {
-            ChatEvent::Stopped(trip) if trip.kind == GuardKind::Deadline => {
-                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
-            }
+            // Deadlines report their own verdict (`model_fault`); for this
+            // watch the request ended without one.
+            ChatEvent::Stopped(trip) if trip.kind == GuardKind::Deadline => self.abandon_probe(),
+            ChatEvent::Error(error) if error.kind == ErrorKind::Timeout => self.abandon_probe(),
             ChatEvent::Stopped(_) => return,
             ChatEvent::Error(error) if counts_against_the_model(error) => {
                 with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
@@ -129,6 +129,29 @@ impl StreamObserver for BreakerWatch {
 }
 
 impl BreakerWatch {
+    /// What the request's deadlines call when one runs out through the
+    /// model's fault.
+    pub(super) fn model_fault(&self) -> crate::guards::ModelFault {
+        let (breakers, model, settings) = (Arc::clone(&self.breakers), self.model.clone(), self.settings);
+        Box::new(move || {
+            let now = tokio::time::Instant::now();
+            with_breaker(&breakers, &model, settings, |b| b.record_failure(now));
+        })
+    }
+
+    /// Give a half-open breaker's probe turn back without a verdict.
+    fn abandon_probe(&mut self) {
+        if self.probe {
+            with_breaker(
+                &self.breakers,
+                &self.model,
+                self.settings,
+                CircuitBreaker::abandon_probe,
+            );
+            self.probe = false;
+        }
+    }
+
     /// Report the outcome of a request that answers at once (no stream).
     /// An error that is not the model's fault gives a probe's turn back.
     pub(super) fn settle<T>(mut self, outcome: &Result<T>) {

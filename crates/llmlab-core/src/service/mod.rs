@@ -174,12 +174,17 @@ struct RequestRun {
     watch: circuit::BreakerWatch,
     meter: GenerationMeter,
     deadlines: DeadlineSettings,
+    /// The deadlines are the model's own: one that runs out through the
+    /// model's fault counts against its breaker. A client that sets its own
+    /// (tighter) deadlines learns of them alone.
+    deadlines_blame_model: bool,
 }
 
 impl RequestRun {
     /// Enforce the deadlines and observe the stream until its end.
     fn supervise(self, stream: ChatStream, cancel: CancellationToken) -> ChatStream {
-        with_deadlines(stream, self.deadlines, cancel)
+        let on_model_fault = self.deadlines_blame_model.then(|| self.watch.model_fault());
+        with_deadlines(stream, self.deadlines, cancel, on_model_fault)
             .observed(self.meter)
             .observed(self.watch)
             .holding(self.lease)
@@ -251,6 +256,7 @@ impl Service {
             return Err(Error::internal(format!("model '{model}' did not load as a chat model")));
         };
         let model_guards = self.registry.get(model).map(|m| m.guards).unwrap_or_default();
+        let requested = params.guards.map(|g| g.deadlines);
         let deadlines = params.guards.get_or_insert(model_guards).deadlines;
         Ok(RequestRun {
             pipeline,
@@ -258,6 +264,7 @@ impl Service {
             watch,
             meter: GenerationMeter::new(model),
             deadlines,
+            deadlines_blame_model: requested.is_none_or(|d| d == model_guards.deadlines),
         })
     }
 

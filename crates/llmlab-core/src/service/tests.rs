@@ -422,3 +422,38 @@ async fn requests_that_time_out_in_the_queue_are_overload_and_never_open_the_bre
     }
     assert_eq!(svc.breaker_state("fake-a"), (crate::guards::BreakerState::Closed, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_clients_own_tight_deadlines_never_open_the_breaker() {
+    let factory = Arc::new(FakeFactory::new(
+        Script::text(&["slow"]).with_delay(Duration::from_secs(5)),
+    ));
+    let svc = service(Arc::clone(&factory));
+    let mut tight = crate::guards::GuardSettings::default();
+    tight.deadlines.first_token_secs = Some(0.5);
+    for _ in 0..5 {
+        let mut request = chat_request("fake-a");
+        request.params.guards = Some(tight);
+        let stream = svc.chat(request, CancellationToken::new()).await.unwrap();
+        let err = stream.collect_response().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
+    }
+    assert_eq!(svc.breaker_state("fake-a"), (crate::guards::BreakerState::Closed, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_that_produces_nothing_in_its_own_deadline_opens_the_breaker() {
+    let factory = Arc::new(FakeFactory::new(
+        Script::text(&["never"]).with_delay(Duration::from_secs(500)),
+    ));
+    let svc = service(Arc::clone(&factory));
+    for _ in 0..3 {
+        let stream = svc
+            .chat(chat_request("fake-a"), CancellationToken::new())
+            .await
+            .unwrap();
+        let err = stream.collect_response().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
+    }
+    assert_eq!(svc.breaker_state("fake-a").0, crate::guards::BreakerState::Open);
+}

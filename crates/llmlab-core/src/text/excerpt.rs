@@ -24,6 +24,17 @@ pub fn echo(text: &str) -> Cow<'_, str> {
     clip(text, ECHO_MAX_CHARS)
 }
 
+/// What a caught panic said, cut to `max_chars`, for logs and operators
+/// (never for clients).
+pub fn panic_text(payload: &(dyn std::any::Any + Send), max_chars: usize) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    clip(text, max_chars).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

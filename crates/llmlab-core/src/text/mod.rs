@@ -6,7 +6,7 @@ mod stop_strings;
 mod token_text;
 mod utf8_stream;
 
-pub use excerpt::{clip, echo, ECHO_MAX_CHARS};
+pub use excerpt::{clip, echo, panic_text, ECHO_MAX_CHARS};
 pub use stop_strings::{StopMatcher, StopScan};
 pub use token_text::TokenTextAssembler;
 pub use utf8_stream::Utf8Stream;

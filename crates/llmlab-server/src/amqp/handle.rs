@@ -81,13 +81,7 @@ pub async fn guarded<F: Future>(future: F) -> Result<F::Output, String> {
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
-    const MAX_CHARS: usize = 300;
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    text.chars().take(MAX_CHARS).collect()
+    llmlab_core::text::panic_text(payload, 300)
 }
 
 async fn try_handle(context: &Context, incoming: &Incoming, cancel: &CancellationToken) -> anyhow::Result<()> {
@@ -102,9 +96,9 @@ async fn try_handle(context: &Context, incoming: &Incoming, cancel: &Cancellatio
 async fn settle_panic(context: &Context, incoming: &Incoming, panic: &str) -> anyhow::Result<()> {
     tracing::error!(panic, queue = %incoming.queue, "a job panicked the worker; it is dead-lettered");
     let channel = JobChannel::open(&context.connection).await?;
-    let error = JobError::from_core(&Error::internal(format!(
-        "the worker failed while running the job: {panic}"
-    )));
+    // The requester learns that it failed; what the panic said goes to the
+    // log and the dead-letter reason, for operators.
+    let error = JobError::from_core(&Error::internal("the worker failed while running the job"));
     let outcome = Handling::new(context, incoming, &channel)
         .refuse(&error, format!("the job panicked the worker: {panic}"))
         .await;
@@ -404,6 +398,6 @@ mod tests {
     #[tokio::test]
     async fn long_panic_messages_are_cut() {
         let text = guarded(async { panic!("{}", "x".repeat(10_000)) }).await.unwrap_err();
-        assert_eq!(text.len(), 300);
+        assert_eq!(text.chars().count(), 300);
     }
 }

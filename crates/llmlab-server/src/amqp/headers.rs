@@ -85,18 +85,12 @@ fn count_of(value: &AMQPValue) -> Option<u32> {
 
 /// A header value for an error message, cut short: it is the sender's text.
 fn describe(value: &AMQPValue) -> String {
-    const MAX_CHARS: usize = 64;
     let text = match value {
         AMQPValue::LongString(s) => format!("the string {:?}", String::from_utf8_lossy(s.as_bytes())),
         AMQPValue::ShortString(s) => format!("the string {:?}", s.as_str()),
         other => format!("{other:?}"),
     };
-    if text.chars().count() > MAX_CHARS {
-        let cut: String = text.chars().take(MAX_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        text
-    }
+    llmlab_core::text::echo(&text).into_owned()
 }
 
 /// A counter as the worker writes it: a signed 32-bit integer, the type

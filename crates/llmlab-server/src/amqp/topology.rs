@@ -17,7 +17,7 @@ pub const ATTEMPTS_HEADER: &str = "x-llmlab-attempts";
 /// How many times the broker handed the job back because the worker that
 /// held it went away without an answer (crash, kill, lost connection,
 /// shutdown). The broker does not count this for classic queues, so the
-/// worker does: see `handle::bump_redelivered`.
+/// worker does: see `Handling::count_redelivery` in `handle.rs`.
 pub const REDELIVERIES_HEADER: &str = "x-llmlab-redeliveries";
 /// The queue a dead-lettered job came from.
 pub const QUEUE_HEADER: &str = "x-llmlab-queue";

@@ -6,10 +6,9 @@
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::{CompletionRequest, GenerationParams, SamplingParams};
-use llmlab_llama::LlamaChatPipeline;
 
+use super::service::ServiceArgs;
 use super::CommonArgs;
 
 #[derive(Debug, Args)]
@@ -21,13 +20,19 @@ pub struct BenchEngineArgs {
     pub tokens: u32,
     #[arg(long, default_value_t = 3)]
     pub reps: u32,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
-    let spec = registry.require(&id)?;
-    let pipeline = LlamaChatPipeline::load(spec)?;
+    let threads = registry.require(&id)?.threads;
+    // Through the core service like every caller; ignore_eos requests run
+    // without guards, so the engine's speed is what is measured.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let service = runtime.block_on(async { args.service.build(registry) });
+    runtime.block_on(service.load(&id, None))?;
     let mut speeds = Vec::new();
     // One warm-up run, like llama-bench.
     for rep in 0..=args.reps {
@@ -48,9 +53,13 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 guards: None,
             },
         };
-        let response = pipeline
-            .complete(request, CancellationToken::new())?
-            .collect_blocking()?;
+        let response = runtime.block_on(async {
+            service
+                .complete(request, CancellationToken::new())
+                .await?
+                .collect_response()
+                .await
+        })?;
         if rep > 0 {
             speeds.push(response.timings.generation_tokens_per_second);
         }
@@ -59,8 +68,8 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
     let sd =
         (speeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / speeds.len().max(2).saturating_sub(1) as f64).sqrt();
     println!(
-        "model={id} threads={} tg{}: {mean:.2} ± {sd:.2} t/s",
-        spec.threads, args.tokens
+        "model={id} threads={threads} tg{}: {mean:.2} ± {sd:.2} t/s",
+        args.tokens
     );
     Ok(())
 }

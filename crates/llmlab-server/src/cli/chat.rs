@@ -1,16 +1,20 @@
-//! `llmlab chat`: stream a model's answer to the terminal.
+//! `llmlab chat`: stream a model's answer to the terminal. It runs the model
+//! in this process through the core service, as every door does, so
+//! validation, guards, deadlines and the circuit breaker apply here too.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
+use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::pipeline::ChatPipeline;
+use llmlab_core::keep_alive::KeepAlive;
+use llmlab_core::service::Service;
 use llmlab_core::{
     ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, Timings, Usage,
 };
-use llmlab_llama::LlamaChatPipeline;
 
+use super::service::ServiceArgs;
 use super::CommonArgs;
 
 #[derive(Debug, Args)]
@@ -42,6 +46,8 @@ pub struct ChatArgs {
     /// Print token counts and speeds to stderr after each answer.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 impl ChatArgs {
@@ -64,15 +70,32 @@ impl ChatArgs {
     }
 }
 
+/// The service and the runtime its tasks (deadlines, keep-alive) run on;
+/// answers are read on this thread while the runtime's workers run them.
+struct Session {
+    runtime: Runtime,
+    service: std::sync::Arc<Service>,
+    model: String,
+}
+
 pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
-    let spec = registry.require(&id)?;
-    let pipeline = LlamaChatPipeline::load(spec)?;
+    registry.require(&id)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let service = runtime.block_on(async { args.service.build(registry) });
+    // Load before the first prompt, so an interactive session starts ready.
+    // A session keeps its model however long the person thinks.
+    runtime.block_on(service.load(&id, Some(KeepAlive::Forever)))?;
+    let session = Session {
+        runtime,
+        service,
+        model: id.clone(),
+    };
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
 
     if let Some(prompt) = &args.prompt {
-        answer(&pipeline, &args, &mut history, prompt)?;
+        answer(&session, &args, &mut history, prompt)?;
         return Ok(());
     }
     let interactive = std::io::stdin().is_terminal();
@@ -88,37 +111,33 @@ pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             return Ok(());
         }
-        answer(&pipeline, &args, &mut history, line.trim_end())?;
+        answer(&session, &args, &mut history, line.trim_end())?;
     }
 }
 
 /// Generate one answer, stream it to stdout and add the turn to `history`.
-fn answer(
-    pipeline: &LlamaChatPipeline,
-    args: &ChatArgs,
-    history: &mut Vec<ChatMessage>,
-    prompt: &str,
-) -> anyhow::Result<()> {
+fn answer(session: &Session, args: &ChatArgs, history: &mut Vec<ChatMessage>, prompt: &str) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    let service = &session.service;
     let mut stream = if args.raw {
         let request = CompletionRequest {
-            model: String::new(),
+            model: session.model.clone(),
             prompt: prompt.to_owned(),
             params: args.params(),
-            keep_alive: None,
+            keep_alive: Some(KeepAlive::Forever),
         };
-        pipeline.complete(request, cancel)?
+        session.runtime.block_on(service.complete(request, cancel))?
     } else {
         history.push(ChatMessage::user(prompt));
         let request = ChatRequest {
-            model: String::new(),
+            model: session.model.clone(),
             messages: history.clone(),
             tools: Vec::new(),
             tool_choice: Default::default(),
-            keep_alive: None,
+            keep_alive: Some(KeepAlive::Forever),
             params: args.params(),
         };
-        pipeline.chat(request, cancel)?
+        session.runtime.block_on(service.chat(request, cancel))?
     };
     let mut out = std::io::stdout().lock();
     let dim = std::io::stdout().is_terminal();

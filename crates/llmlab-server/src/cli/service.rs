@@ -31,7 +31,7 @@ impl ServiceArgs {
         if let Some(budget) = self.memory_budget.or_else(config::default_memory_budget) {
             service = service.with_memory_budget(budget);
         }
-        let gpu_default = || llmlab_llama::gpu_memory_total().map(config::budget_share);
+        let gpu_default = || BackendFactory::gpu_memory_total().map(config::budget_share);
         if let Some(budget) = self.gpu_memory_budget.or_else(gpu_default) {
             service = service.with_gpu_memory_budget(budget);
         }

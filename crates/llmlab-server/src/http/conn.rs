@@ -19,8 +19,10 @@ use super::errors::ApiError;
 
 /// What every HTTP/2 connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Longest a closing connection keeps reading what the client still sends.
-const LINGER: Duration = Duration::from_secs(2);
+/// Longest a closing connection keeps reading what the client still sends
+/// (long enough for a client on a busy machine to finish pushing a body
+/// of several MiB, so that it reads the 413 instead of a reset).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// An accepted connection. The semaphore permit lives as long as the
 /// socket, also after an upgrade to WebSocket (hyper moves this whole value

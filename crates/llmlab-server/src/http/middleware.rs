@@ -208,11 +208,7 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     let response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = llmlab_core::text::panic_text(panic.as_ref(), 1024);
             tracing::error!(panic = %what, "handler panicked");
             return ApiError::http(StatusCode::INTERNAL_SERVER_ERROR, "internal server error").into_response();
         }

@@ -212,7 +212,9 @@ async fn handle_frame(
     let (state, outbox, running) = (state.clone(), outbox.clone(), Arc::clone(running));
     let socket_gone = socket_gone.clone();
     tokio::spawn(async move {
-        let ending = match run_request(&id, endpoint, frame.body, &state, &outbox, cancel.clone()).await {
+        // The service gets a child token: a deadline cancels that one, so
+        // `cancel` itself is cancelled only by the client (or the socket).
+        let ending = match run_request(&id, endpoint, frame.body, &state, &outbox, cancel.child_token()).await {
             Ok(Ending::Done) => Ending::Done,
             // Cut short while the socket lives: the client cancelled it.
             _ if cancel.is_cancelled() && !socket_gone.is_cancelled() => Ending::Cancelled,
