@@ -4,15 +4,11 @@
 //! is open requests fail fast with 503 and `Retry-After` instead of loading
 //! a broken model again and again.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use super::{lock, Service};
+use super::records::Models;
+use super::Service;
 use crate::guards::{Admission, BreakerSettings, BreakerState, CircuitBreaker, GuardKind};
 use crate::registry::ModelSpec;
 use crate::{metrics, ChatEvent, Error, ErrorKind, FinishReason, Result, StreamObserver};
-
-pub(super) type Breakers = Arc<Mutex<HashMap<String, CircuitBreaker>>>;
 
 /// Whether an error is the model's fault (it counts against the breaker)
 /// rather than the request's or the client's. Timeouts are judged where
@@ -21,23 +17,24 @@ fn counts_against_the_model(error: &Error) -> bool {
     matches!(error.kind, ErrorKind::Internal | ErrorKind::Unavailable)
 }
 
+/// Work on a model's breaker (made with `settings` on first use), logging
+/// and exporting any change of state.
 fn with_breaker<T>(
-    breakers: &Breakers,
+    models: &Models,
     model: &str,
     settings: BreakerSettings,
     f: impl FnOnce(&mut CircuitBreaker) -> T,
 ) -> T {
-    let mut breakers = lock(breakers);
-    let breaker = breakers
-        .entry(model.to_owned())
-        .or_insert_with(|| CircuitBreaker::new(settings));
-    let before = breaker.state();
-    let result = f(breaker);
-    if breaker.state() != before {
-        metrics::circuit_state(model, breaker.state());
-        tracing::warn!(model, from = ?before, to = ?breaker.state(), failures = breaker.consecutive_failures(), "circuit breaker changed state");
-    }
-    result
+    models.with(model, |record| {
+        let breaker = record.breaker.get_or_insert_with(|| CircuitBreaker::new(settings));
+        let before = breaker.state();
+        let result = f(breaker);
+        if breaker.state() != before {
+            metrics::circuit_state(model, breaker.state());
+            tracing::warn!(model, from = ?before, to = ?breaker.state(), failures = breaker.consecutive_failures(), "circuit breaker changed state");
+        }
+        result
+    })
 }
 
 impl Service {
@@ -45,7 +42,7 @@ impl Service {
     /// Returns whether the request is the half-open probe.
     pub(super) fn pass_breaker(&self, spec: &ModelSpec) -> Result<bool> {
         let now = tokio::time::Instant::now();
-        let (admission, failures) = with_breaker(&self.breakers, &spec.id, spec.breaker, |b| {
+        let (admission, failures) = with_breaker(&self.models, &spec.id, spec.breaker, |b| {
             (b.admit(now), b.consecutive_failures())
         });
         match admission {
@@ -63,25 +60,29 @@ impl Service {
     pub(super) fn breaker_failure(&self, spec: &ModelSpec, error: &Error) {
         if counts_against_the_model(error) {
             let now = tokio::time::Instant::now();
-            with_breaker(&self.breakers, &spec.id, spec.breaker, |b| b.record_failure(now));
+            with_breaker(&self.models, &spec.id, spec.breaker, |b| b.record_failure(now));
         }
     }
 
     /// Report a success outside a stream (an explicit load).
     pub(super) fn breaker_success(&self, spec: &ModelSpec) {
-        with_breaker(&self.breakers, &spec.id, spec.breaker, CircuitBreaker::record_success);
+        with_breaker(&self.models, &spec.id, spec.breaker, CircuitBreaker::record_success);
     }
 
+    #[cfg(test)]
     pub(super) fn breaker_state(&self, model: &str) -> (BreakerState, u32) {
-        lock(&self.breakers)
-            .get(model)
-            .map_or((BreakerState::Closed, 0), |b| (b.state(), b.consecutive_failures()))
+        self.models
+            .read(model, |record| {
+                record.breaker.as_ref().map(|b| (b.state(), b.consecutive_failures()))
+            })
+            .flatten()
+            .unwrap_or((BreakerState::Closed, 0))
     }
 
     /// Watches one request's stream and reports its outcome to the breaker.
     pub(super) fn breaker_watch(&self, spec: &ModelSpec, probe: bool) -> BreakerWatch {
         BreakerWatch {
-            breakers: Arc::clone(&self.breakers),
+            models: self.models.clone(),
             model: spec.id.clone(),
             settings: spec.breaker,
             probe,
@@ -91,7 +92,7 @@ impl Service {
 }
 
 pub(super) struct BreakerWatch {
-    breakers: Breakers,
+    models: Models,
     model: String,
     settings: BreakerSettings,
     probe: bool,
@@ -111,15 +112,10 @@ impl StreamObserver for BreakerWatch {
             ChatEvent::Error(error) if error.kind == ErrorKind::Timeout => self.abandon_probe(),
             ChatEvent::Stopped(_) => return,
             ChatEvent::Error(error) if counts_against_the_model(error) => {
-                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
+                with_breaker(&self.models, &self.model, self.settings, |b| b.record_failure(now));
             }
             ChatEvent::Done { finish_reason } if *finish_reason != FinishReason::Cancelled => {
-                with_breaker(
-                    &self.breakers,
-                    &self.model,
-                    self.settings,
-                    CircuitBreaker::record_success,
-                );
+                with_breaker(&self.models, &self.model, self.settings, CircuitBreaker::record_success);
             }
             ChatEvent::Done { .. } | ChatEvent::Error(_) => {}
             _ => return,
@@ -132,22 +128,17 @@ impl BreakerWatch {
     /// What the request's deadlines call when one runs out through the
     /// model's fault.
     pub(super) fn model_fault(&self) -> crate::guards::ModelFault {
-        let (breakers, model, settings) = (Arc::clone(&self.breakers), self.model.clone(), self.settings);
+        let (models, model, settings) = (self.models.clone(), self.model.clone(), self.settings);
         Box::new(move || {
             let now = tokio::time::Instant::now();
-            with_breaker(&breakers, &model, settings, |b| b.record_failure(now));
+            with_breaker(&models, &model, settings, |b| b.record_failure(now));
         })
     }
 
     /// Give a half-open breaker's probe turn back without a verdict.
     fn abandon_probe(&mut self) {
         if self.probe {
-            with_breaker(
-                &self.breakers,
-                &self.model,
-                self.settings,
-                CircuitBreaker::abandon_probe,
-            );
+            with_breaker(&self.models, &self.model, self.settings, CircuitBreaker::abandon_probe);
             self.probe = false;
         }
     }
@@ -157,14 +148,9 @@ impl BreakerWatch {
     pub(super) fn settle<T>(mut self, outcome: &Result<T>) {
         let now = tokio::time::Instant::now();
         match outcome {
-            Ok(_) => with_breaker(
-                &self.breakers,
-                &self.model,
-                self.settings,
-                CircuitBreaker::record_success,
-            ),
+            Ok(_) => with_breaker(&self.models, &self.model, self.settings, CircuitBreaker::record_success),
             Err(error) if counts_against_the_model(error) => {
-                with_breaker(&self.breakers, &self.model, self.settings, |b| b.record_failure(now));
+                with_breaker(&self.models, &self.model, self.settings, |b| b.record_failure(now));
             }
             Err(_) => return,
         }
@@ -175,12 +161,7 @@ impl BreakerWatch {
 impl Drop for BreakerWatch {
     fn drop(&mut self) {
         if self.probe && !self.settled {
-            with_breaker(
-                &self.breakers,
-                &self.model,
-                self.settings,
-                CircuitBreaker::abandon_probe,
-            );
+            with_breaker(&self.models, &self.model, self.settings, CircuitBreaker::abandon_probe);
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{lock, KeepAlive, Service, Slot};
+use super::records::Slot;
+use super::{KeepAlive, Service};
 use crate::metrics;
 use crate::registry::ModelSpec;
 use crate::{Error, Result};
@@ -37,16 +38,22 @@ impl Service {
             .await
             .map_err(|e| Error::internal(format!("estimating memory failed: {e}")))??;
         loop {
-            let shortfall = {
-                let mut footprint = lock(&self.footprint);
-                let others = footprint.iter().filter(|(id, _)| *id != &spec.id).map(|(_, e)| *e);
-                match self.budget.shortfall(others, needed) {
-                    None => {
-                        footprint.insert(spec.id.clone(), needed);
-                        return Ok(());
+            let shortfall = self.models.all(|records| {
+                let others = records
+                    .iter()
+                    .filter(|(id, _)| *id != &spec.id)
+                    .filter_map(|(_, model)| model.footprint);
+                let shortfall = self.budget.shortfall(others, needed);
+                if shortfall.is_none() {
+                    // Reserved under the same lock as the check.
+                    if let Some(model) = records.get_mut(&spec.id) {
+                        model.footprint = Some(needed);
                     }
-                    Some(shortfall) => shortfall,
                 }
+                shortfall
+            });
+            let Some(shortfall) = shortfall else {
+                return Ok(());
             };
             let Some(victim) = self.eviction_candidate(&spec.id) else {
                 return Err(Error::unavailable(format!(
@@ -62,27 +69,23 @@ impl Service {
 
     /// The loaded, idle, unpinned model (other than `except`) idle longest.
     fn eviction_candidate(&self, except: &str) -> Option<String> {
-        let uses = lock(&self.uses);
-        let footprint = lock(&self.footprint);
-        footprint
-            .keys()
-            .filter(|id| *id != except && self.is_loaded(id))
-            .filter(|id| !self.registry.get(id).is_some_and(|m| m.pinned))
-            .filter_map(|id| {
-                uses.get(id)
-                    .filter(|u| u.active == 0)
-                    .map(|u| (id.clone(), u.idle_since))
-            })
-            .min_by_key(|(_, idle_since)| *idle_since)
-            .map(|(id, _)| id)
+        self.models.all(|records| {
+            records
+                .iter()
+                .filter(|(id, model)| *id != except && model.footprint.is_some() && model.is_loaded())
+                .filter(|(id, model)| model.active == 0 && !self.registry.get(id).is_some_and(|m| m.pinned))
+                .min_by_key(|(_, model)| model.idle_since)
+                .map(|(id, _)| id.clone())
+        })
     }
 
     /// Unload a model now. Its running request finishes; requests queued
     /// behind it are answered with an error. Returns whether it was loaded.
     pub async fn unload(&self, id: &str) -> Result<bool> {
         self.registry.require(id)?;
-        let old = lock(&self.slots).remove(id);
-        let pipeline = old.and_then(|slot| slot.get().cloned());
+        // A fresh slot for the next load; leases and breaker stay.
+        let old = self.models.with(id, |model| std::mem::take(&mut model.slot));
+        let pipeline = old.get().cloned();
         let was_loaded = pipeline.is_some();
         if let Some(pipeline) = pipeline {
             // Dropping a pipeline joins its engine thread: not on a runtime worker.
@@ -92,36 +95,38 @@ impl Service {
             metrics::model_evicted(id);
             tracing::info!(model = %id, "model unloaded");
         }
-        lock(&self.notes).remove(id);
-        lock(&self.footprint).remove(id);
+        // Its memory counts as free only once the engine has let go of it.
+        self.models.with(id, |model| {
+            model.note = None;
+            model.footprint = None;
+        });
         Ok(was_loaded)
     }
 
     /// Unload every idle model whose keep-alive ran out.
     pub async fn unload_expired(&self) {
         let now = tokio::time::Instant::now();
-        let expired: Vec<(String, Slot)> = {
-            let uses = lock(&self.uses);
-            let mut slots = lock(&self.slots);
-            let ids: Vec<String> = uses
-                .iter()
-                .filter(|(id, u)| {
-                    !self.registry.get(id).is_some_and(|m| m.pinned)
-                        && u.active == 0
-                        && slots.get(*id).is_some_and(|slot| slot.initialized())
-                        && matches!(u.keep_alive, KeepAlive::For(d) if now.duration_since(u.idle_since) >= d)
+        // Slots are taken out under the lock; their pipelines are dropped
+        // after it (dropping joins an engine thread).
+        let expired: Vec<(String, Slot)> = self.models.all(|records| {
+            records
+                .iter_mut()
+                .filter(|(id, model)| {
+                    let spec = self.registry.get(id);
+                    let keep_alive = model.keep_alive.or(spec.map(|m| m.keep_alive));
+                    !spec.is_some_and(|m| m.pinned)
+                        && model.active == 0
+                        && model.is_loaded()
+                        && matches!(keep_alive, Some(KeepAlive::For(d)) if now.duration_since(model.idle_since) >= d)
                 })
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| slots.remove(&id).map(|slot| (id, slot)))
+                .map(|(id, model)| (id.clone(), std::mem::take(&mut model.slot)))
                 .collect()
-        };
+        });
         for (id, slot) in expired {
             if let Some(pipeline) = slot.get().cloned() {
                 let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
                 metrics::model_evicted(&id);
-                lock(&self.footprint).remove(&id);
+                self.models.with(&id, |model| model.footprint = None);
                 tracing::info!(model = %id, "model unloaded after its keep-alive");
             }
         }

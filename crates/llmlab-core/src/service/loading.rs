@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{lock, LoadNotes, PipelineFactory};
+use super::records::Models;
+use super::PipelineFactory;
 use crate::guards::load_with_retry;
 use crate::metrics;
 use crate::pipeline::LoadedPipeline;
@@ -34,10 +35,11 @@ async fn blocking<T: Send + 'static>(id: &str, call: impl FnOnce() -> Result<T> 
 pub(super) async fn load_pipeline(
     factory: Arc<dyn PipelineFactory>,
     spec: ModelSpec,
-    notes: LoadNotes,
+    models: Models,
 ) -> Result<LoadedPipeline> {
     let id = spec.id.clone();
-    lock(&notes).insert(id.clone(), LoadNote::Loading);
+    let note = |note: LoadNote| models.with(&id, |model| model.note = Some(note));
+    note(LoadNote::Loading);
     tracing::info!(model = %id, "loading model");
     let started = std::time::Instant::now();
     let loaded = async {
@@ -53,18 +55,15 @@ pub(super) async fn load_pipeline(
     .await;
     match loaded {
         Ok(loaded) => {
-            lock(&notes).insert(
-                id.clone(),
-                LoadNote::Loaded {
-                    degraded: loaded.degraded,
-                },
-            );
+            note(LoadNote::Loaded {
+                degraded: loaded.degraded,
+            });
             metrics::model_loaded(&id, started.elapsed());
             tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
             Ok(loaded.value)
         }
         Err(e) => {
-            lock(&notes).insert(id.clone(), LoadNote::Failed(e.message.clone()));
+            note(LoadNote::Failed(e.message.clone()));
             metrics::model_load_failed(&id);
             tracing::error!(model = %id, error = %e, "model failed to load");
             Err(e)

@@ -6,11 +6,9 @@
 //! it and tried again by the next request. Leases, keep-alive and memory
 //! budgets live in `lifecycle.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 mod budget;
@@ -20,12 +18,14 @@ mod health;
 mod lifecycle;
 mod loading;
 mod purpose;
+mod records;
 
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
 pub use health::{FailedModel, Health};
 use loading::{load_pipeline, LoadNote};
 use purpose::Purpose;
+use records::Models;
 
 use crate::guards::{with_deadlines, DeadlineSettings};
 use crate::keep_alive::KeepAlive;
@@ -98,56 +98,34 @@ pub struct ModelStatus {
     pub consecutive_failures: u32,
 }
 
-/// How each model's last load went (loaded models are also known from
-/// their slot).
-type LoadNotes = Arc<Mutex<HashMap<String, loading::LoadNote>>>;
-
-type Slot = Arc<OnceCell<LoadedPipeline>>;
-
-/// Requests using a model right now, and since when it is idle.
-#[derive(Debug)]
-struct ModelUse {
-    active: usize,
-    idle_since: tokio::time::Instant,
-    keep_alive: KeepAlive,
-}
-
-type Uses = Arc<Mutex<HashMap<String, ModelUse>>>;
-
 /// Held while a request uses a model (it travels with the request's
 /// stream). A leased model is never unloaded for idleness; dropping the last
 /// lease starts its keep-alive countdown.
 #[derive(Debug)]
 pub struct ModelLease {
-    uses: Uses,
+    models: Models,
     id: String,
 }
 
 impl Drop for ModelLease {
     fn drop(&mut self) {
-        if let Some(model) = lock(&self.uses).get_mut(&self.id) {
+        self.models.with(&self.id, |model| {
             model.active = model.active.saturating_sub(1);
             if model.active == 0 {
                 model.idle_since = tokio::time::Instant::now();
             }
-        }
+        });
     }
 }
 
 pub struct Service {
     registry: Registry,
     factory: Arc<dyn PipelineFactory>,
-    slots: Mutex<HashMap<String, Slot>>,
-    /// `Ok(())` while a load runs, `Err(reason)` after one failed.
-    notes: LoadNotes,
-    uses: Uses,
+    /// One record per model: slot, load note, leases, breaker, memory
+    /// held. The lock discipline is in `records.rs`.
+    models: Models,
     /// What loaded models may hold together.
     budget: MemoryBudget,
-    /// Circuit breaker per model.
-    breakers: circuit::Breakers,
-    /// Estimated memory of each model loaded (or loading). Checking the
-    /// budget and reserving a new model's share happen under this one lock.
-    footprint: Mutex<HashMap<String, MemoryEstimate>>,
     /// Start-up preloads not finished yet (see `health.rs`).
     preloads_pending: std::sync::atomic::AtomicUsize,
 }
@@ -158,12 +136,6 @@ impl std::fmt::Debug for Service {
             .field("registry", &self.registry.file)
             .finish_non_exhaustive()
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it;
-/// the maps stay consistent, so keep going.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a running request carries besides its stream: the model lease,
@@ -196,12 +168,8 @@ impl Service {
         Self {
             registry,
             factory,
-            slots: Mutex::new(HashMap::new()),
-            notes: LoadNotes::default(),
-            uses: Uses::default(),
+            models: Models::default(),
             budget: MemoryBudget::default(),
-            breakers: circuit::Breakers::default(),
-            footprint: Mutex::new(HashMap::new()),
             preloads_pending: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -292,20 +260,14 @@ impl Service {
         }
         let spec = self.registry.require(model)?;
         purpose.check(spec)?;
-        let lease = {
-            let mut uses = lock(&self.uses);
-            let usage = uses.entry(spec.id.clone()).or_insert_with(|| ModelUse {
-                active: 0,
-                idle_since: tokio::time::Instant::now(),
-                keep_alive: spec.keep_alive,
-            });
-            usage.active += 1;
+        self.models.with(&spec.id, |model| {
+            model.active += 1;
             // Ollama's rule: the latest request's keep-alive applies.
-            usage.keep_alive = keep_alive.unwrap_or(spec.keep_alive);
-            ModelLease {
-                uses: Arc::clone(&self.uses),
-                id: spec.id.clone(),
-            }
+            model.keep_alive = Some(keep_alive.unwrap_or(spec.keep_alive));
+        });
+        let lease = ModelLease {
+            models: self.models.clone(),
+            id: spec.id.clone(),
         };
         let probe = self.pass_breaker(spec)?;
         // Dropped without a verdict (validation failed, client left), the
@@ -319,62 +281,68 @@ impl Service {
     }
 
     pub fn is_loaded(&self, id: &str) -> bool {
-        self.slot_if_present(id).is_some_and(|slot| slot.initialized())
+        self.models.read(id, records::ModelRecord::is_loaded).unwrap_or(false)
     }
 
     pub fn models(&self) -> Vec<ModelStatus> {
-        let notes = lock(&self.notes).clone();
-        let footprint = lock(&self.footprint).clone();
-        let uses = lock(&self.uses);
         let now = tokio::time::Instant::now();
-        self.registry
-            .models
-            .iter()
-            .map(|m| {
-                let loaded = self.is_loaded(&m.id);
-                let note = notes.get(&m.id);
-                let (state, error) = match (loaded, note) {
-                    (true, _) => (ModelState::Loaded, None),
-                    (false, Some(LoadNote::Loading)) => (ModelState::Loading, None),
-                    (false, Some(LoadNote::Failed(reason))) => (ModelState::Failed, Some(reason.clone())),
-                    (false, Some(LoadNote::Loaded { .. }) | None) => (ModelState::Unloaded, None),
-                };
-                let degraded = match note {
-                    Some(LoadNote::Loaded { degraded }) if loaded => degraded.clone(),
-                    _ => None,
-                };
-                let usage = uses.get(&m.id);
-                let active_requests = usage.map_or(0, |u| u.active);
-                let expires_in_secs = match usage {
-                    Some(u) if loaded && u.active == 0 && !m.pinned => match u.keep_alive {
-                        KeepAlive::For(d) => Some(d.saturating_sub(now.duration_since(u.idle_since)).as_secs()),
-                        KeepAlive::Forever => None,
-                    },
-                    _ => None,
-                };
-                let (circuit, consecutive_failures) = self.breaker_state(&m.id);
-                ModelStatus {
-                    circuit,
-                    consecutive_failures,
-                    id: m.id.clone(),
-                    kind: m.kind,
-                    state,
-                    error,
-                    degraded,
-                    memory_bytes: footprint.get(&m.id).map(|e| e.ram),
-                    gpu_memory_bytes: footprint.get(&m.id).map(|e| e.vram).filter(|b| *b > 0),
-                    active_requests,
-                    expires_in_secs,
-                    pinned: m.pinned,
-                }
-            })
-            .collect()
+        self.models.all(|records| {
+            self.registry
+                .models
+                .iter()
+                .map(|m| Self::status(m, records.get(&m.id), now))
+                .collect()
+        })
+    }
+
+    /// What `/v1/models` says of one model (`None`: never used).
+    fn status(m: &ModelSpec, record: Option<&records::ModelRecord>, now: tokio::time::Instant) -> ModelStatus {
+        let loaded = record.is_some_and(records::ModelRecord::is_loaded);
+        let note = record.and_then(|r| r.note.as_ref());
+        let (state, error) = match (loaded, note) {
+            (true, _) => (ModelState::Loaded, None),
+            (false, Some(LoadNote::Loading)) => (ModelState::Loading, None),
+            (false, Some(LoadNote::Failed(reason))) => (ModelState::Failed, Some(reason.clone())),
+            (false, Some(LoadNote::Loaded { .. }) | None) => (ModelState::Unloaded, None),
+        };
+        let degraded = match note {
+            Some(LoadNote::Loaded { degraded }) if loaded => degraded.clone(),
+            _ => None,
+        };
+        let active_requests = record.map_or(0, |r| r.active);
+        let expires_in_secs = match record {
+            Some(r) if loaded && r.active == 0 && !m.pinned => match r.keep_alive.unwrap_or(m.keep_alive) {
+                KeepAlive::For(d) => Some(d.saturating_sub(now.duration_since(r.idle_since)).as_secs()),
+                KeepAlive::Forever => None,
+            },
+            _ => None,
+        };
+        let (circuit, consecutive_failures) = record
+            .and_then(|r| r.breaker.as_ref())
+            .map_or((crate::guards::BreakerState::Closed, 0), |b| {
+                (b.state(), b.consecutive_failures())
+            });
+        let footprint = record.and_then(|r| r.footprint);
+        ModelStatus {
+            circuit,
+            consecutive_failures,
+            id: m.id.clone(),
+            kind: m.kind,
+            state,
+            error,
+            degraded,
+            memory_bytes: footprint.map(|e| e.ram),
+            gpu_memory_bytes: footprint.map(|e| e.vram).filter(|b| *b > 0),
+            active_requests,
+            expires_in_secs,
+            pinned: m.pinned,
+        }
     }
 
     /// Get the pipeline of a model, loading it if needed.
     async fn pipeline(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {
         let spec = spec.clone();
-        let slot = self.slot(&spec.id);
+        let slot = self.models.with(&spec.id, |model| Arc::clone(&model.slot));
         if let Some(pipeline) = slot.get() {
             return Ok(pipeline.clone());
         }
@@ -384,12 +352,12 @@ impl Service {
         // would start a second copy of the model. Concurrent callers' tasks
         // meet in the same cell, so there is still exactly one load.
         let factory = Arc::clone(&self.factory);
-        let notes = Arc::clone(&self.notes);
+        let models = self.models.clone();
         let task_slot = Arc::clone(&slot);
         let id = spec.id.clone();
         let loaded = tokio::spawn(async move {
             task_slot
-                .get_or_try_init(|| load_pipeline(factory, spec, notes))
+                .get_or_try_init(|| load_pipeline(factory, spec, models))
                 .await
                 .cloned()
         })
@@ -397,22 +365,9 @@ impl Service {
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?;
         if loaded.is_err() && !slot.initialized() {
             // A failed load holds no memory.
-            lock(&self.footprint).remove(&id);
+            self.models.with(&id, |model| model.footprint = None);
         }
         loaded
-    }
-
-    fn slot(&self, id: &str) -> Slot {
-        let mut slots = lock(&self.slots);
-        Arc::clone(slots.entry(id.to_owned()).or_default())
-    }
-
-    fn slot_if_present(&self, id: &str) -> Option<Slot> {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
     }
 }
 
