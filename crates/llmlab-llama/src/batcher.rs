@@ -16,7 +16,8 @@ use llama_cpp_2::token::LlamaToken;
 use llmlab_core::Error;
 
 use crate::control_text::ControlTexts;
-use crate::engine::{EngineLoad, Job};
+use crate::engine_load::EngineLoad;
+use crate::job::Job;
 use crate::policy::TokenPolicy;
 use crate::sequence::{common_prefix, Sequence, Step};
 

@@ -2,7 +2,6 @@
 //! jobs that arrive over a channel. Nothing else touches the FFI objects.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,133 +12,24 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use tokio_util::sync::CancellationToken;
 
-use llmlab_core::guards::QueueWaitEstimator;
 use llmlab_core::metrics;
 use llmlab_core::registry::ModelSpec;
-use llmlab_core::stream::{detect_formats, ProcessorChain, ReasoningFormat, ToolCallFormat};
-use llmlab_core::{ChatEvent, ChatEventSender, Error, ErrorKind, GenerationParams, Result};
+use llmlab_core::stream::detect_formats;
+use llmlab_core::{ChatEvent, Error, Result};
 
 use crate::backend::backend;
 use crate::batcher::Batcher;
 use crate::control_text::ControlTexts;
+use crate::engine_load::EngineLoad;
+use crate::job::{Job, ModelInfo, Prompt};
 use crate::policy::TokenPolicy;
 use crate::sequence::tokenize_prompt;
-
-/// What the rest of the crate learns about a model once it is loaded.
-#[derive(Debug, Clone)]
-pub(crate) struct ModelInfo {
-    /// The registry's template, else the one in the GGUF file.
-    pub chat_template: Option<String>,
-    /// Registry setting, else detected from the template.
-    pub reasoning_format: ReasoningFormat,
-    pub tool_call_format: ToolCallFormat,
-    pub bos_token: String,
-    pub eos_token: String,
-    /// Tokens one sequence may hold.
-    pub context_size: u32,
-    /// Control-token texts, escaped in client strings before rendering.
-    pub control_texts: Arc<ControlTexts>,
-}
-
-/// A prompt and how its text may be read.
-pub(crate) enum Prompt {
-    /// A client's own text (plain completion): read as written, control
-    /// tokens included, as every completion endpoint does.
-    Raw(String),
-    /// A rendered chat template whose client strings were escaped (see
-    /// `control_text`): control tokens only where the template put them.
-    Rendered(String),
-}
-
-impl Prompt {
-    /// The request field the prompt was made from (errors name it).
-    pub fn request_field(&self) -> &'static str {
-        match self {
-            Self::Raw(_) => "prompt",
-            Self::Rendered(_) => "messages",
-        }
-    }
-
-    pub fn text(&self) -> &str {
-        match self {
-            Self::Raw(text) | Self::Rendered(text) => text,
-        }
-    }
-}
-
-/// One generation request, as the engine thread sees it.
-pub(crate) struct Job {
-    pub prompt: Prompt,
-    /// Sampling already resolved against model and global defaults.
-    pub params: GenerationParams,
-    pub cancel: CancellationToken,
-    pub events: ChatEventSender,
-    pub span: tracing::Span,
-    pub enqueued_at: Instant,
-    /// Routes raw text into content, reasoning and tool calls (chat only).
-    pub processor: Option<ProcessorChain>,
-}
 
 enum Command {
     Generate(Box<Job>),
     Tokenize(Prompt, mpsc::SyncSender<Vec<i32>>),
     Shutdown,
-}
-
-/// Requests waiting for and running on the engine, exported as gauges and
-/// bounded so that a burst is refused (429) instead of queued forever.
-#[derive(Debug)]
-pub(crate) struct EngineLoad {
-    model: String,
-    queued: AtomicUsize,
-    active: AtomicUsize,
-    max_queue: usize,
-    /// Refuses requests that could not start before their first-token
-    /// deadline.
-    wait: QueueWaitEstimator,
-}
-
-impl EngineLoad {
-    fn enqueue(&self, first_token: Option<std::time::Duration>) -> Result<()> {
-        let waiting = self.queued.load(Ordering::SeqCst);
-        self.wait
-            .admit(&self.model, waiting, self.active.load(Ordering::SeqCst), first_token)?;
-        let depth = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
-        if depth > self.max_queue {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "model '{}' already has {} requests waiting; retry later",
-                    self.model,
-                    depth - 1
-                ),
-            )
-            .with_retry_after(1));
-        }
-        metrics::queue_depth(&self.model, depth);
-        Ok(())
-    }
-
-    pub fn started(&self) {
-        let depth = self.queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        metrics::queue_depth(&self.model, depth);
-        let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
-        metrics::active_sequences(&self.model, active);
-    }
-
-    /// A request finished after holding its slot for `held`.
-    pub fn finished_after(&self, held: std::time::Duration) {
-        self.wait.record_hold(held);
-        self.finished();
-    }
-
-    pub fn finished(&self) {
-        let active = self.active.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        metrics::active_sequences(&self.model, active);
-    }
 }
 
 /// Handle to a running engine thread. Dropping it stops the thread once the
@@ -156,13 +46,11 @@ impl Engine {
         crate::check_model_file(spec)?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (commands, command_rx) = mpsc::channel();
-        let load = Arc::new(EngineLoad {
-            model: spec.id.clone(),
-            queued: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            max_queue: spec.max_queue as usize,
-            wait: QueueWaitEstimator::new(spec.parallel.max(1) as usize),
-        });
+        let load = Arc::new(EngineLoad::new(
+            &spec.id,
+            spec.max_queue as usize,
+            spec.parallel.max(1) as usize,
+        ));
         let spec = spec.clone();
         let thread = std::thread::Builder::new()
             .name(format!("engine-{}", spec.id))
@@ -198,7 +86,7 @@ impl Engine {
         let first_token = job.params.guards.and_then(|g| g.deadlines.first_token());
         self.load.enqueue(first_token)?;
         self.commands.send(Command::Generate(Box::new(job))).map_err(|_| {
-            self.load.queued.fetch_sub(1, Ordering::SeqCst);
+            self.load.never_sent();
             Error::unavailable("the model's engine has stopped")
         })
     }

@@ -9,6 +9,8 @@ mod control_text;
 mod embedder;
 mod encoder;
 mod engine;
+mod engine_load;
+mod job;
 mod logprobs;
 mod memory;
 mod output;

@@ -13,7 +13,8 @@ use llmlab_core::{
     ToolChoice,
 };
 
-use crate::engine::{Engine, Job, ModelInfo, Prompt};
+use crate::engine::Engine;
+use crate::job::{Job, ModelInfo, Prompt};
 use crate::template::ChatTemplate;
 
 pub struct LlamaChatPipeline {

@@ -17,7 +17,7 @@ use llmlab_core::text::{StopScan, TokenTextAssembler};
 use llmlab_core::{ChatEvent, Error, FinishReason, GenerationParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
 use crate::control_text::{ControlTexts, PromptPiece};
-use crate::engine::{Job, Prompt};
+use crate::job::{Job, Prompt};
 use crate::logprobs::logprobs;
 use crate::output::Output;
 use crate::policy::TokenPolicy;

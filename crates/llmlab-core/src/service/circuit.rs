@@ -6,7 +6,9 @@
 
 use super::records::Models;
 use super::Service;
-use crate::guards::{Admission, BreakerSettings, BreakerState, CircuitBreaker, GuardKind};
+#[cfg(test)]
+use crate::guards::BreakerState;
+use crate::guards::{Admission, BreakerSettings, CircuitBreaker, GuardKind};
 use crate::registry::ModelSpec;
 use crate::{metrics, ChatEvent, Error, ErrorKind, FinishReason, Result, StreamObserver};
 
