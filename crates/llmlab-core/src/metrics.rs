@@ -11,6 +11,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 pub const REQUESTS: &str = "llmlab_requests_total";
 pub const REQUEST_DURATION: &str = "llmlab_request_duration_seconds";
+pub const GENERATION_DURATION: &str = "llmlab_generation_duration_seconds";
+pub const JOBS: &str = "llmlab_jobs_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "llmlab_time_to_first_token_seconds";
 pub const INTER_TOKEN_LATENCY: &str = "llmlab_inter_token_latency_seconds";
 pub const PROMPT_TOKENS: &str = "llmlab_prompt_tokens_total";
@@ -33,7 +35,12 @@ pub fn buckets_for(name: &str) -> Option<&'static [f64]> {
             0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
         ]),
         TIME_TO_FIRST_TOKEN => Some(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        // Requests at the doors include the quick ones (health, model
+        // lists, embeddings), hence the millisecond buckets at the bottom.
         REQUEST_DURATION => Some(&[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]),
+        GENERATION_DURATION => Some(&[
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
         ]),
         MODEL_LOAD_DURATION => Some(&[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
@@ -42,8 +49,9 @@ pub fn buckets_for(name: &str) -> Option<&'static [f64]> {
 }
 
 /// Histogram names, for exporters that need buckets per metric.
-pub const HISTOGRAMS: [&str; 4] = [
+pub const HISTOGRAMS: [&str; 5] = [
     REQUEST_DURATION,
+    GENERATION_DURATION,
     TIME_TO_FIRST_TOKEN,
     INTER_TOKEN_LATENCY,
     MODEL_LOAD_DURATION,
@@ -51,11 +59,23 @@ pub const HISTOGRAMS: [&str; 4] = [
 
 /// Register help texts and units with the installed recorder.
 pub fn describe() {
-    describe_counter!(REQUESTS, "Requests by route, model and HTTP-equivalent status.");
+    describe_counter!(
+        REQUESTS,
+        "Finished requests by transport, route, model, HTTP-equivalent status and outcome."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
-        "End-to-end generation time, from admission to the last event."
+        "End-to-end time of a request at its door, from arrival to its last byte or frame."
+    );
+    describe_histogram!(
+        GENERATION_DURATION,
+        Unit::Seconds,
+        "Generation time, from admission to the last event."
+    );
+    describe_counter!(
+        JOBS,
+        "Job-queue deliveries by queue and outcome: received, succeeded, requeued, dead_lettered."
     );
     describe_histogram!(
         TIME_TO_FIRST_TOKEN,
@@ -86,13 +106,78 @@ pub fn describe() {
     );
 }
 
-pub fn request_finished(route: &str, model: &str, status: u16) {
-    counter!(REQUESTS, "route" => route.to_owned(), "model" => model.to_owned(), "status" => status.to_string())
-        .increment(1);
+/// The HTTP-equivalent status of a request that its client abandoned
+/// (closed the socket, dropped the stream, cancelled): nginx's 499.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The coarse class of a status, for the latency histogram (where one
+/// series per status code would multiply every bucket) and for error-rate
+/// queries that should not list codes.
+pub fn outcome(status: u16) -> &'static str {
+    match status {
+        CLIENT_CLOSED => "cancelled",
+        400..=499 => "client_error",
+        500.. => "server_error",
+        _ => "ok",
+    }
+}
+
+/// One request finished at a door. Every door (HTTP, WebSocket, gRPC,
+/// job queue) calls this, through the server's `observe` module, so the
+/// same labels mean the same thing whatever the transport. `route` and
+/// `model` must come from bounded sets (routes of the door, registry ids
+/// or "unknown"): callers never pass client text.
+pub fn request_finished(transport: &str, route: &str, model: &str, status: u16, elapsed: Duration) {
+    let outcome = outcome(status);
+    counter!(
+        REQUESTS,
+        "transport" => transport.to_owned(),
+        "route" => route.to_owned(),
+        "model" => model.to_owned(),
+        "status" => status.to_string(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+    histogram!(
+        REQUEST_DURATION,
+        "transport" => transport.to_owned(),
+        "route" => route.to_owned(),
+        "model" => model.to_owned(),
+        "outcome" => outcome,
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+/// What happened to a job-queue delivery. Every delivery is `Received`
+/// once and then ends as exactly one of the others (a broker failure
+/// while settling counts as `Requeued`: the broker hands it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    Received,
+    Succeeded,
+    Requeued,
+    DeadLettered,
+}
+
+impl JobEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Succeeded => "succeeded",
+            Self::Requeued => "requeued",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// `queue` is a queue the worker consumes (named by its configuration,
+/// so bounded).
+pub fn job_event(queue: &str, event: JobEvent) {
+    counter!(JOBS, "queue" => queue.to_owned(), "outcome" => event.as_str()).increment(1);
 }
 
 pub fn generation_finished(model: &str, elapsed: Duration, prompt_tokens: u32, generated_tokens: u32) {
-    histogram!(REQUEST_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
+    histogram!(GENERATION_DURATION, "model" => model.to_owned()).record(elapsed.as_secs_f64());
     counter!(PROMPT_TOKENS, "model" => model.to_owned()).increment(u64::from(prompt_tokens));
     counter!(GENERATED_TOKENS, "model" => model.to_owned()).increment(u64::from(generated_tokens));
 }
@@ -184,6 +269,40 @@ impl crate::StreamObserver for GenerationMeter {
             ),
             ChatEvent::Stopped(trip) => guard_tripped(&self.model, trip.kind.stop_reason()),
             ChatEvent::Logprobs(_) | ChatEvent::Started => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_class_statuses_and_a_gone_client_is_its_own() {
+        assert_eq!(outcome(200), "ok");
+        assert_eq!(outcome(101), "ok");
+        assert_eq!(outcome(400), "client_error");
+        assert_eq!(outcome(429), "client_error");
+        assert_eq!(outcome(CLIENT_CLOSED), "cancelled");
+        assert_eq!(outcome(503), "server_error");
+        let names: Vec<_> = [
+            JobEvent::Received,
+            JobEvent::Succeeded,
+            JobEvent::Requeued,
+            JobEvent::DeadLettered,
+        ]
+        .map(JobEvent::as_str)
+        .into();
+        assert_eq!(names, ["received", "succeeded", "requeued", "dead_lettered"]);
+    }
+
+    #[test]
+    fn every_histogram_has_buckets() {
+        for name in HISTOGRAMS {
+            assert!(
+                buckets_for(name).is_some_and(|b| b.windows(2).all(|w| w[0] < w[1])),
+                "{name}"
+            );
         }
     }
 }

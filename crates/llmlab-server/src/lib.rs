@@ -9,6 +9,7 @@ pub mod factory;
 pub mod grpc;
 pub mod http;
 pub mod logging;
+pub mod observe;
 pub mod openai;
 pub mod pull;
 pub mod signals;

@@ -294,6 +294,27 @@ async fn serve_runs_http_grpc_and_a_worker_on_one_service() {
         "{:?}",
         reply.body
     );
+    // The worker inside `serve` reports to the server's /metrics (the ack,
+    // and so the count, comes a moment after the reply).
+    let finished = |metrics: &str, name: &str, parts: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+    };
+    let queue_label = format!("queue=\"{queue}\"");
+    let succeeded = [queue_label.as_str(), "outcome=\"succeeded\""];
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let url = format!("http://127.0.0.1:{http_port}/metrics");
+        metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if finished(&metrics, "llmlab_jobs_total{", &succeeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished(&metrics, "llmlab_jobs_total{", &succeeded), "{metrics}");
+    let amqp_request = ["transport=\"amqp\"", "route=\"completions\"", "status=\"200\""];
+    assert!(finished(&metrics, "llmlab_requests_total{", &amqp_request), "{metrics}");
 
     server.terminate();
     assert!(server.exit_status(Duration::from_secs(30)).await.success());

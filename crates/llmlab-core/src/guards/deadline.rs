@@ -44,7 +44,8 @@ impl DeadlineSettings {
         ] {
             if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
                 return Err(Error::invalid_param(
-                    format!("deadlines.{name}"),
+                    // Named as the request spells it, like the other guards.
+                    format!("guards.deadlines.{name}"),
                     "must be a non-negative number of seconds (0 turns it off)",
                 ));
             }

@@ -10,6 +10,14 @@
 //! Every refusal answers the requester when it can and dead-letters the job
 //! with the reason. A job whose handling panics is answered with a 500 and
 //! dead-lettered instead of taking a prefetch slot forever.
+//!
+//! Each delivery is observed like a request at any other door (see
+//! `crate::observe`): a span with its request id (the correlation id, else
+//! the message id, else a new one), one count by job type, model and the
+//! status its requester gets or would get, and the job counter by queue:
+//! `received` once, then exactly one of `succeeded`, `requeued` (tried
+//! again, counted back after a worker went away, or handed back at
+//! shutdown or on a broker error) and `dead_lettered`.
 
 use std::any::Any;
 use std::future::Future;
@@ -23,9 +31,13 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Connection};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use llmlab_core::metrics::{job_event, CLIENT_CLOSED};
 use llmlab_core::service::Service;
 use llmlab_core::Error;
+
+use crate::observe::{self, JobEvent, Observed, Transport};
 
 use super::headers::{count_value, Counts};
 use super::job::{self, Job, JobError, Step};
@@ -52,10 +64,28 @@ pub struct Incoming {
 /// Settle one delivery. A broker error on the way puts it back on its
 /// queue (it then comes back redelivered, and counted).
 pub async fn handle(context: Arc<Context>, incoming: Incoming, cancel: CancellationToken) {
-    let error = match guarded(try_handle(&context, &incoming, &cancel)).await {
+    let properties = &incoming.delivery.properties;
+    let offered = properties
+        .correlation_id()
+        .as_ref()
+        .or(properties.message_id().as_ref())
+        .map(|id| id.as_str());
+    // The route is the job's type, known once the body is read.
+    let observed = Observed::start(Transport::Amqp, "unknown", offered);
+    job_event(&incoming.queue, JobEvent::Received);
+    let span = observed.span().clone();
+    settle_observed(&context, &incoming, &cancel, &observed)
+        .instrument(span)
+        .await;
+    // Every path sets a status; a broker failure before any verdict is 500.
+    observed.finish_as_set(500);
+}
+
+async fn settle_observed(context: &Context, incoming: &Incoming, cancel: &CancellationToken, observed: &Observed) {
+    let error = match guarded(try_handle(context, incoming, cancel, observed)).await {
         Ok(Ok(())) => return,
         Ok(Err(error)) => error,
-        Err(panic) => match guarded(settle_panic(&context, &incoming, &panic)).await {
+        Err(panic) => match guarded(settle_panic(context, incoming, &panic, observed)).await {
             Ok(Ok(())) => return,
             Ok(Err(error)) => error,
             Err(again) => anyhow::anyhow!("dead-lettering a job that panicked panicked too: {again}"),
@@ -65,6 +95,8 @@ pub async fn handle(context: Arc<Context>, incoming: Incoming, cancel: Cancellat
     // On a live channel the job would otherwise hold its slot until the
     // connection closes; on a dead one the broker requeues it anyway.
     let _ = requeue(&incoming.delivery).await;
+    observed.finish(503);
+    job_event(&incoming.queue, JobEvent::Requeued);
 }
 
 /// Run a future, turning a panic inside it into its message.
@@ -84,22 +116,29 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     llmlab_core::text::panic_text(payload, 300)
 }
 
-async fn try_handle(context: &Context, incoming: &Incoming, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn try_handle(
+    context: &Context,
+    incoming: &Incoming,
+    cancel: &CancellationToken,
+    observed: &Observed,
+) -> anyhow::Result<()> {
     let channel = JobChannel::open(&context.connection).await?;
-    let outcome = Handling::new(context, incoming, &channel).settle(cancel).await;
+    let outcome = Handling::new(context, incoming, &channel, observed)
+        .settle(cancel)
+        .await;
     channel.close().await;
     outcome
 }
 
 /// After a panic: a 500 to the requester and the job to the dead-letter
 /// queue, on a fresh channel (the job's own may be mid-publish).
-async fn settle_panic(context: &Context, incoming: &Incoming, panic: &str) -> anyhow::Result<()> {
+async fn settle_panic(context: &Context, incoming: &Incoming, panic: &str, observed: &Observed) -> anyhow::Result<()> {
     tracing::error!(panic, queue = %incoming.queue, "a job panicked the worker; it is dead-lettered");
     let channel = JobChannel::open(&context.connection).await?;
     // The requester learns that it failed; what the panic said goes to the
     // log and the dead-letter reason, for operators.
     let error = JobError::from_core(&Error::internal("the worker failed while running the job"));
-    let outcome = Handling::new(context, incoming, &channel)
+    let outcome = Handling::new(context, incoming, &channel, observed)
         .refuse(&error, format!("the job panicked the worker: {panic}"))
         .await;
     channel.close().await;
@@ -114,10 +153,11 @@ struct Handling<'a> {
     queue: &'a str,
     channel: &'a JobChannel,
     replies: Replies<'a>,
+    observed: &'a Observed,
 }
 
 impl<'a> Handling<'a> {
-    fn new(context: &'a Context, incoming: &'a Incoming, channel: &'a JobChannel) -> Self {
+    fn new(context: &'a Context, incoming: &'a Incoming, channel: &'a JobChannel, observed: &'a Observed) -> Self {
         let properties = &incoming.delivery.properties;
         let replies = Replies::new(
             channel,
@@ -132,6 +172,7 @@ impl<'a> Handling<'a> {
             queue: &incoming.queue,
             channel,
             replies,
+            observed,
         }
     }
 
@@ -161,10 +202,14 @@ impl<'a> Handling<'a> {
             return self.refuse(&error, format!("invalid job: {message}")).await;
         }
         let Some(reply_to) = self.replies.reply_to() else {
+            self.observed.set_status(400);
             return self.dead_letter("the message has no reply_to property").await;
         };
         let job = match Job::parse(&self.delivery.data) {
-            Ok(job) => job,
+            Ok(job) => {
+                self.observed.set_route(job.kind.as_str());
+                job
+            }
             Err(error) => {
                 let error = JobError::from_core(&error);
                 return self.refuse(&error, format!("invalid job: {}", error.message())).await;
@@ -179,6 +224,8 @@ impl<'a> Handling<'a> {
             .exists(&self.context.connection, reply_to)
             .await?
         {
+            // Nobody is there to answer: like a client that went away.
+            self.observed.set_status(CLIENT_CLOSED);
             return self
                 .dead_letter(&format!("reply queue '{reply_to}' does not exist"))
                 .await;
@@ -213,6 +260,8 @@ impl<'a> Handling<'a> {
             return self.refuse(&error, message).await;
         }
         let properties = self.with_headers(&[(REDELIVERIES_HEADER, count_value(redeliveries))]);
+        // Not run here: it will run again, as after a 503.
+        self.observed.set_status(503);
         match self.republish(properties).await? {
             Delivered::Taken => {
                 tracing::info!(
@@ -220,9 +269,12 @@ impl<'a> Handling<'a> {
                     redeliveries,
                     "a redelivered job goes to the back of its queue, counted"
                 );
-                ack(self.delivery).await
+                self.ack_as(JobEvent::Requeued).await
             }
-            Delivered::Returned(why) => self.dead_letter(&format!("cannot put the job back: {why}")).await,
+            Delivered::Returned(why) => {
+                self.observed.set_status(500);
+                self.dead_letter(&format!("cannot put the job back: {why}")).await
+            }
         }
     }
 
@@ -234,6 +286,9 @@ impl<'a> Handling<'a> {
         let mut failure = None;
         while let Some(step) = steps.next().await {
             match step {
+                Step::Model(model) => self
+                    .observed
+                    .set_model(&observe::model_label(&self.context.service, &model)),
                 Step::Reply(reply) => confirms.extend(self.replies.send(&reply).await?.map(settled)),
                 Step::Failed(error) => failure = Some(error),
             }
@@ -258,16 +313,20 @@ impl<'a> Handling<'a> {
         if let Delivered::Returned(why) = delivered {
             // The requester's queue went away while the job ran.
             self.forget_reply_queue();
+            self.observed.set_status(CLIENT_CLOSED);
             return self.dead_letter(&format!("reply {why}")).await;
         }
         let Some(error) = failure else {
-            return ack(self.delivery).await;
+            self.observed.set_status(200);
+            return self.ack_as(JobEvent::Succeeded).await;
         };
         if cancel.is_cancelled() {
             // Shutdown or a lost connection stopped the job: it runs again
             // from the start (and comes back counted as redelivered).
-            return requeue(self.delivery).await;
+            self.observed.set_status(503);
+            return self.requeue_counted().await;
         }
+        self.observed.set_status(error.status);
         if error.is_retryable() && attempt < self.config.max_attempts {
             tracing::warn!(
                 attempt,
@@ -275,12 +334,12 @@ impl<'a> Handling<'a> {
                 "job failed; it goes back on its queue"
             );
             tokio::select! {
-                () = cancel.cancelled() => return requeue(self.delivery).await,
+                () = cancel.cancelled() => return self.requeue_counted().await,
                 () = tokio::time::sleep(self.config.retry_delay) => {}
             }
             let properties = self.with_headers(&[(ATTEMPTS_HEADER, count_value(attempt))]);
             return match self.republish(properties).await? {
-                Delivered::Taken => ack(self.delivery).await,
+                Delivered::Taken => self.ack_as(JobEvent::Requeued).await,
                 Delivered::Returned(why) => {
                     let reason = format!("cannot put the job back ({why}); last error: {}", error.message());
                     self.refuse(&error, reason).await
@@ -298,6 +357,7 @@ impl<'a> Handling<'a> {
 
     /// Tell the requester (when there is a reply queue) and dead-letter.
     async fn refuse(&self, error: &JobError, reason: String) -> anyhow::Result<()> {
+        self.observed.set_status(error.status);
         let reason = match self.replies.send_confirmed(&error.reply()).await? {
             Delivered::Taken => reason,
             Delivered::Returned(why) => {
@@ -334,7 +394,29 @@ impl<'a> Handling<'a> {
                 anyhow::bail!("cannot dead-letter the job: {why}");
             }
         }
-        ack(self.delivery).await
+        self.ack_as(JobEvent::DeadLettered).await
+    }
+
+    /// Acknowledge the delivery and count how it ended; counted only once
+    /// the broker took the ack, so a failure is counted as requeued instead.
+    async fn ack_as(&self, event: JobEvent) -> anyhow::Result<()> {
+        ack(self.delivery).await?;
+        self.ended(event);
+        Ok(())
+    }
+
+    async fn requeue_counted(&self) -> anyhow::Result<()> {
+        requeue(self.delivery).await?;
+        self.ended(JobEvent::Requeued);
+        Ok(())
+    }
+
+    /// The request ends with its settlement, not after the channel's
+    /// clean-up; it is counted first, so whoever sees the job's outcome in
+    /// /metrics sees the request too.
+    fn ended(&self, event: JobEvent) {
+        self.observed.finish_as_set(500);
+        job_event(self.queue, event);
     }
 
     fn forget_reply_queue(&self) {

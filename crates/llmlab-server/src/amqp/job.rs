@@ -36,6 +36,19 @@ pub enum JobKind {
     Similarity,
 }
 
+impl JobKind {
+    /// The message's `type`, which is also the job's route label in the
+    /// request metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat.completions",
+            Self::Completion => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Similarity => "similarity",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Job {
     pub kind: JobKind,
@@ -125,6 +138,9 @@ impl JobError {
 /// One step of a running job.
 #[derive(Debug)]
 pub enum Step {
+    /// The model the job runs on, once known (for the metrics; nothing is
+    /// published).
+    Model(String),
     /// A reply to publish.
     Reply(Value),
     /// The job failed; nothing follows.
@@ -146,14 +162,21 @@ pub fn run(job: Job, service: Arc<Service>, cancel: CancellationToken) -> impl S
                     yield step;
                 }
             }
-            JobKind::Embeddings => yield match embed(job.body, &service).await {
-                Ok(data) => Step::Reply(json!({"type": "result", "data": data})),
-                Err(e) => failed(&e),
-            },
-            JobKind::Similarity => yield match similarity(job.body, &service).await {
-                Ok(data) => Step::Reply(json!({"type": "result", "data": data})),
-                Err(e) => failed(&e),
-            },
+            JobKind::Embeddings | JobKind::Similarity => {
+                let mut model = String::new();
+                let answer = if job.kind == JobKind::Embeddings {
+                    embed(job.body, &service, &mut model).await
+                } else {
+                    similarity(job.body, &service, &mut model).await
+                };
+                if !model.is_empty() {
+                    yield Step::Model(model);
+                }
+                yield match answer {
+                    Ok(data) => Step::Reply(json!({"type": "result", "data": data})),
+                    Err(e) => failed(&e),
+                };
+            }
         }
     }
 }
@@ -173,6 +196,7 @@ fn generate(
             }
         };
         let (model, delivery) = (generation.model.clone(), generation.delivery);
+        yield Step::Model(model.clone());
         let meta = ResponseMeta::new(endpoint.id_prefix(), &model);
         let events = match generation.start(&service, cancel).await {
             Ok(events) => events,
@@ -203,16 +227,22 @@ fn generate(
     }
 }
 
-async fn embed(body: Value, service: &Service) -> Result<Value> {
+/// `model` is set to the model named, then to the one that answered (the
+/// default embedding model when none was named).
+async fn embed(body: Value, service: &Service, model: &mut String) -> Result<Value> {
     let (request, encoding) = parse_value::<EmbeddingsBody>(body)?.into_request()?;
+    model.clone_from(&request.model);
     let answer = service.embed(request).await?;
+    model.clone_from(&answer.model);
     Ok(embeddings_json(&answer, encoding))
 }
 
-async fn similarity(body: Value, service: &Service) -> Result<Value> {
+async fn similarity(body: Value, service: &Service, model: &mut String) -> Result<Value> {
     let request = parse_value::<SimilarityBody>(body)?.into_request()?;
+    model.clone_from(&request.model);
     let documents = request.documents.clone();
     let answer = service.similarity(request).await?;
+    model.clone_from(&answer.model);
     Ok(similarity_json(&answer, &documents))
 }
 
@@ -224,6 +254,16 @@ mod tests {
     fn messages_are_read_or_refused_naming_the_field() {
         let job = Job::parse(br#"{"type": "embeddings", "body": {"input": "x"}}"#).unwrap();
         assert_eq!(job.kind, JobKind::Embeddings);
+        // A kind's name (its route label) is the type that reads as it.
+        for kind in [
+            JobKind::Chat,
+            JobKind::Completion,
+            JobKind::Embeddings,
+            JobKind::Similarity,
+        ] {
+            let message = format!(r#"{{"type": "{}", "body": {{}}}}"#, kind.as_str());
+            assert_eq!(Job::parse(message.as_bytes()).unwrap().kind, kind);
+        }
         let param = |bytes: &[u8]| Job::parse(bytes).unwrap_err().param;
         assert_eq!(param(br#"{"type": "dance", "body": {}}"#).as_deref(), Some("type"));
         assert_eq!(param(br#"{"type": "completions", "body": 3}"#).as_deref(), Some("body"));

@@ -53,6 +53,10 @@ pub struct WorkerConfig {
     pub grace: Duration,
 }
 
+/// How long a failed session waits for its jobs to stop, and for its
+/// connection to close, before it starts over regardless.
+const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+
 /// Reconnect back-off: doubles from the first delay up to the last.
 const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
@@ -188,10 +192,18 @@ async fn session(
     };
     if let Some(error) = failure {
         session_over.cancel();
-        while jobs.join_next().await.is_some() {}
+        // A job awaiting the broker on a dead connection may never hear
+        // back; the session must start over anyway. Its delivery is
+        // unsettled, so the broker hands it back.
+        let drained = tokio::time::timeout(SESSION_END_WAIT, async { while jobs.join_next().await.is_some() {} });
+        if drained.await.is_err() {
+            tracing::warn!(left = jobs.len(), "jobs did not stop after the connection failed; abandoning them");
+            jobs.abort_all();
+        }
         // On a connection that still stands (a job task failed), closing it
         // is what hands the unsettled deliveries back to the broker.
-        let _ = connection.close(200, "worker session restarting".into()).await;
+        let closing = connection.close(200, "worker session restarting".into());
+        let _ = tokio::time::timeout(SESSION_END_WAIT, closing).await;
         return Err(SessionEnd { connected: true, error });
     }
 

@@ -6,6 +6,7 @@ mod auth;
 mod convert;
 mod deadline;
 mod decode;
+mod observe;
 mod service;
 mod status;
 
@@ -101,6 +102,8 @@ pub async fn serve_limited(
         Ok(request)
     });
     let llmlab = decode::InvalidArgumentOnDecode(llmlab);
+    // Outermost, so that it sees every call and the corrected statuses.
+    let llmlab = observe::ObserveCalls(llmlab);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let handshake = limits
         .handshake_timeout

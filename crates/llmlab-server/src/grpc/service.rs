@@ -15,6 +15,7 @@ use llmlab_core::{ChatEvent, ChatStream, Error, ErrorKind, FinishReason};
 
 use super::convert;
 use super::deadline::deadline;
+use super::observe::{self, Call};
 use super::proto::{self, chat_event::Event};
 use super::status::status_from;
 
@@ -118,17 +119,19 @@ fn proto_events(mut events: ChatStream, until: Option<Instant>, cancel: Cancella
 impl LlmlabDoor {
     /// Answer a started generation: a status for errors found before the
     /// first token, otherwise the event stream.
+    /// `call` ends with the stream (see `observe`).
     async fn answer(
         &self,
         events: impl std::future::Future<Output = llmlab_core::Result<ChatStream>>,
         until: Option<Instant>,
         cancel: CancellationToken,
+        call: Option<Call>,
     ) -> Result<Response<EventStream>, Status> {
         let mut events = within(until, async { events.await.map_err(status) }).await?;
         if let Some(ChatEvent::Error(error)) = events.peek_within(FIRST_EVENT_WAIT).await {
             return Err(status(error.clone()));
         }
-        Ok(Response::new(proto_events(events, until, cancel)))
+        Ok(Response::new(observe::watch(call, proto_events(events, until, cancel))))
     }
 }
 
@@ -138,25 +141,37 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
     type CompleteStream = EventStream;
 
     async fn chat(&self, request: Request<proto::ChatRequest>) -> Result<Response<EventStream>, Status> {
+        let call = Call::of(&request);
+        observe::set_model(&request, &self.service, &request.get_ref().model);
         let until = deadline(request.metadata()).map_err(status)?;
         let core = convert::chat_request(request.into_inner()).map_err(status)?;
         let cancel = self.hard_stop.child_token();
-        self.answer(self.service.chat(core, cancel.clone()), until, cancel)
+        self.answer(self.service.chat(core, cancel.clone()), until, cancel, call)
             .await
     }
 
     async fn complete(&self, request: Request<proto::CompleteRequest>) -> Result<Response<EventStream>, Status> {
+        let call = Call::of(&request);
+        observe::set_model(&request, &self.service, &request.get_ref().model);
         let until = deadline(request.metadata()).map_err(status)?;
         let core = convert::completion_request(request.into_inner()).map_err(status)?;
         let cancel = self.hard_stop.child_token();
-        self.answer(self.service.complete(core, cancel.clone()), until, cancel)
+        self.answer(self.service.complete(core, cancel.clone()), until, cancel, call)
             .await
     }
 
     async fn embed(&self, request: Request<proto::EmbedRequest>) -> Result<Response<proto::EmbedResponse>, Status> {
+        // Without a model named, the answer says which one ran.
+        if !request.get_ref().model.is_empty() {
+            observe::set_model(&request, &self.service, &request.get_ref().model);
+        }
+        let call = Call::of(&request);
         let until = deadline(request.metadata()).map_err(status)?;
         let core = convert::embed_request(request.into_inner());
         let answer = within(until, async { self.service.embed(core).await.map_err(status) }).await?;
+        if let Some(call) = call {
+            call.set_model(&self.service, &answer.model);
+        }
         Ok(Response::new(convert::embed_response(answer)))
     }
 
@@ -172,6 +187,7 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         &self,
         request: Request<proto::LoadModelRequest>,
     ) -> Result<Response<proto::LoadModelResponse>, Status> {
+        observe::set_model(&request, &self.service, &request.get_ref().model);
         let until = deadline(request.metadata()).map_err(status)?;
         let request = request.into_inner();
         let keep_alive = convert::load_keep_alive(&request.keep_alive).map_err(status)?;
@@ -193,6 +209,7 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         &self,
         request: Request<proto::UnloadModelRequest>,
     ) -> Result<Response<proto::UnloadModelResponse>, Status> {
+        observe::set_model(&request, &self.service, &request.get_ref().model);
         let request = request.into_inner();
         let unloaded = self.service.unload(&request.model).await.map_err(status)?;
         Ok(Response::new(proto::UnloadModelResponse { unloaded }))

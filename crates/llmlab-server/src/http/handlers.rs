@@ -30,8 +30,7 @@ pub struct ModelLabel(pub String);
 
 impl ModelLabel {
     pub(super) fn for_request(state: &AppState, model: &str) -> Self {
-        let known = state.service.registry().get(model).is_some();
-        Self(if known { model.to_owned() } else { "unknown".to_owned() })
+        Self(crate::observe::model_label(&state.service, model))
     }
 
     pub(super) fn attach(&self, mut response: Response) -> Response {

@@ -18,44 +18,32 @@ use futures::{FutureExt, Stream, StreamExt};
 use tracing::Instrument;
 
 use crate::api_key::{self, KeyCheck};
+use crate::observe::{self, Observed, Transport, REQUEST_ID_HEADER};
 
 use super::errors::ApiError;
 use super::handlers::ModelLabel;
 use llmlab_core::text::clip;
 
-const REQUEST_ID: &str = "x-request-id";
-
 /// Accept the client's `x-request-id` (or make one), run the request inside
-/// a span carrying it, return it on the response, and count the request by
-/// route, model and status.
+/// its span, return the id on the response, and count the request by
+/// route, model and status when it ends (see `crate::observe`, shared by
+/// every door).
 pub async fn observe_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let span =
-        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let started = std::time::Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request done"
-        )
-    });
-    let model = response.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str());
-    llmlab_core::metrics::request_finished(&route, model, response.status().as_u16());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+    let offered = request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    let observed = Observed::start(Transport::Http, &route, offered);
+    observed.record_http(request.method().as_str(), request.uri().path());
+    let mut response = next.run(request).instrument(observed.span().clone()).await;
+    if let Some(model) = response.extensions().get::<ModelLabel>() {
+        observed.set_model(&model.0);
     }
-    response
+    if let Ok(value) = HeaderValue::from_str(observed.id()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    observe::finish_http(observed, response)
 }
 
 /// Who must present the API key: everyone, on every path but the probes'

@@ -31,9 +31,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use llmlab_core::{Error, Result};
 
+use crate::observe::{self, Observed, Transport};
 use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::errors::{envelope, status_for};
 use crate::openai::generation::Generation;
@@ -74,9 +76,26 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
     // A frame may be as large as an HTTP body; a larger one closes the
     // socket with 1009 (message too big).
     let limit = state.config.max_body_bytes;
+    // The socket outlives the upgrade request; its requests' spans nest in
+    // that request's span, so their logs name the socket's request id too.
+    let upgrade_span = tracing::Span::current();
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve_socket(socket, state))
+        .on_upgrade(move |socket| serve_socket(socket, state).instrument(upgrade_span))
+}
+
+/// The route label of a request on a socket (its frame type).
+fn route(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Chat => "chat.completions",
+        Endpoint::Completion => "completions",
+    }
+}
+
+/// Count a frame refused before any request started; frames that are not
+/// requests at all (unreadable, unknown type) count under "unknown".
+fn refused(route: &str, error: &Error) {
+    observe::refused(Transport::WebSocket, route, status_for(error.kind).as_u16());
 }
 
 fn error_frame_json(id: Option<&str>, error: &Error) -> Value {
@@ -146,6 +165,7 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
                     }
                     Message::Binary(_) => {
                         let error = Error::invalid("frames must be JSON text, not binary");
+                        refused("unknown", &error);
                         if outbox.send(error_frame(None, &error)).await.is_err() {
                             break;
                         }
@@ -173,12 +193,14 @@ async fn handle_frame(
     let frame: ClientFrame = match parse_json(text) {
         Ok(frame) => frame,
         Err(error) => {
+            refused("unknown", &error);
             let _ = outbox.send(error_frame(None, &error)).await;
             return;
         }
     };
     let Some(id) = frame.id.filter(|id| !id.is_empty()) else {
         let error = Error::invalid_param("id", "every frame needs a non-empty 'id'");
+        refused("unknown", &error);
         let _ = outbox.send(error_frame(None, &error)).await;
         return;
     };
@@ -200,21 +222,38 @@ async fn handle_frame(
                     llmlab_core::text::echo(other)
                 ),
             );
+            refused("unknown", &error);
             let _ = outbox.send(error_frame(Some(&id), &error)).await;
             return;
         }
     };
     let cancel = socket_gone.child_token();
     if let Err(error) = register(running, &id, &cancel) {
+        refused(route(endpoint), &error);
         let _ = outbox.send(error_frame(Some(&id), &error)).await;
         return;
     }
     let (state, outbox, running) = (state.clone(), outbox.clone(), Arc::clone(running));
     let socket_gone = socket_gone.clone();
-    tokio::spawn(async move {
+    // Each request on the socket has its own id, span and count; the
+    // client's frame id (its own name, unique only on this socket) is
+    // logged, cut, for matching.
+    let observed = Observed::start(Transport::WebSocket, route(endpoint), None);
+    let span = observed.span().clone();
+    span.in_scope(|| tracing::debug!(frame_id = %llmlab_core::text::echo(&id), "websocket request"));
+    let task = async move {
         // The service gets a child token: a deadline cancels that one, so
         // `cancel` itself is cancelled only by the client (or the socket).
-        let ending = match run_request(&id, endpoint, frame.body, &state, &outbox, cancel.child_token()).await {
+        let started = run_request(
+            &id,
+            endpoint,
+            frame.body,
+            &state,
+            &outbox,
+            cancel.child_token(),
+            &observed,
+        );
+        let ending = match started.await {
             Ok(Ending::Done) => Ending::Done,
             // Cut short while the socket lives: the client cancelled it.
             _ if cancel.is_cancelled() && !socket_gone.is_cancelled() => Ending::Cancelled,
@@ -225,13 +264,23 @@ async fn handle_frame(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        let frame = match ending {
-            Ending::Done => json!({"id": id, "type": "done"}),
-            Ending::Cancelled => json!({"id": id, "type": "cancelled"}),
-            Ending::Failed(frame) => frame,
+        let (frame, status) = match ending {
+            Ending::Done => (json!({"id": id, "type": "done"}), 200),
+            Ending::Cancelled => (
+                json!({"id": id, "type": "cancelled"}),
+                llmlab_core::metrics::CLIENT_CLOSED,
+            ),
+            Ending::Failed(frame) => {
+                let status = frame["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+                (frame, status.unwrap_or(500))
+            }
         };
+        // Counted before the terminal frame leaves, so a client that has
+        // read it finds the request in /metrics.
+        observed.finish(status);
         let _ = outbox.send(Message::Text(frame.to_string().into())).await;
-    });
+    };
+    tokio::spawn(task.instrument(span));
 }
 
 /// Record a new request of this socket, unless its id is taken or the
@@ -241,7 +290,10 @@ fn register(running: &Running, id: &str, cancel: &CancellationToken) -> Result<(
     if running.contains_key(id) {
         return Err(Error::invalid_param(
             "id",
-            format!("request '{id}' is already running on this socket"),
+            format!(
+                "request '{}' is already running on this socket",
+                llmlab_core::text::echo(id)
+            ),
         ));
     }
     if running.len() >= MAX_REQUESTS_PER_SOCKET {
@@ -263,10 +315,12 @@ async fn run_request(
     state: &AppState,
     outbox: &mpsc::Sender<Message>,
     cancel: CancellationToken,
+    observed: &Observed,
 ) -> Result<Ending> {
     let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
     let generation = Generation::new(parse_value::<OpenAiRequest>(body)?, endpoint, &state.service)?;
     let (model, include_usage) = (generation.model.clone(), generation.delivery.include_usage);
+    observed.set_model(&observe::model_label(&state.service, &model));
     let events = generation.start(&state.service, cancel).await?;
     let chunks = ChunkBuilder {
         endpoint,
