@@ -2,7 +2,7 @@
 //! where `<ID>` is the model id upper-cased with every character other than a
 //! letter or digit replaced by `_` (`qwen2.5-coder` -> `QWEN2_5_CODER`).
 
-use super::file::ModelEntry;
+use super::entry::ModelEntry;
 use crate::config::ENV_MODEL_PREFIX;
 
 /// The environment key for `field` of model `id`.

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::entry::ModelEntry;
 use super::env_overrides::apply_env_overrides;
-use super::source::{resolve_source, SourceEntry};
+use super::source::resolve_source;
 use super::spec::{BackendKind, ModelKind, ModelSpec};
 use crate::config;
-use crate::SamplingParams;
 
 /// A registry problem, naming the file, the model and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,44 +39,6 @@ struct RegistryFile {
     default_model: Option<String>,
     #[serde(default)]
     models: Vec<ModelEntry>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ModelEntry {
-    pub id: String,
-    pub kind: ModelKind,
-    pub backend: BackendKind,
-    pub path: String,
-    pub context_size: Option<u32>,
-    pub threads: Option<u32>,
-    pub batch_size: Option<u32>,
-    pub parallel: Option<u32>,
-    pub gpu_layers: Option<u32>,
-    pub chat_template: Option<String>,
-    pub chat_template_file: Option<String>,
-    pub reasoning_format: Option<crate::stream::ReasoningFormat>,
-    pub tool_call_format: Option<crate::stream::ToolCallFormat>,
-    /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
-    pub keep_alive: Option<String>,
-    #[serde(default)]
-    pub pinned: bool,
-    #[serde(default)]
-    pub preload: bool,
-    pub max_queue: Option<u32>,
-    #[serde(default)]
-    pub sampling: SamplingParams,
-    #[serde(default)]
-    pub guards: crate::guards::GuardSettings,
-    #[serde(default)]
-    pub breaker: crate::guards::BreakerSettings,
-    #[serde(default)]
-    pub load_retry: crate::guards::LoadRetrySettings,
-    pub pooling: Option<crate::embedding::Pooling>,
-    #[serde(default)]
-    pub matryoshka: bool,
-    pub source: Option<SourceEntry>,
-    pub description: Option<String>,
 }
 
 /// The validated registry.

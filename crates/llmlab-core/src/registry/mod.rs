@@ -1,6 +1,7 @@
 //! The model registry: which models exist, where their files are, and how
 //! to run them.
 
+mod entry;
 mod env_overrides;
 mod file;
 mod scan;

@@ -1,8 +1,8 @@
 //! Hermes / Qwen tool calls: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
 
+use super::call_block::{expect_close, finish_rest, BlockStep, CallBlock};
 use super::call_object::{CallObject, ObjStep};
 use super::sink::EventSink;
-use super::tool_parser::{expect_close, finish_rest, BlockStep, CallBlock};
 
 pub(super) const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";

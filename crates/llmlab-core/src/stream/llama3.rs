@@ -4,9 +4,9 @@
 //! bare reply); further calls follow after `;` or a newline and are read the
 //! same way, which is why the block hands over to a fresh reply start.
 
+use super::call_block::{BlockStep, CallBlock};
 use super::call_object::{CallObject, ObjStep};
 use super::sink::EventSink;
-use super::tool_parser::{BlockStep, CallBlock};
 
 pub(super) const PYTHON_TAG: &str = "<|python_tag|>";
 

@@ -3,11 +3,11 @@
 //! `[TOOL_CALLS]name[ARGS]{...}` (optionally `name[CALL_ID]id[ARGS]{...}`),
 //! where each further call repeats the `[TOOL_CALLS]` marker.
 
+use super::call_block::{BlockStep, CallBlock};
 use super::call_object::{CallObject, ObjStep};
 use super::json_scan::{is_value_start, ArgsValue, Scan};
 use super::markers::{blank_prefix_len, find_first, safe_len};
 use super::sink::EventSink;
-use super::tool_parser::{BlockStep, CallBlock};
 
 pub(super) const TOOL_CALLS: &str = "[TOOL_CALLS]";
 const ARGS: &str = "[ARGS]";
@@ -192,7 +192,7 @@ impl CallBlock for MistralBlock {
                 sink.call_args(&value.take_arguments());
             }
         }
-        super::tool_parser::finish_rest(rest, "]", sink);
+        super::call_block::finish_rest(rest, "]", sink);
     }
 }
 

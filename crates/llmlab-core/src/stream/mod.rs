@@ -10,6 +10,7 @@
 //! text is ever lost to a parse error.
 
 mod bare_json;
+mod call_block;
 mod call_object;
 mod chain;
 mod harmony;

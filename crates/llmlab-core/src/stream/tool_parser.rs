@@ -8,70 +8,14 @@
 //! template and answer with nothing but the call.
 
 use super::bare_json::{self, BareJson, BareStep, Opening};
+use super::call_block::{BlockStep, CallBlock};
 use super::hermes::HermesBlock;
 use super::llama3::Llama3Block;
-use super::markers::{blank_prefix_len, find_first, safe_len};
+use super::markers::{find_first, safe_len};
 use super::mistral::MistralBlock;
 use super::sink::EventSink;
 use super::{hermes, llama3, mistral, StreamProcessor, ToolCallFormat};
 use crate::{ChatEvent, ToolDefinition};
-
-/// What a block did with the front of the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BlockStep {
-    /// Consumed this many bytes (possibly none, after a change of phase).
-    Consumed(usize),
-    /// Cannot decide about the front of the buffer yet.
-    NeedMore,
-    /// The block ends after this many bytes; what follows is read as text.
-    Closed(usize),
-    /// Not a tool call after all, found before anything was emitted: the
-    /// block's text up to this many bytes is content, the rest is read as text.
-    Malformed(usize),
-}
-
-/// The part of a format that reads what follows its marker.
-pub(super) trait CallBlock: Send {
-    fn step(&mut self, buf: &str, sink: &mut EventSink) -> BlockStep;
-    /// True once the block emitted part of a call and can no longer become
-    /// content.
-    fn committed(&self) -> bool;
-    /// Generation ended inside a committed block; `rest` is unread text.
-    fn finish(&mut self, rest: &str, sink: &mut EventSink) {
-        finish_rest(rest, "", sink);
-    }
-    /// Whether the text after the block is read like the start of a reply
-    /// (Llama 3 chains calls with `;` and no further marker).
-    fn reopens_reply(&self) -> bool {
-        false
-    }
-}
-
-/// After a block: `tag`, whitespace or a partial `tag` are dropped, anything
-/// else is content.
-pub(super) fn finish_rest(rest: &str, tag: &str, sink: &mut EventSink) {
-    let trimmed = rest.trim();
-    if !(trimmed.is_empty() || tag.starts_with(trimmed)) {
-        sink.gap_text(rest);
-    }
-}
-
-/// Skip whitespace and an optional closing `tag` after a call.
-pub(super) fn expect_close(buf: &str, tag: &str) -> BlockStep {
-    let blank = blank_prefix_len(buf);
-    let rest = &buf[blank..];
-    if rest.starts_with(tag) {
-        BlockStep::Closed(blank + tag.len())
-    } else if rest.is_empty() || tag.starts_with(rest) {
-        if blank > 0 {
-            BlockStep::Consumed(blank)
-        } else {
-            BlockStep::NeedMore
-        }
-    } else {
-        BlockStep::Closed(blank)
-    }
-}
 
 enum Mode {
     /// Only whitespace so far (and `;` between calls after a bare call),

@@ -197,7 +197,10 @@ async fn session(
         // unsettled, so the broker hands it back.
         let drained = tokio::time::timeout(SESSION_END_WAIT, async { while jobs.join_next().await.is_some() {} });
         if drained.await.is_err() {
-            tracing::warn!(left = jobs.len(), "jobs did not stop after the connection failed; abandoning them");
+            tracing::warn!(
+                left = jobs.len(),
+                "jobs did not stop after the connection failed; abandoning them"
+            );
             jobs.abort_all();
         }
         // On a connection that still stands (a job task failed), closing it

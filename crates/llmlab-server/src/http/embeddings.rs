@@ -12,7 +12,8 @@ use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody
 use crate::openai::parse_json;
 
 use super::errors::ApiError;
-use super::handlers::{body_bytes, ModelLabel};
+use super::handlers::body_bytes;
+use super::model_label::ModelLabel;
 use super::AppState;
 
 pub async fn embeddings(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> Response {

@@ -52,7 +52,7 @@ impl ApiError {
         Self::with_code(StatusCode::NOT_FOUND, "route_not_found", message)
     }
 
-    pub fn for_model(mut self, model: &super::handlers::ModelLabel) -> Self {
+    pub fn for_model(mut self, model: &super::model_label::ModelLabel) -> Self {
         self.model = Some(model.0.clone());
         self
     }
@@ -97,7 +97,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.envelope())).into_response();
         if let Some(model) = self.model {
-            response.extensions_mut().insert(super::handlers::ModelLabel(model));
+            response.extensions_mut().insert(super::model_label::ModelLabel(model));
         }
         let retry_after = self.error.retry_after_secs.or(match self.status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Some(1),

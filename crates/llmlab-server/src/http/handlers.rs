@@ -17,27 +17,11 @@ use crate::openai::responses::{full_response, ChunkBuilder, Endpoint};
 use crate::openai::{parse_json, Delivery, OpenAiRequest, ResponseMeta};
 
 use super::errors::ApiError;
+use super::model_label::ModelLabel;
 use super::sse::sse_events;
 use super::AppState;
 
 type ApiResult = Result<Response, ApiError>;
-
-/// The model a response was for, carried to the metrics middleware. Only
-/// registry ids become labels: a client inventing model names must not
-/// create unbounded metric series.
-#[derive(Debug, Clone)]
-pub struct ModelLabel(pub String);
-
-impl ModelLabel {
-    pub(super) fn for_request(state: &AppState, model: &str) -> Self {
-        Self(crate::observe::model_label(&state.service, model))
-    }
-
-    pub(super) fn attach(&self, mut response: Response) -> Response {
-        response.extensions_mut().insert(self.clone());
-        response
-    }
-}
 
 pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| ApiError::from_body_rejection(&rejection, limit))

@@ -21,7 +21,7 @@ use crate::api_key::{self, KeyCheck};
 use crate::observe::{self, Observed, Transport, REQUEST_ID_HEADER};
 
 use super::errors::ApiError;
-use super::handlers::ModelLabel;
+use super::model_label::ModelLabel;
 use llmlab_core::text::clip;
 
 /// Accept the client's `x-request-id` (or make one), run the request inside

@@ -7,6 +7,7 @@ mod embeddings;
 pub mod errors;
 mod handlers;
 mod middleware;
+mod model_label;
 pub mod prometheus;
 mod server;
 mod sse;

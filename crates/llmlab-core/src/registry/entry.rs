@@ -1,0 +1,48 @@
+//! One model as the registry file writes it, before validation. Its own
+//! file: the file reader and the environment overrides both work on it.
+
+use serde::Deserialize;
+
+use super::source::SourceEntry;
+use super::spec::{BackendKind, ModelKind};
+use crate::SamplingParams;
+
+/// A model entry as written; every optional field falls back to
+/// [`crate::config`] when the registry is resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModelEntry {
+    pub id: String,
+    pub kind: ModelKind,
+    pub backend: BackendKind,
+    pub path: String,
+    pub context_size: Option<u32>,
+    pub threads: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub parallel: Option<u32>,
+    pub gpu_layers: Option<u32>,
+    pub chat_template: Option<String>,
+    pub chat_template_file: Option<String>,
+    pub reasoning_format: Option<crate::stream::ReasoningFormat>,
+    pub tool_call_format: Option<crate::stream::ToolCallFormat>,
+    /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
+    pub keep_alive: Option<String>,
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub preload: bool,
+    pub max_queue: Option<u32>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    #[serde(default)]
+    pub guards: crate::guards::GuardSettings,
+    #[serde(default)]
+    pub breaker: crate::guards::BreakerSettings,
+    #[serde(default)]
+    pub load_retry: crate::guards::LoadRetrySettings,
+    pub pooling: Option<crate::embedding::Pooling>,
+    #[serde(default)]
+    pub matryoshka: bool,
+    pub source: Option<SourceEntry>,
+    pub description: Option<String>,
+}
