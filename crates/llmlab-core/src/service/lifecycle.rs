@@ -46,9 +46,10 @@ impl Service {
                 let shortfall = self.budget.shortfall(others, needed);
                 if shortfall.is_none() {
                     // Reserved under the same lock as the check.
-                    if let Some(model) = records.get_mut(&spec.id) {
-                        model.footprint = Some(needed);
-                    }
+                    let model = records
+                        .entry(spec.id.clone())
+                        .or_insert_with(super::records::ModelRecord::new);
+                    model.footprint = Some(needed);
                 }
                 shortfall
             });

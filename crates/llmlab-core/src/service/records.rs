@@ -44,7 +44,7 @@ pub(super) struct ModelRecord {
 }
 
 impl ModelRecord {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             slot: Slot::default(),
             note: None,
