@@ -117,6 +117,13 @@ pub struct WorkerCommandArgs {
     /// dead-lettered unread.
     #[arg(long, env = "LLMLAB_MAX_BODY_BYTES", default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Serve the worker's Prometheus metrics (jobs by queue and outcome,
+    /// requests, generations) at `http://<host>:<port>/metrics`.
+    #[arg(long, env = "LLMLAB_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Address the metrics port listens on.
+    #[arg(long, env = "LLMLAB_HOST", default_value = config::DEFAULT_HOST)]
+    pub host: std::net::IpAddr,
 }
 
 pub fn run(common: &CommonArgs, args: WorkerCommandArgs) -> anyhow::Result<()> {
@@ -127,9 +134,26 @@ pub fn run(common: &CommonArgs, args: WorkerCommandArgs) -> anyhow::Result<()> {
         .config(&registry, grace)?
         .context("the worker needs a broker: pass --amqp URL or set LLMLAB_AMQP_URL")?;
     config.max_body_bytes = args.max_body_bytes;
+    // Install the metrics recorder before anything records.
+    crate::http::prometheus::recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let service = args.service.build(registry);
-        crate::amqp::run(config, service, crate::signals::stop_on_signal()).await
+        let stopping = crate::signals::stop_on_signal();
+        if let Some(port) = args.metrics_port {
+            let listener = tokio::net::TcpListener::bind(std::net::SocketAddr::new(args.host, port)).await?;
+            tracing::info!(port, "serving worker metrics at /metrics");
+            let app = axum::Router::new().route("/metrics", axum::routing::get(crate::http::metrics));
+            let until = stopping.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { until.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
+        crate::amqp::run(config, service, stopping).await
     })
 }

@@ -6,6 +6,8 @@ mod conn;
 mod embeddings;
 pub mod errors;
 mod handlers;
+/// `GET /metrics`, also served alone by `llmlab worker --metrics-port`.
+pub use handlers::metrics;
 mod middleware;
 mod model_label;
 pub mod prometheus;
