@@ -105,7 +105,24 @@ impl Error {
         self.retry_after_secs = Some(secs);
         self
     }
+
+    /// The message as every door sends it, cut to [`MAX_MESSAGE_CHARS`].
+    pub fn message_for_client(&self) -> std::borrow::Cow<'_, str> {
+        crate::text::clip(&self.message, MAX_MESSAGE_CHARS)
+    }
+
+    /// The field at fault as every door sends it, cut to [`MAX_PARAM_CHARS`].
+    pub fn param_for_client(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.param.as_deref().map(|p| crate::text::clip(p, MAX_PARAM_CHARS))
+    }
 }
+
+/// Longest error message a client gets, in characters. Messages can quote
+/// the client's own input (a model id, a JSON value); a client must not be
+/// able to make the server repeat megabytes back, or, on gRPC, into a header.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+/// Longest `param` (a field path) a client gets, in characters.
+pub const MAX_PARAM_CHARS: usize = 256;
 
 #[cfg(test)]
 mod tests {

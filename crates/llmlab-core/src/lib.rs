@@ -19,5 +19,5 @@ pub mod testing;
 pub mod text;
 mod types;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, MAX_MESSAGE_CHARS, MAX_PARAM_CHARS};
 pub use types::*;

@@ -18,7 +18,7 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeleteOption
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
-use amqp_support::{unique_prefix, Client, CuttableProxy, Worker, BROKER, SERIAL};
+use amqp_support::{free_port, unique_prefix, Client, CuttableProxy, Worker, BROKER, SERIAL};
 
 const CHAT_MODEL: &str = "qwen2.5-coder-0.5b";
 const TEXT_MODEL: &str = "gemma-3-270m";
@@ -238,14 +238,6 @@ async fn sigterm_finishes_the_running_job_then_exits() {
     assert_eq!(rest.last().unwrap().kind(), "done", "{rest:?}");
     assert!(worker.exit_status(Duration::from_secs(30)).await.success());
     client.delete_queues(&[TEXT_MODEL]).await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

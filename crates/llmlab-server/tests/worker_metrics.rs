@@ -8,18 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use amqp_support::{unique_prefix, Client, Worker, BROKER, SERIAL};
+use amqp_support::{free_port, unique_prefix, Client, Worker, BROKER, SERIAL};
 
 const TEXT_MODEL: &str = "gemma-3-270m";
 const SLOW: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn metrics(port: u16) -> Option<String> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?;

@@ -70,13 +70,7 @@ pub fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     // The worker inside the server takes the same body limit as HTTP.
-    let worker = args
-        .worker
-        .config(&registry, grace)?
-        .map(|w| crate::amqp::WorkerConfig {
-            max_body_bytes: args.max_body_bytes,
-            ..w
-        });
+    let worker = args.worker.config(&registry, grace, args.max_body_bytes)?;
     runtime.block_on(async move {
         let service = args.service.build(registry);
         // The default model (unless --no-preload) and models marked

@@ -46,9 +46,14 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// The worker's settings, or `None` when no broker is named. Job
-    /// bodies are limited to the default `--max-body-bytes`; a command with
-    /// its own limit sets `max_body_bytes` on the result.
-    pub fn config(&self, registry: &Registry, grace: Duration) -> anyhow::Result<Option<WorkerConfig>> {
+    /// bodies are limited to `max_body_bytes` (the command's
+    /// `--max-body-bytes`).
+    pub fn config(
+        &self,
+        registry: &Registry,
+        grace: Duration,
+        max_body_bytes: usize,
+    ) -> anyhow::Result<Option<WorkerConfig>> {
         let Some(url) = self.amqp.clone().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
@@ -95,7 +100,7 @@ impl WorkerArgs {
             max_attempts: self.job_attempts,
             retry_delay: Duration::from_secs_f64(self.job_retry_delay_secs),
             max_redeliveries: self.job_max_redeliveries,
-            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes,
             worker_id,
             grace,
         }))
@@ -129,11 +134,10 @@ pub struct WorkerCommandArgs {
 pub fn run(common: &CommonArgs, args: WorkerCommandArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let mut config = args
+    let config = args
         .worker
-        .config(&registry, grace)?
+        .config(&registry, grace, args.max_body_bytes)?
         .context("the worker needs a broker: pass --amqp URL or set LLMLAB_AMQP_URL")?;
-    config.max_body_bytes = args.max_body_bytes;
     // Install the metrics recorder before anything records.
     crate::http::prometheus::recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -5,9 +5,6 @@ use tonic::{Code, Status};
 
 use llmlab_core::{Error, ErrorKind};
 
-use crate::openai::errors::{MAX_MESSAGE_CHARS, MAX_PARAM_CHARS};
-use llmlab_core::text::clip;
-
 /// The gRPC code for each core error kind.
 pub fn code_for(kind: ErrorKind) -> Code {
     match kind {
@@ -27,14 +24,11 @@ pub fn code_for(kind: ErrorKind) -> Code {
 /// client's input (a 10,000-character model id), and on gRPC they travel
 /// in headers.
 pub fn status_from(error: &Error) -> Status {
-    let message = clip(&error.message, MAX_MESSAGE_CHARS).into_owned();
+    let message = error.message_for_client().into_owned();
     let mut status = Status::new(code_for(error.kind), message);
     let metadata = status.metadata_mut();
     // Metadata values are ASCII: the cut is marked with "..." here.
-    let param = error
-        .param
-        .as_deref()
-        .map(|p| clip(p, MAX_PARAM_CHARS).replace('…', "..."));
+    let param = error.param_for_client().map(|p| p.replace('…', "..."));
     if let Some(param) = param.and_then(|p| MetadataValue::try_from(p.as_str()).ok()) {
         metadata.insert("llmlab-param", param);
     }
@@ -78,8 +72,8 @@ mod tests {
         let mut error = Error::not_found(format!("model '{id}' does not exist"));
         error.param = Some(id);
         let status = status_from(&error);
-        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS);
+        assert!(status.message().chars().count() <= llmlab_core::MAX_MESSAGE_CHARS);
         let param = status.metadata().get("llmlab-param").unwrap().to_str().unwrap();
-        assert!(param.len() <= MAX_PARAM_CHARS + 2 && param.ends_with("..."));
+        assert!(param.len() <= llmlab_core::MAX_PARAM_CHARS + 2 && param.ends_with("..."));
     }
 }

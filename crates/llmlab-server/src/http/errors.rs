@@ -133,6 +133,6 @@ mod tests {
         )));
         let body = long.envelope();
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.chars().count() <= crate::openai::errors::MAX_MESSAGE_CHARS && message.ends_with('…'));
+        assert!(message.chars().count() <= llmlab_core::MAX_MESSAGE_CHARS && message.ends_with('…'));
     }
 }

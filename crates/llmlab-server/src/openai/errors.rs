@@ -6,7 +6,6 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use llmlab_core::text::clip;
 use llmlab_core::{Error, ErrorKind};
 
 /// Status for each core error kind. Every HTTP response for a core error
@@ -24,13 +23,6 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
-
-/// Longest error message sent back, in characters. Messages can quote the
-/// client's own input (a model id, a JSON value); a client must not be able
-/// to make the server repeat megabytes back, or, on gRPC, into a header.
-pub const MAX_MESSAGE_CHARS: usize = 1024;
-/// Longest `param` (a field path) sent back, in characters.
-pub const MAX_PARAM_CHARS: usize = 256;
 
 /// OpenAI's `type` field for each status.
 fn error_type(status: StatusCode) -> &'static str {
@@ -61,9 +53,9 @@ fn error_code(status: StatusCode, kind: ErrorKind) -> &'static str {
 pub fn envelope(status: StatusCode, error: &Error) -> serde_json::Value {
     json!({
         "error": {
-            "message": clip(&error.message, MAX_MESSAGE_CHARS),
+            "message": error.message_for_client(),
             "type": error_type(status),
-            "param": error.param.as_deref().map(|p| clip(p, MAX_PARAM_CHARS)),
+            "param": error.param_for_client(),
             "code": error_code(status, error.kind),
         }
     })

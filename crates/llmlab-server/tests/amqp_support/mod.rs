@@ -32,6 +32,15 @@ pub fn registry_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/models.yaml")
 }
 
+/// A loopback port free right now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A queue prefix no other test run uses.
 pub fn unique_prefix(test: &str) -> String {
     format!("llmlab-test-{test}-{}", uuid::Uuid::new_v4().simple())
