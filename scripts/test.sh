@@ -5,16 +5,13 @@
 # a real `llmlab serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# One build for everything, shared with scripts/run.sh: the test binaries
+# and the `llmlab` binary they drive (setup.sh installs what it needs).
+LLMLAB_BIN=$(scripts/build.sh)
 # The e2e suites' clients: OpenAI's, and raw WebSocket, gRPC and AMQP
 # clients for the adversarial suite.
 python3 -c 'import openai, pytest, websocket, grpc, pika' 2>/dev/null \
   || python3 -m pip install --quiet openai pytest websocket-client grpcio pika
-# One build for everything: the test binaries and the `llmlab` binary they
-# drive (a separate `cargo build` would compile the dependencies a second
-# time, with other features).
-cargo test --workspace --no-run --quiet
-LLMLAB_BIN="${CARGO_TARGET_DIR:-target}/debug/llmlab"
 "$LLMLAB_BIN" pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.

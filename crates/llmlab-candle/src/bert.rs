@@ -73,7 +73,7 @@ impl BertEmbeddingPipeline {
             },
             // sentence-transformers' BERT models (all-MiniLM among them)
             // mean-pool; the registry names the exceptions.
-            pooling: spec.pooling.unwrap_or(Pooling::Mean),
+            pooling: spec.embedding.pooling.unwrap_or(Pooling::Mean),
             hidden_size: config.hidden_size,
         })
     }

@@ -37,8 +37,10 @@ pub fn amx_allowed() -> bool {
     !switched_off(ENV_AMX)
 }
 
-/// `1` makes a test that lacks what it needs (a model not pulled, a CPU
-/// feature) fail instead of skipping; CI sets it so nothing skips silently.
+/// `1` makes a test that lacks what setup provides (a model not pulled, the
+/// broker down) fail instead of skipping; CI sets it so nothing skips
+/// silently. What the machine lacks (a CPU feature) is not setup's to
+/// provide: see [`skip_on_this_machine`].
 pub const ENV_REQUIRE_ALL: &str = "LLMLAB_REQUIRE_ALL";
 
 /// A test cannot run here for `reason`: it fails when
@@ -51,6 +53,14 @@ pub fn skip_test(reason: &str) {
     );
     assert!(!required, "{reason} ({ENV_REQUIRE_ALL} is set: nothing may be skipped)");
     eprintln!("SKIPPED: {reason}");
+}
+
+/// A test cannot run on this machine's hardware (a CPU feature it lacks):
+/// it says so on stderr, `LLMLAB_REQUIRE_ALL` or not, and the caller
+/// returns early. CI machines differ (AMD and Intel, with and without AMX),
+/// and no setup step can add an instruction set.
+pub fn skip_on_this_machine(reason: &str) {
+    eprintln!("SKIPPED on this machine: {reason}");
 }
 
 /// An on-by-default switch set to `0`, `false`, `off` or `no`.

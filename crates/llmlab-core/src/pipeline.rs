@@ -3,23 +3,26 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{ChatRequest, ChatStream, CompletionRequest, Result};
+use crate::{ChatStream, ResolvedChat, ResolvedCompletion, Result};
 
 /// A loaded text-generation model.
 ///
-/// Both methods validate and enqueue synchronously and return the stream at
-/// once; errors found before generation starts are returned directly, later
-/// ones arrive as a [`crate::ChatEvent::Error`]. Cancelling `cancel`, or
-/// dropping the stream, ends generation within one decode step.
+/// It receives requests the service has validated and resolved (the
+/// `Resolved*` types prove it): it neither validates them again nor fills
+/// defaults. Both methods enqueue synchronously and return the stream at
+/// once; errors found before generation starts (a prompt the template
+/// cannot render, one longer than the context) are returned directly,
+/// later ones arrive as a [`crate::ChatEvent::Error`]. Cancelling `cancel`,
+/// or dropping the stream, ends generation within one decode step.
 pub trait ChatPipeline: Send + Sync {
     /// Chat through the model's chat template.
-    fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream>;
+    fn chat(&self, request: ResolvedChat, cancel: CancellationToken) -> Result<ChatStream>;
 
     /// Plain completion of a raw prompt (no template).
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream>;
+    fn complete(&self, request: ResolvedCompletion, cancel: CancellationToken) -> Result<ChatStream>;
 
     /// The exact prompt text `chat` would feed the model.
-    fn render_prompt(&self, request: &ChatRequest) -> Result<String>;
+    fn render_prompt(&self, request: &ResolvedChat) -> Result<String>;
 }
 
 /// A loaded embedding model. Blocking: the service calls it on a blocking

@@ -11,7 +11,7 @@ use crate::embedding::{EmbedInput, RawEmbedding};
 use crate::pipeline::{ChatPipeline, EmbeddingPipeline, LoadedPipeline};
 use crate::registry::ModelSpec;
 use crate::service::{MemoryEstimate, PipelineFactory};
-use crate::{ChatEvent, ChatRequest, ChatStream, CompletionRequest, Error, FinishReason, Result, Timings, Usage};
+use crate::{ChatEvent, ChatStream, Error, FinishReason, ResolvedChat, ResolvedCompletion, Result, Timings, Usage};
 
 /// What a fake pipeline answers to every request.
 #[derive(Debug, Clone)]
@@ -52,8 +52,9 @@ impl Script {
 #[derive(Debug)]
 pub struct FakeChatPipeline {
     script: Mutex<Script>,
-    pub chats: Mutex<Vec<ChatRequest>>,
-    pub completions: Mutex<Vec<CompletionRequest>>,
+    /// Every request as the pipeline received it: resolved by the service.
+    pub chats: Mutex<Vec<ResolvedChat>>,
+    pub completions: Mutex<Vec<ResolvedCompletion>>,
     /// Requests whose stream ended by cancellation or a dropped receiver.
     pub cancelled: Arc<AtomicUsize>,
     /// Play scripts as if every request waited in a full engine's queue:
@@ -117,17 +118,17 @@ impl FakeChatPipeline {
 }
 
 impl ChatPipeline for FakeChatPipeline {
-    fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    fn chat(&self, request: ResolvedChat, cancel: CancellationToken) -> Result<ChatStream> {
         self.chats.lock().unwrap().push(request);
         self.play(cancel)
     }
 
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+    fn complete(&self, request: ResolvedCompletion, cancel: CancellationToken) -> Result<ChatStream> {
         self.completions.lock().unwrap().push(request);
         self.play(cancel)
     }
 
-    fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
+    fn render_prompt(&self, request: &ResolvedChat) -> Result<String> {
         Ok(request
             .messages
             .iter()
@@ -184,7 +185,8 @@ impl EmbeddingPipeline for FakeEmbeddingPipeline {
 /// A factory handing out one shared [`FakeChatPipeline`] for every model,
 /// counting loads. `reject_files` fails the preflight check (a bad file),
 /// `fail_loads` fails every load attempt, `max_context` fails attempts whose
-/// context is larger (as if the KV cache did not fit).
+/// context is larger (as if the KV cache did not fit). Retries of llama
+/// models go down [`fake_ladder`].
 #[derive(Debug)]
 pub struct FakeFactory {
     pub pipeline: Arc<FakeChatPipeline>,
@@ -229,11 +231,11 @@ impl PipelineFactory for FakeFactory {
         if let Some(error) = self.fail_loads.lock().unwrap().clone() {
             return Err(error);
         }
-        if let Some(max) = *self.max_context.lock().unwrap() {
-            if spec.context_size > max {
+        if let (Some(max), Some(llama)) = (*self.max_context.lock().unwrap(), spec.backend.llama()) {
+            if llama.context_size > max {
                 return Err(Error::unavailable(format!(
                     "fake: a context of {} does not fit",
-                    spec.context_size
+                    llama.context_size
                 )));
             }
         }
@@ -247,6 +249,14 @@ impl PipelineFactory for FakeFactory {
         self.reject_files.lock().unwrap().clone().map_or(Ok(()), Err)
     }
 
+    /// Llama models retry down [`fake_ladder`]; the others as configured.
+    fn degrade(&self, configured: &ModelSpec, step: usize) -> Option<crate::guards::LoadAttempt> {
+        match configured.backend.kind() {
+            crate::registry::BackendKind::Llama => fake_ladder(configured, step),
+            crate::registry::BackendKind::Candle => Some(crate::guards::LoadAttempt::as_configured(configured)),
+        }
+    }
+
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
         let size = |map: &Mutex<std::collections::HashMap<String, u64>>| {
             map.lock().unwrap().get(&spec.id).copied().unwrap_or(0)
@@ -256,6 +266,25 @@ impl PipelineFactory for FakeFactory {
             vram: size(&self.gpu_sizes),
         })
     }
+}
+
+/// A fake degradation ladder for tests of the retry loop (the real one is
+/// the llama backend's): step `n` halves a llama model's context `n` times,
+/// never below `load_retry.min_context_size`, and says "fake: context N".
+/// `None` once the context is at that floor, or for other backends.
+pub fn fake_ladder(configured: &ModelSpec, step: usize) -> Option<crate::guards::LoadAttempt> {
+    let mut spec = configured.clone();
+    let floor = configured.load_retry.min_context_size;
+    let llama = spec.backend.llama_mut()?;
+    for _ in 0..step {
+        let halved = (llama.context_size / 2).max(floor);
+        if halved >= llama.context_size {
+            return None;
+        }
+        llama.context_size = halved;
+    }
+    let degraded = Some(format!("fake: context {}", llama.context_size));
+    Some(crate::guards::LoadAttempt { spec, degraded })
 }
 
 /// A small registry with two chat models (`fake-a`, the default, and
@@ -269,4 +298,16 @@ pub fn fake_registry() -> crate::registry::Registry {
         |_| None,
     )
     .expect("fake registry is valid")
+}
+
+/// A one-message chat request resolved against `fake-a` of
+/// [`fake_registry`], for tests that call a pipeline directly.
+pub fn fake_resolved_chat(text: &str) -> ResolvedChat {
+    let registry = fake_registry();
+    crate::ChatRequest {
+        messages: vec![crate::ChatMessage::user(text)],
+        ..Default::default()
+    }
+    .resolve(registry.require("fake-a").expect("fake-a is registered"))
+    .expect("a one-message request is valid")
 }

@@ -1,9 +1,10 @@
 //! Continuous batching on the engine thread: one llama.cpp context with
 //! `parallel` sequence slots, each with its own KV stream. Between decode
 //! steps new requests take free slots; every step decodes one token of each
-//! generating sequence plus as much pending prompt as the batch holds, in a
-//! single `llama_decode`. A slot keeps its tokens' KV cache after its request
-//! ends, for the next request that starts the same way.
+//! generating sequence plus as much waiting prompt as the batch holds, in a
+//! single `llama_decode`, and each batch-invariant sequence in a call of its
+//! own (the policy is in `schedule.rs`). A slot keeps its tokens' KV cache
+//! after its request ends, for the next request that starts the same way.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,12 +14,13 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use llmlab_core::Error;
+use llmlab_core::{Error, FinishReason};
 
 use crate::control_text::ControlTexts;
 use crate::engine_load::EngineLoad;
 use crate::job::Job;
 use crate::policy::TokenPolicy;
+use crate::schedule::{self, Grant};
 use crate::sequence::{common_prefix, Sequence, Step};
 
 /// Cached prompt tokens that justify taking a slot out of order.
@@ -41,9 +43,11 @@ pub(crate) struct Batcher<'m> {
     /// Tokens one sequence may hold (prompt plus output).
     context_size: usize,
     slots: Vec<SlotCache>,
-    /// Running sequences in the order they were admitted (prompt chunks are
-    /// handed out in that order).
+    /// Running sequences in slot order, each with its admission number
+    /// (prompt chunks go to the oldest first).
     active: Vec<Sequence>,
+    arrivals: Vec<u64>,
+    admitted: u64,
 }
 
 impl<'m> Batcher<'m> {
@@ -66,6 +70,8 @@ impl<'m> Batcher<'m> {
             context_size,
             slots: (0..parallel.max(1)).map(|_| SlotCache::default()).collect(),
             active: Vec::new(),
+            arrivals: Vec::new(),
+            admitted: 0,
         }
     }
 
@@ -88,18 +94,26 @@ impl<'m> Batcher<'m> {
             load.finished();
             return;
         };
-        let Some(slot) = self.pick_slot(sequence.prompt()) else {
+        // An invariant request starts from an empty slot, as on an idle
+        // server: a reused prefix would change how its prompt is cut.
+        let reusable: &[_] = if sequence.is_batch_invariant() { &[] } else { sequence.prompt() };
+        let Some(slot) = self.pick_slot(reusable) else {
             // Callers check `has_free_slot`; never reached.
             sequence.fail(Error::internal("no free sequence slot"));
             load.finished();
             return;
         };
-        let cached = std::mem::take(&mut self.slots[slot].tokens);
+        let mut cached = std::mem::take(&mut self.slots[slot].tokens);
+        if sequence.is_batch_invariant() {
+            cached.clear();
+        }
         self.slots[slot].busy = true;
         sequence.attach(&mut self.ctx, slot, cached);
         // Kept in slot order: see `decode_and_sample`.
         let at = self.active.partition_point(|running| running.slot() < slot);
         self.active.insert(at, sequence);
+        self.arrivals.insert(at, self.admitted);
+        self.admitted += 1;
     }
 
     /// The lowest free slot, unless another free slot's cache saves at least
@@ -129,50 +143,65 @@ impl<'m> Batcher<'m> {
     }
 
     fn decode_and_sample(&mut self, load: &EngineLoad) {
-        self.batch.clear();
-        // Every generating sequence gets its one token, so every stream keeps
-        // moving; prompts share the rest of the batch. Tokens go in in slot
-        // order: llama.cpp groups consecutive slot ids into one micro-batch.
-        let generating = self.active.iter().filter(|s| s.is_generating()).count();
-        let mut prompt_budget = self.batch_capacity.saturating_sub(generating);
-        let mut overflowed = false;
-        for sequence in &mut self.active {
-            let in_prompt = !sequence.is_generating();
-            let budget = if in_prompt { prompt_budget } else { 1 };
-            match sequence.feed(&mut self.batch, budget) {
-                Ok(added) if in_prompt => prompt_budget -= added,
-                Ok(_) => {}
-                Err(_) => overflowed = true,
-            }
-        }
-        if overflowed {
-            // Only a bug overfills the batch: fail everyone rather than
-            // decode a batch some sequence believes it is not in.
-            self.fail_all(load, || Error::internal("the decode batch overflowed"));
-            return;
-        }
-        if self.batch.n_tokens() > 0 {
-            if let Err(e) = self.ctx.decode(&mut self.batch) {
-                tracing::error!(error = %e, "llama_decode failed");
-                self.fail_all(load, || Error::internal(format!("decode failed: {e}")));
+        let demands: Vec<_> = self.active.iter().map(Sequence::demand).collect();
+        let plan = schedule::plan_step(&demands, &self.arrivals, self.batch_capacity);
+        let calls = std::iter::once(plan.shared).chain(plan.alone.into_iter().map(|grant| vec![grant]));
+        let mut sampled = vec![false; self.active.len()];
+        let mut finished = Vec::new();
+        for call in calls.filter(|call| !call.is_empty()) {
+            if !self.decode_call(&call, &mut finished, load) {
                 return;
             }
+            for grant in &call {
+                sampled[grant.sequence] = true;
+            }
         }
-        let mut index = 0;
-        while index < self.active.len() {
-            let sequence = &mut self.active[index];
-            let span = sequence.span().clone();
-            let _entered = span.enter();
-            match sequence.after_decode(self.model, &self.ctx, &self.policy) {
-                Step::Continue => index += 1,
-                Step::Finished(reason) => {
-                    let sequence = self.active.remove(index);
-                    let (slot, held) = (sequence.slot(), sequence.held());
-                    self.release(slot, sequence.finish(reason));
-                    load.finished_after(held);
+        // Sequences left out of this step still notice a cancellation.
+        for (index, sequence) in self.active.iter_mut().enumerate() {
+            if !sampled[index] {
+                if let Step::Finished(reason) = sequence.after_decode(self.model, &self.ctx, &self.policy) {
+                    finished.push((index, reason));
                 }
             }
         }
+        // Highest index first, so the indices still to remove stay valid.
+        finished.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
+        for (index, reason) in finished {
+            let sequence = self.active.remove(index);
+            self.arrivals.remove(index);
+            let (slot, held) = (sequence.slot(), sequence.held());
+            self.release(slot, sequence.finish(reason));
+            load.finished_after(held);
+        }
+    }
+
+    /// Decode one call's tokens and sample for the sequences in it. Tokens
+    /// go in in slot order: llama.cpp groups consecutive slot ids into one
+    /// micro-batch. On failure every sequence fails and `false` comes back.
+    fn decode_call(&mut self, call: &[Grant], finished: &mut Vec<(usize, FinishReason)>, load: &EngineLoad) -> bool {
+        self.batch.clear();
+        for grant in call {
+            if self.active[grant.sequence].feed(&mut self.batch, grant.tokens).is_err() {
+                // Only a bug overfills the batch: fail everyone rather than
+                // decode a batch some sequence believes it is not in.
+                self.fail_all(load, || Error::internal("the decode batch overflowed"));
+                return false;
+            }
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::error!(error = %e, "llama_decode failed");
+            self.fail_all(load, || Error::internal(format!("decode failed: {e}")));
+            return false;
+        }
+        for grant in call {
+            let sequence = &mut self.active[grant.sequence];
+            let span = sequence.span().clone();
+            let _entered = span.enter();
+            if let Step::Finished(reason) = sequence.after_decode(self.model, &self.ctx, &self.policy) {
+                finished.push((grant.sequence, reason));
+            }
+        }
+        true
     }
 
     fn release(&mut self, slot: usize, tokens: Vec<LlamaToken>) {
@@ -181,6 +210,7 @@ impl<'m> Batcher<'m> {
 
     /// Fail every running sequence and forget what their slots hold.
     pub fn fail_all(&mut self, load: &EngineLoad, error: impl Fn() -> Error) {
+        self.arrivals.clear();
         for sequence in std::mem::take(&mut self.active) {
             let slot = sequence.slot();
             sequence.fail(error());

@@ -8,10 +8,11 @@ use std::thread::JoinHandle;
 
 use llmlab_core::embedding::{EmbedInput, RawEmbedding};
 use llmlab_core::pipeline::EmbeddingPipeline;
-use llmlab_core::registry::ModelSpec;
+use llmlab_core::registry::{LlamaSettings, ModelSpec};
 use llmlab_core::{Error, Result};
 
 use crate::encoder::{Encoder, EncoderInfo};
+use crate::settings::llama_settings;
 
 enum EmbedJob {
     Embed {
@@ -46,12 +47,13 @@ impl LlamaEmbeddingPipeline {
     /// Load the model on a new thread and wait until it is ready (blocking).
     pub fn load(spec: &ModelSpec) -> Result<Self> {
         crate::check_model_file(spec)?;
+        let settings = llama_settings(spec)?.clone();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (jobs, job_rx) = mpsc::channel();
         let thread_spec = spec.clone();
         let thread = std::thread::Builder::new()
             .name(format!("embed-{}", spec.id))
-            .spawn(move || encoder_main(&thread_spec, &job_rx, &ready_tx))
+            .spawn(move || encoder_main(&thread_spec, &settings, &job_rx, &ready_tx))
             .map_err(|e| Error::internal(format!("cannot start embedding thread: {e}")))?;
         let info = ready_rx
             .recv()
@@ -125,15 +127,20 @@ impl Drop for LlamaEmbeddingPipeline {
     }
 }
 
-fn encoder_main(spec: &ModelSpec, jobs: &Receiver<EmbedJob>, ready: &SyncSender<Result<EncoderInfo>>) {
-    let model = match crate::engine::load_model(spec) {
+fn encoder_main(
+    spec: &ModelSpec,
+    settings: &LlamaSettings,
+    jobs: &Receiver<EmbedJob>,
+    ready: &SyncSender<Result<EncoderInfo>>,
+) {
+    let model = match crate::engine::load_model(spec, settings) {
         Ok(model) => model,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let mut encoder = match Encoder::new(&model, spec) {
+    let mut encoder = match Encoder::new(&model, spec, settings) {
         Ok(encoder) => encoder,
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -14,7 +14,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::embedding::{combine_chunks, split_into_windows, EmbedInput, Pooling, RawEmbedding};
-use llmlab_core::registry::ModelSpec;
+use llmlab_core::registry::{LlamaSettings, ModelSpec};
 use llmlab_core::{config, Error, Result};
 
 use crate::backend::backend;
@@ -59,19 +59,19 @@ fn pooling_from_file(model: &LlamaModel) -> Option<Pooling> {
 }
 
 impl<'m> Encoder<'m> {
-    pub fn new(model: &'m LlamaModel, spec: &ModelSpec) -> Result<Self> {
-        let batch_tokens = spec.batch_size.max(1) as usize;
-        let window = (spec.context_size as usize)
+    pub fn new(model: &'m LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) -> Result<Self> {
+        let batch_tokens = settings.batch_size.max(1) as usize;
+        let window = (settings.context_size as usize)
             .min(model.n_ctx_train() as usize)
             .min(batch_tokens);
         let max_sequences = config::MAX_PARALLEL as usize;
-        let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX);
+        let threads = i32::try_from(settings.threads).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_embeddings(true)
             .with_pooling_type(LlamaPoolingType::None)
-            .with_n_ctx(NonZeroU32::new(spec.batch_size.max(1)))
-            .with_n_batch(spec.batch_size)
-            .with_n_ubatch(spec.batch_size)
+            .with_n_ctx(NonZeroU32::new(settings.batch_size.max(1)))
+            .with_n_batch(settings.batch_size)
+            .with_n_ubatch(settings.batch_size)
             .with_n_seq_max(max_sequences as u32)
             .with_kv_unified(true)
             .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -93,6 +93,7 @@ impl<'m> Encoder<'m> {
             dimensions: usize::try_from(model.n_embd()).unwrap_or(0),
             window,
             pooling: spec
+                .embedding
                 .pooling
                 .or_else(|| pooling_from_file(model))
                 .unwrap_or(Pooling::Mean),

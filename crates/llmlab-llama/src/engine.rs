@@ -14,7 +14,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::metrics;
-use llmlab_core::registry::ModelSpec;
+use llmlab_core::registry::{LlamaSettings, ModelSpec};
 use llmlab_core::stream::detect_formats;
 use llmlab_core::{ChatEvent, Error, Result};
 
@@ -25,6 +25,7 @@ use crate::engine_load::EngineLoad;
 use crate::job::{Job, ModelInfo, Prompt};
 use crate::policy::TokenPolicy;
 use crate::sequence::tokenize_prompt;
+use crate::settings::llama_settings;
 
 enum Command {
     Generate(Box<Job>),
@@ -44,19 +45,20 @@ impl Engine {
     /// Load the model on a new thread and wait until it is ready.
     pub fn start(spec: &ModelSpec) -> Result<(Self, ModelInfo)> {
         crate::check_model_file(spec)?;
+        let settings = llama_settings(spec)?.clone();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (commands, command_rx) = mpsc::channel();
         let load = Arc::new(EngineLoad::new(
             &spec.id,
             spec.max_queue as usize,
-            spec.parallel.max(1) as usize,
+            settings.parallel.max(1) as usize,
         ));
         let spec = spec.clone();
         let thread = std::thread::Builder::new()
             .name(format!("engine-{}", spec.id))
             .spawn({
                 let load = Arc::clone(&load);
-                move || engine_main(&spec, &load, &command_rx, &ready_tx)
+                move || engine_main(&spec, &settings, &load, &command_rx, &ready_tx)
             })
             .map_err(|e| Error::internal(format!("cannot start engine thread: {e}")))?;
         let info = ready_rx
@@ -83,7 +85,7 @@ impl Engine {
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
-        let first_token = job.params.guards.and_then(|g| g.deadlines.first_token());
+        let first_token = job.params.guards.deadlines.first_token();
         self.load.enqueue(first_token)?;
         self.commands.send(Command::Generate(Box::new(job))).map_err(|_| {
             self.load.never_sent();
@@ -103,27 +105,28 @@ impl Drop for Engine {
 
 fn engine_main(
     spec: &ModelSpec,
+    settings: &LlamaSettings,
     load: &EngineLoad,
     commands: &Receiver<Command>,
     ready: &mpsc::SyncSender<Result<ModelInfo>>,
 ) {
     // The context borrows the model; both are locals of this thread, so the
     // context is dropped first and neither ever leaves the thread.
-    let model = match load_model(spec) {
+    let model = match load_model(spec, settings) {
         Ok(model) => model,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let ctx = match new_context(&model, spec) {
+    let ctx = match new_context(&model, spec, settings) {
         Ok(ctx) => ctx,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let info = match model_info(&model, spec) {
+    let info = match model_info(&model, spec, settings) {
         Ok(info) => info,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -142,8 +145,8 @@ fn engine_main(
         ctx,
         policy,
         texts_for_batcher,
-        spec.parallel as usize,
-        spec.context_size as usize,
+        settings.parallel as usize,
+        settings.context_size as usize,
     );
     let mut stopping = false;
     while !(stopping && batcher.is_idle()) {
@@ -183,9 +186,9 @@ fn engine_main(
     }
 }
 
-pub(crate) fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
+pub(crate) fn load_model(spec: &ModelSpec, settings: &LlamaSettings) -> Result<LlamaModel> {
     let started = Instant::now();
-    let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
+    let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
     let model = LlamaModel::load_from_file(backend()?, &spec.path, &params).map_err(|e| {
         tracing::warn!(model = %spec.id, path = %spec.path.display(), error = %e, "llama.cpp could not load the model");
         Error::unavailable(format!("cannot load model '{}': {e}", spec.id))
@@ -194,8 +197,8 @@ pub(crate) fn load_model(spec: &ModelSpec) -> Result<LlamaModel> {
     Ok(model)
 }
 
-fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaContext<'m>> {
-    let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX);
+fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) -> Result<LlamaContext<'m>> {
+    let threads = i32::try_from(settings.threads).unwrap_or(i32::MAX);
     // Batch invariance (unless turned off, see `config::batch_invariant`): a
     // sequence's numbers must not depend on which other sequences share its
     // decode steps (see the pitfalls in ARCHITECTURE.md).
@@ -212,24 +215,24 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec) -> Result<LlamaConte
     } else {
         llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
     };
-    let total = spec.context_size.saturating_mul(spec.parallel.max(1));
+    let total = settings.context_size.saturating_mul(settings.parallel.max(1));
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(total))
-        .with_n_seq_max(spec.parallel.max(1))
+        .with_n_seq_max(settings.parallel.max(1))
         .with_kv_unified(!invariant)
         .with_flash_attention_policy(flash_attention)
-        .with_n_batch(spec.batch_size)
-        .with_n_ubatch(spec.batch_size)
+        .with_n_batch(settings.batch_size)
+        .with_n_ubatch(settings.batch_size)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let ctx = model
         .new_context(backend()?, params)
         .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
-    tracing::info!(model = %spec.id, threads, context = spec.context_size, parallel = spec.parallel, batch_invariant = invariant, "context ready");
+    tracing::info!(model = %spec.id, threads, context = settings.context_size, parallel = settings.parallel, batch_invariant = invariant, "context ready");
     Ok(ctx)
 }
 
-fn model_info(model: &LlamaModel, spec: &ModelSpec) -> Result<ModelInfo> {
+fn model_info(model: &LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) -> Result<ModelInfo> {
     let vocab = model.vocab();
     let special_text = |token: LlamaToken| {
         if token.0 < 0 {
@@ -237,7 +240,7 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec) -> Result<ModelInfo> {
         }
         String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
     };
-    let chat_template = spec.chat_template.clone().or_else(|| {
+    let chat_template = settings.chat_template.clone().or_else(|| {
         model
             .meta_val_str("tokenizer.chat_template")
             .ok()
@@ -246,12 +249,12 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec) -> Result<ModelInfo> {
     let (reasoning, tools) = chat_template.as_deref().map(detect_formats).unwrap_or_default();
     let control_texts = control_texts(model).map_err(|e| Error::unavailable(format!("model '{}': {e}", spec.id)))?;
     Ok(ModelInfo {
-        reasoning_format: spec.reasoning_format.unwrap_or(reasoning),
-        tool_call_format: spec.tool_call_format.unwrap_or(tools),
+        reasoning_format: settings.reasoning_format.unwrap_or(reasoning),
+        tool_call_format: settings.tool_call_format.unwrap_or(tools),
         chat_template,
         bos_token: special_text(vocab.bos()),
         eos_token: special_text(vocab.eos()),
-        context_size: spec.context_size,
+        context_size: settings.context_size,
         control_texts: Arc::new(control_texts),
     })
 }

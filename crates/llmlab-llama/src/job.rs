@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::stream::{ProcessorChain, ReasoningFormat, ToolCallFormat};
-use llmlab_core::{ChatEventSender, GenerationParams};
+use llmlab_core::{ChatEventSender, ResolvedParams};
 
 use crate::control_text::ControlTexts;
 
@@ -58,8 +58,8 @@ impl Prompt {
 /// One generation request, as the engine thread sees it.
 pub(crate) struct Job {
     pub prompt: Prompt,
-    /// Sampling already resolved against model and global defaults.
-    pub params: GenerationParams,
+    /// Validated, with every default resolved by the service.
+    pub params: ResolvedParams,
     pub cancel: CancellationToken,
     pub events: ChatEventSender,
     pub span: tracing::Span,

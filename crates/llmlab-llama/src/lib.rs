@@ -6,6 +6,7 @@
 mod backend;
 mod batcher;
 mod control_text;
+mod degrade;
 mod embedder;
 mod encoder;
 mod engine;
@@ -18,9 +19,12 @@ mod pipeline;
 mod policy;
 mod preflight;
 mod sampler;
+mod schedule;
 mod sequence;
+mod settings;
 mod template;
 
+pub use degrade::degrade;
 pub use embedder::LlamaEmbeddingPipeline;
 pub use encoder::EncoderInfo;
 pub use memory::{estimate_memory, gpu_memory_total};

@@ -24,12 +24,15 @@ pub fn estimate_memory(spec: &ModelSpec) -> Result<MemoryEstimate> {
             Error::unavailable(format!("cannot read the model file of '{}': {}", spec.id, e.kind()))
         })?
         .len();
+    let settings = crate::settings::llama_settings(spec)?;
     let shape = GgufContext::from_file(&spec.path).and_then(|gguf| Shape::read(&gguf));
-    let kv = shape.map_or(0, |s| s.kv_cache_bytes(spec.context_size.saturating_mul(spec.parallel)));
+    let kv = shape.map_or(0, |s| {
+        s.kv_cache_bytes(settings.context_size.saturating_mul(settings.parallel))
+    });
     let margin = MARGIN_FIXED_BYTES + (weights as f64 * MARGIN_WEIGHT_FRACTION) as u64;
     let offloaded = match shape {
-        Some(shape) if spec.gpu_layers > 0 && gpu_memory_total().is_some() => {
-            f64::from(spec.gpu_layers.min(shape.layers as u32)) / shape.layers.max(1) as f64
+        Some(shape) if settings.gpu_layers > 0 && gpu_memory_total().is_some() => {
+            f64::from(settings.gpu_layers.min(shape.layers as u32)) / shape.layers.max(1) as f64
         }
         _ => 0.0,
     };

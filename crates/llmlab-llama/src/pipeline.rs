@@ -8,10 +8,7 @@ use tokio_util::sync::CancellationToken;
 use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::ModelSpec;
 use llmlab_core::stream::{prompt_opens_reasoning, ProcessorChain};
-use llmlab_core::{
-    config, forced_tool_call_schema, ChatRequest, ChatStream, CompletionRequest, Error, GenerationParams, Result,
-    ToolChoice,
-};
+use llmlab_core::{ChatStream, Error, ResolvedChat, ResolvedCompletion, ResolvedParams, Result};
 
 use crate::engine::Engine;
 use crate::job::{Job, ModelInfo, Prompt};
@@ -72,12 +69,10 @@ impl LlamaChatPipeline {
     fn submit(
         &self,
         prompt: Prompt,
-        mut params: GenerationParams,
+        params: ResolvedParams,
         processor: Option<ProcessorChain>,
         cancel: CancellationToken,
     ) -> Result<ChatStream> {
-        params.sampling = params.sampling.or(&self.spec.sampling).or(&config::default_sampling());
-        params.guards.get_or_insert(self.spec.guards);
         let (events, stream) = ChatStream::channel();
         let span = tracing::info_span!("generate", model = %self.spec.id);
         tracing::debug!(parent: &span, prompt = %self.info.control_texts.display(prompt.text()), "prompt");
@@ -94,16 +89,10 @@ impl LlamaChatPipeline {
     }
 }
 
+/// Requests arrive validated and resolved by the service (see
+/// `llmlab_core::ResolvedChat`): nothing here checks or defaults them.
 impl ChatPipeline for LlamaChatPipeline {
-    fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
-        request.validate()?;
-        if request.tool_choice == ToolChoice::None {
-            // "none": the model neither sees the tools nor gets its text parsed as calls.
-            request.tools.clear();
-        }
-        if let Some(schema) = forced_tool_call_schema(&request.tools, &request.tool_choice)? {
-            request.params.json_schema = Some(schema);
-        }
+    fn chat(&self, request: ResolvedChat, cancel: CancellationToken) -> Result<ChatStream> {
         let prompt = self.render_escaped(&request)?;
         // A grammar forces JSON from the first token, so a think block the
         // prompt opened can never be closed: route from content then.
@@ -117,14 +106,13 @@ impl ChatPipeline for LlamaChatPipeline {
         self.submit(Prompt::Rendered(prompt), request.params, Some(processor), cancel)
     }
 
-    fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
-        request.validate()?;
+    fn complete(&self, request: ResolvedCompletion, cancel: CancellationToken) -> Result<ChatStream> {
         // Plain completion: the raw text is the answer, nothing is routed.
         self.submit(Prompt::Raw(request.prompt), request.params, None, cancel)
     }
 
     /// The prompt as the model reads it.
-    fn render_prompt(&self, request: &ChatRequest) -> Result<String> {
+    fn render_prompt(&self, request: &ResolvedChat) -> Result<String> {
         Ok(self.info.control_texts.display(&self.render_escaped(request)?))
     }
 }
@@ -132,13 +120,13 @@ impl ChatPipeline for LlamaChatPipeline {
 impl LlamaChatPipeline {
     /// The token ids a chat request's prompt becomes (what the engine would
     /// decode; for tests and tooling).
-    pub fn prompt_tokens(&self, request: &ChatRequest) -> Result<Vec<i32>> {
+    pub fn prompt_tokens(&self, request: &ResolvedChat) -> Result<Vec<i32>> {
         let prompt = self.render_escaped(request)?;
         self.engine.tokenize(Prompt::Rendered(prompt))
     }
 
     /// The rendered prompt, client strings escaped (see `control_text`).
-    fn render_escaped(&self, request: &ChatRequest) -> Result<String> {
+    fn render_escaped(&self, request: &ResolvedChat) -> Result<String> {
         if let Some(i) = request.messages.iter().position(|m| m.content.has_images()) {
             return Err(Error::invalid_param(
                 format!("messages[{i}].content"),

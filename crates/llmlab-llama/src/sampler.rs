@@ -4,14 +4,14 @@
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
-use llmlab_core::{Error, GenerationParams, Result, SamplingParams};
+use llmlab_core::{Error, ResolvedParams, Result, SamplingParams};
 
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = u32::MAX;
 
 /// The sampler for a request: an optional grammar (from `json_schema`)
 /// masks impossible tokens first, then the sampling chain picks one.
-pub(crate) fn build_request_sampler(model: &LlamaModel, params: &GenerationParams) -> Result<LlamaSampler> {
+pub(crate) fn build_request_sampler(model: &LlamaModel, params: &ResolvedParams) -> Result<LlamaSampler> {
     let mut chain = Vec::new();
     if let Some(schema) = &params.json_schema {
         chain.push(grammar_sampler(model, schema)?);

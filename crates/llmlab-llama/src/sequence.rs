@@ -14,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::guards::{GuardSet, GuardSettings};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
-use llmlab_core::{ChatEvent, Error, FinishReason, GenerationParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
+use llmlab_core::{ChatEvent, Error, FinishReason, ResolvedParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
 use crate::control_text::{ControlTexts, PromptPiece};
 use crate::job::{Job, Prompt};
@@ -22,6 +22,7 @@ use crate::logprobs::logprobs;
 use crate::output::Output;
 use crate::policy::TokenPolicy;
 use crate::sampler::build_request_sampler;
+use crate::schedule::Demand;
 
 /// What a sequence does after a decode step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +125,24 @@ impl Sequence {
     /// Past its prompt: it has a sampled token to decode.
     pub fn is_generating(&self) -> bool {
         self.next.is_some()
+    }
+
+    /// What it asks of the next step (see `schedule`).
+    pub fn demand(&self) -> Demand {
+        Demand {
+            prompt_left: if self.is_generating() {
+                0
+            } else {
+                self.prompt.len() - self.in_cache.len()
+            },
+            invariant: self.is_batch_invariant(),
+        }
+    }
+
+    /// Its answer must not depend on what else runs: it is decoded in calls
+    /// of its own and never starts from another request's cache.
+    pub fn is_batch_invariant(&self) -> bool {
+        self.job.params.batch_invariant
     }
 
     /// How long it has held its slot.
@@ -285,8 +304,8 @@ impl Sequence {
 /// The request's guards, less those that would misjudge it: a benchmark's
 /// `ignore_eos` run asks for a fixed length whatever the text, and a grammar
 /// forces tokens the model itself finds improbable.
-fn guard_settings(params: &GenerationParams) -> GuardSettings {
-    let mut settings = params.guards.unwrap_or_default();
+fn guard_settings(params: &ResolvedParams) -> GuardSettings {
+    let mut settings = params.guards;
     if params.ignore_eos {
         settings.repetition.enabled = false;
         settings.perplexity.enabled = false;

@@ -1,5 +1,5 @@
 //! Continuous batching on the real default model: concurrent requests share
-//! decode steps and must get exactly what they get alone.
+//! decode steps; a batch-invariant request gets exactly what it gets alone.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::pipeline::ChatPipeline;
+use common::ResolveFirst;
 use llmlab_core::{ChatEvent, ChatMessage, ChatRequest, ChatStream, FinishReason, GenerationParams, SamplingParams};
 use llmlab_llama::LlamaChatPipeline;
 
@@ -19,8 +19,9 @@ static PIPELINE: OnceLock<LlamaChatPipeline> = OnceLock::new();
 fn model() -> &'static LlamaChatPipeline {
     PIPELINE.get_or_init(|| {
         let mut spec = common::spec(MODEL);
-        spec.parallel = PARALLEL;
-        spec.context_size = 1024;
+        let llama = spec.backend.llama_mut().expect("a llama model");
+        llama.parallel = PARALLEL;
+        llama.context_size = 1024;
         LlamaChatPipeline::load(&spec).expect("model loads")
     })
 }
@@ -36,7 +37,16 @@ const QUESTIONS: [&str; 8] = [
     "Give a SQL query that counts the rows of a table named users.",
 ];
 
-fn greedy_request(question: &str, max_tokens: u32) -> ChatRequest {
+/// How a request asks to be batched.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// llama.cpp's batched kernels over every sequence together (the default).
+    Batched,
+    /// `batch_invariant: true`: decoded as if alone.
+    Invariant,
+}
+
+fn greedy_request(question: &str, max_tokens: u32, mode: Mode) -> ChatRequest {
     ChatRequest {
         model: MODEL.into(),
         messages: vec![ChatMessage::user(question)],
@@ -48,20 +58,21 @@ fn greedy_request(question: &str, max_tokens: u32) -> ChatRequest {
                 ..SamplingParams::default()
             },
             max_tokens: Some(max_tokens),
+            batch_invariant: Some(matches!(mode, Mode::Invariant)),
             ..GenerationParams::default()
         },
         keep_alive: None,
     }
 }
 
-fn start(question: &str, max_tokens: u32) -> ChatStream {
+fn start(question: &str, max_tokens: u32, mode: Mode) -> ChatStream {
     model()
-        .chat(greedy_request(question, max_tokens), CancellationToken::new())
+        .chat_request(greedy_request(question, max_tokens, mode), CancellationToken::new())
         .expect("request accepted")
 }
 
 fn answer_alone(question: &str, max_tokens: u32) -> String {
-    start(question, max_tokens)
+    start(question, max_tokens, Mode::Invariant)
         .collect_blocking()
         .expect("generation succeeds")
         .content
@@ -92,7 +103,7 @@ fn rest_of(mut stream: ChatStream) -> (String, FinishReason) {
 }
 
 #[test]
-fn concurrent_greedy_streams_equal_the_same_requests_run_alone() {
+fn concurrent_invariant_streams_equal_the_same_requests_run_alone() {
     let _turn = common::serial();
     let max_tokens = 48;
     let alone: Vec<String> = QUESTIONS.iter().map(|q| answer_alone(q, max_tokens)).collect();
@@ -104,7 +115,7 @@ fn concurrent_greedy_streams_equal_the_same_requests_run_alone() {
     let mut streams = Vec::new();
     let mut heads = Vec::new();
     for question in QUESTIONS {
-        let mut stream = start(question, max_tokens);
+        let mut stream = start(question, max_tokens, Mode::Invariant);
         heads.push(first_content(&mut stream));
         streams.push(stream);
     }
@@ -128,10 +139,27 @@ fn concurrent_greedy_streams_equal_the_same_requests_run_alone() {
 }
 
 #[test]
+fn eight_batched_streams_all_complete_with_sensible_text() {
+    let _turn = common::serial();
+    let streams: Vec<ChatStream> = QUESTIONS.iter().map(|q| start(q, 48, Mode::Batched)).collect();
+    let answers: Vec<String> = streams
+        .into_iter()
+        .map(|stream| {
+            let response = stream.collect_blocking().expect("generation succeeds");
+            assert!(matches!(response.finish_reason, FinishReason::Stop | FinishReason::Length));
+            response.content
+        })
+        .collect();
+    assert!(answers.iter().all(|a| a.split_whitespace().count() >= 3), "{answers:#?}");
+    assert!(answers[2].contains("Paris"), "{}", answers[2]);
+    assert!(answers[6].contains("Hypertext") || answers[6].contains("HyperText"), "{}", answers[6]);
+}
+
+#[test]
 fn more_requests_than_slots_wait_and_all_complete() {
     let _turn = common::serial();
     let streams: Vec<ChatStream> = (0..PARALLEL as usize + 4)
-        .map(|i| start(QUESTIONS[i % QUESTIONS.len()], 8))
+        .map(|i| start(QUESTIONS[i % QUESTIONS.len()], 8, Mode::Batched))
         .collect();
     for stream in streams {
         let response = stream.collect_blocking().expect("generation succeeds");
@@ -148,10 +176,10 @@ fn cancelling_one_stream_leaves_the_others_untouched() {
 
     let cancel = CancellationToken::new();
     let mut doomed = model()
-        .chat(greedy_request(QUESTIONS[3], 400), cancel.clone())
+        .chat_request(greedy_request(QUESTIONS[3], 400, Mode::Batched), cancel.clone())
         .expect("request accepted");
     first_content(&mut doomed);
-    let survivor = start(QUESTIONS[1], max_tokens);
+    let survivor = start(QUESTIONS[1], max_tokens, Mode::Invariant);
     cancel.cancel();
     let (_, finish) = rest_of(doomed);
     assert_eq!(finish, FinishReason::Cancelled);

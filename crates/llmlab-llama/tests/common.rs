@@ -8,8 +8,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use tokio_util::sync::CancellationToken;
+
 use llmlab_core::config;
+use llmlab_core::pipeline::ChatPipeline;
 use llmlab_core::registry::{ModelSpec, Registry};
+use llmlab_core::{ChatRequest, ChatStream, CompletionRequest, Result};
 use llmlab_llama::LlamaChatPipeline;
 
 pub fn spec(id: &str) -> ModelSpec {
@@ -35,4 +39,32 @@ pub fn pipeline(cell: &'static OnceLock<LlamaChatPipeline>, id: &str) -> &'stati
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The service's part, for tests that drive a pipeline directly: validate
+/// and resolve a request against the pipeline's model, as `Service` does
+/// before it hands anything to a pipeline.
+pub trait ResolveFirst {
+    fn chat_request(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream>;
+    fn complete_request(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream>;
+    fn render_request(&self, request: &ChatRequest) -> Result<String>;
+    fn tokens_of(&self, request: &ChatRequest) -> Result<Vec<i32>>;
+}
+
+impl ResolveFirst for LlamaChatPipeline {
+    fn chat_request(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        self.chat(request.resolve(self.spec())?, cancel)
+    }
+
+    fn complete_request(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        self.complete(request.resolve(self.spec())?, cancel)
+    }
+
+    fn render_request(&self, request: &ChatRequest) -> Result<String> {
+        self.render_prompt(&request.clone().resolve(self.spec())?)
+    }
+
+    fn tokens_of(&self, request: &ChatRequest) -> Result<Vec<i32>> {
+        self.prompt_tokens(&request.clone().resolve(self.spec())?)
+    }
 }

@@ -27,9 +27,10 @@ fn embedder(pooling: Pooling) -> &'static LlamaEmbeddingPipeline {
     cell.get_or_init(|| {
         let mut spec = common::spec("gemma-3-270m");
         spec.kind = ModelKind::Embedding;
-        spec.context_size = WINDOW;
-        spec.batch_size = 512;
-        spec.pooling = Some(pooling);
+        let llama = spec.backend.llama_mut().expect("a llama model");
+        llama.context_size = WINDOW;
+        llama.batch_size = 512;
+        spec.embedding.pooling = Some(pooling);
         LlamaEmbeddingPipeline::load(&spec).expect("model loads")
     })
 }

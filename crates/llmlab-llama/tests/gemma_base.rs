@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::pipeline::ChatPipeline;
+use common::ResolveFirst;
 use llmlab_core::{
     ChatMessage, ChatRequest, CompletionRequest, ErrorKind, FinishReason, GenerationParams, SamplingParams,
 };
@@ -22,7 +22,7 @@ fn chat_without_a_template_is_a_clear_error() {
     let model = common::pipeline(&PIPELINE, MODEL);
     assert!(!model.has_chat_template());
     let err = model
-        .chat(
+        .chat_request(
             ChatRequest {
                 model: MODEL.into(),
                 messages: vec![ChatMessage::user("hi")],
@@ -57,12 +57,12 @@ fn plain_completion_works_and_is_deterministic() {
         keep_alive: None,
     };
     let a = model
-        .complete(request.clone(), CancellationToken::new())
+        .complete_request(request.clone(), CancellationToken::new())
         .unwrap()
         .collect_blocking()
         .unwrap();
     let b = model
-        .complete(request, CancellationToken::new())
+        .complete_request(request, CancellationToken::new())
         .unwrap()
         .collect_blocking()
         .unwrap();
@@ -87,11 +87,11 @@ fn a_full_queue_is_refused_as_overloaded() {
         },
         keep_alive: None,
     };
-    let mut running = model.complete(long(), CancellationToken::new()).unwrap();
+    let mut running = model.complete_request(long(), CancellationToken::new()).unwrap();
     // Once the first request produces text it has left the queue.
     assert!(running.blocking_next().is_some());
-    let waiting = model.complete(long(), CancellationToken::new()).unwrap();
-    let err = model.complete(long(), CancellationToken::new()).unwrap_err();
+    let waiting = model.complete_request(long(), CancellationToken::new()).unwrap();
+    let err = model.complete_request(long(), CancellationToken::new()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Overloaded);
     assert!(err.retry_after_secs.is_some());
     drop((running, waiting));

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::guards::GuardKind;
-use llmlab_core::pipeline::ChatPipeline;
+use common::ResolveFirst;
 use llmlab_core::{ChatResponse, CompletionRequest, FinishReason, GenerationParams, SamplingParams};
 use llmlab_llama::LlamaChatPipeline;
 
@@ -26,7 +26,7 @@ fn complete(prompt: &str, sampling: SamplingParams, max_tokens: u32) -> ChatResp
         keep_alive: None,
     };
     common::pipeline(&PIPELINE, MODEL)
-        .complete(request, CancellationToken::new())
+        .complete_request(request, CancellationToken::new())
         .expect("request accepted")
         .collect_blocking()
         .expect("generation succeeds")

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use llmlab_candle::BertEmbeddingPipeline;
+use llmlab_core::guards::LoadAttempt;
 use llmlab_core::pipeline::LoadedPipeline;
 use llmlab_core::registry::{BackendKind, ModelKind, ModelSpec};
 use llmlab_core::service::{MemoryEstimate, PipelineFactory};
@@ -23,7 +24,7 @@ impl BackendFactory {
 
 impl PipelineFactory for BackendFactory {
     fn load(&self, spec: &ModelSpec) -> Result<LoadedPipeline> {
-        match (spec.kind, spec.backend) {
+        match (spec.kind, spec.backend.kind()) {
             (ModelKind::Chat, BackendKind::Llama) => Ok(LoadedPipeline::Chat(Arc::new(LlamaChatPipeline::load(spec)?))),
             (ModelKind::Embedding, BackendKind::Llama) => {
                 Ok(LoadedPipeline::Embedding(Arc::new(LlamaEmbeddingPipeline::load(spec)?)))
@@ -40,7 +41,7 @@ impl PipelineFactory for BackendFactory {
     }
 
     fn preflight(&self, spec: &ModelSpec) -> Result<()> {
-        match spec.backend {
+        match spec.backend.kind() {
             BackendKind::Llama => llmlab_llama::check_model_file(spec),
             BackendKind::Candle if spec.path.is_dir() => Ok(()),
             BackendKind::Candle => {
@@ -54,10 +55,19 @@ impl PipelineFactory for BackendFactory {
     }
 
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
-        match spec.backend {
+        match spec.backend.kind() {
             BackendKind::Llama => llmlab_llama::estimate_memory(spec),
             // Weights are read into memory once, plus activations for a batch.
             BackendKind::Candle => Ok(MemoryEstimate::ram(folder_bytes(&spec.path) + CANDLE_MARGIN_BYTES)),
+        }
+    }
+
+    fn degrade(&self, configured: &ModelSpec, step: usize) -> Option<LoadAttempt> {
+        match configured.backend.kind() {
+            BackendKind::Llama => llmlab_llama::degrade(configured, step),
+            // Nothing of a BERT encoder's memory is a setting to give up:
+            // a retry loads the configuration again, after the back-off.
+            BackendKind::Candle => Some(LoadAttempt::as_configured(configured)),
         }
     }
 }
@@ -74,5 +84,28 @@ fn folder_bytes(path: &std::path::Path) -> u64 {
             .map(|m| m.len())
             .sum(),
         Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use llmlab_core::guards::LoadAttempt;
+    use llmlab_core::registry::Registry;
+    use llmlab_core::service::PipelineFactory;
+
+    use super::BackendFactory;
+
+    #[test]
+    fn llama_models_retry_down_their_ladder_and_candle_models_as_configured() {
+        let text = "models:\n  - {id: chat, kind: chat, backend: llama, path: c.gguf}\n  \
+                    - {id: mini, kind: embedding, backend: candle, path: mini}\n";
+        let registry = Registry::parse(text, "t.yaml".as_ref(), "/m".as_ref(), |_| None).unwrap();
+        let factory = BackendFactory;
+        let chat = registry.require("chat").unwrap();
+        let retry = factory.degrade(chat, 1).unwrap();
+        assert_eq!(retry.degraded.as_deref(), Some("context 2048"));
+        assert_eq!(retry.spec.backend.llama().unwrap().context_size, 2048);
+        let mini = registry.require("mini").unwrap();
+        assert_eq!(factory.degrade(mini, 3), Some(LoadAttempt::as_configured(mini)));
     }
 }

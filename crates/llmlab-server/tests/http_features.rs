@@ -122,10 +122,11 @@ async fn tool_choice_and_response_format_reach_the_pipeline() {
     );
     {
         let chats = h.factory.pipeline.chats.lock().unwrap();
-        assert_eq!(
-            chats[0].tool_choice,
-            llmlab_core::ToolChoice::Function("get_weather".into())
-        );
+        // The forced call reaches the pipeline as the schema of a call of
+        // that tool (resolved by the service, not by the pipeline).
+        let forced = chats[0].params.json_schema.as_ref().expect("a forced call is a schema");
+        assert_eq!(forced["properties"]["name"]["const"], json!("get_weather"), "{forced}");
+        assert_eq!(chats[0].tools[0].function.name, "get_weather");
         assert_eq!(chats[1].params.json_schema, Some(json!({"type": "object"})));
     }
     let bad = [
@@ -351,7 +352,7 @@ async fn guard_settings_are_validated_and_reach_the_pipeline() {
     );
     {
         let chats = h.factory.pipeline.chats.lock().unwrap();
-        let guards = chats[0].params.guards.expect("guards passed on");
+        let guards = chats[0].params.guards;
         assert!(!guards.repetition.enabled);
         assert_eq!(guards.perplexity.max_mean_nll, 4.5);
         assert!(guards.perplexity.enabled, "unnamed settings keep their defaults");

@@ -1,8 +1,10 @@
-//! Loading a model again after a failed load: with back-off, and each time a
-//! step further down a degradation ladder (smaller context, fewer GPU layers,
-//! smaller batch). Once the file has been read as a model, what makes a load
-//! fail is nearly always memory (the KV cache, the compute buffers, VRAM for
-//! offloaded layers), and each rung asks for less of it.
+//! Loading a model again after a failed load, with back-off. Once the file
+//! has been read as a model, what makes a load fail is nearly always memory
+//! (the KV cache, the compute buffers, VRAM for offloaded layers), so each
+//! retry may ask for less: the backend's degradation ladder (llama's is in
+//! `llmlab-llama/src/degrade.rs`) says what the next attempt gives up. This
+//! file keeps only what every backend shares: the waits, the attempts, and
+//! the error that lists them.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,7 +23,7 @@ pub struct LoadRetrySettings {
     pub backoff_secs: f64,
     /// Longest wait between two attempts, in seconds.
     pub max_backoff_secs: f64,
-    /// The ladder never halves the context below this many tokens.
+    /// A ladder never halves the context below this many tokens (llama).
     pub min_context_size: u32,
 }
 
@@ -69,100 +71,29 @@ impl LoadRetrySettings {
     }
 }
 
-/// The resource a rung of the ladder gives up, in the order they are tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rung {
-    Context,
-    GpuLayers,
-    Batch,
+/// One try at loading a model: the spec to load and, when it is not the
+/// configuration, what it gave up to fit, for people ("context 2048, batch
+/// 256"). Backends with a degradation ladder make these for retries
+/// (`PipelineFactory::degrade`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadAttempt {
+    pub spec: ModelSpec,
+    /// `None`: the spec is the configuration itself.
+    pub degraded: Option<String>,
 }
 
-const LADDER: [Rung; 3] = [Rung::Context, Rung::GpuLayers, Rung::Batch];
-
-/// The smallest batch the ladder goes down to: one token of every parallel
-/// sequence must fit, and below 32 prompt processing crawls.
-fn min_batch(spec: &ModelSpec) -> u32 {
-    spec.parallel.max(32)
-}
-
-impl Rung {
-    /// Halve this rung's resource; `false` when it is already at its floor.
-    fn apply(self, spec: &mut ModelSpec, settings: &LoadRetrySettings) -> bool {
-        let (value, floor) = match self {
-            Self::Context => (&mut spec.context_size, settings.min_context_size),
-            Self::GpuLayers => (&mut spec.gpu_layers, 0),
-            Self::Batch => {
-                let floor = min_batch(spec);
-                (&mut spec.batch_size, floor)
-            }
-        };
-        let halved = (*value / 2).max(floor);
-        if halved >= *value {
-            return false;
-        }
-        *value = halved;
-        true
-    }
-}
-
-/// Where a retrying load stands on the ladder. Rungs are taken in turn, round
-/// after round, each skipped once at its floor, until the attempts run out or
-/// nothing is left to give up.
-#[derive(Debug, Clone)]
-pub struct DegradationLadder {
-    configured: ModelSpec,
-    current: ModelSpec,
-    next_rung: usize,
-}
-
-impl DegradationLadder {
-    pub fn new(spec: &ModelSpec) -> Self {
+impl LoadAttempt {
+    /// The configuration itself: the first attempt, and every retry of a
+    /// backend without a ladder.
+    pub fn as_configured(spec: &ModelSpec) -> Self {
         Self {
-            configured: spec.clone(),
-            current: spec.clone(),
-            next_rung: 0,
+            spec: spec.clone(),
+            degraded: None,
         }
     }
 
-    /// The spec of the next attempt.
-    pub fn current(&self) -> &ModelSpec {
-        &self.current
-    }
-
-    /// Step one rung down; `false` when every resource is at its floor.
-    pub fn step_down(&mut self, settings: &LoadRetrySettings) -> bool {
-        for _ in 0..LADDER.len() {
-            let rung = LADDER[self.next_rung % LADDER.len()];
-            self.next_rung += 1;
-            if rung.apply(&mut self.current, settings) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// What the current attempt changed from the configuration, for people:
-    /// "as configured" or, say, "context 2048, batch 256".
-    pub fn describe(&self) -> String {
-        let (was, now) = (&self.configured, &self.current);
-        let changes: Vec<String> = [
-            ("context", was.context_size, now.context_size),
-            ("gpu layers", was.gpu_layers, now.gpu_layers),
-            ("batch", was.batch_size, now.batch_size),
-        ]
-        .into_iter()
-        .filter(|(_, was, now)| was != now)
-        .map(|(name, _, now)| format!("{name} {now}"))
-        .collect();
-        if changes.is_empty() {
-            "as configured".to_owned()
-        } else {
-            changes.join(", ")
-        }
-    }
-
-    fn is_degraded(&self) -> bool {
-        self.configured != self.current
+    fn describe(&self) -> &str {
+        self.degraded.as_deref().unwrap_or("as configured")
     }
 }
 
@@ -174,32 +105,43 @@ pub struct Loaded<T> {
     pub degraded: Option<String>,
 }
 
-/// Run `load` until it succeeds, with back-off and the degradation ladder of
-/// `spec.load_retry`. Giving up, the error lists every attempt and its
-/// failure. Cancellation and invalid requests are not retried.
-pub async fn load_with_retry<T, F, Fut>(spec: &ModelSpec, mut load: F) -> Result<Loaded<T>>
+/// Run `load` until it succeeds, with the back-off of `spec.load_retry`.
+/// Retry `n` (1 for the first) loads what `degrade(spec, n)` gives: the
+/// backend's ladder steps down from the configuration, and `None` (nothing
+/// left to give up) ends the retries. Giving up, the error lists every
+/// attempt and its failure. Cancellation and invalid requests are not
+/// retried.
+pub async fn load_with_retry<T, D, F, Fut>(spec: &ModelSpec, mut degrade: D, mut load: F) -> Result<Loaded<T>>
 where
+    D: FnMut(&ModelSpec, usize) -> Option<LoadAttempt>,
     F: FnMut(ModelSpec) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     let settings = spec.load_retry;
-    let mut ladder = DegradationLadder::new(spec);
+    let mut attempt = LoadAttempt::as_configured(spec);
     let mut backoff = settings.first_backoff();
     let mut tried: Vec<String> = Vec::new();
     loop {
-        let error = match load(ladder.current().clone()).await {
+        let error = match load(attempt.spec.clone()).await {
             Ok(value) => {
-                let degraded = ladder.is_degraded().then(|| ladder.describe());
-                if let Some(what) = &degraded {
+                if let Some(what) = &attempt.degraded {
                     tracing::warn!(model = %spec.id, degraded = %what, "model loaded with reduced settings");
                 }
-                return Ok(Loaded { value, degraded });
+                return Ok(Loaded {
+                    value,
+                    degraded: attempt.degraded,
+                });
             }
             Err(error) => error,
         };
-        tried.push(format!("{}: {}", ladder.describe(), error.message));
+        tried.push(format!("{}: {}", attempt.describe(), error.message));
         let final_kind = matches!(error.kind, ErrorKind::Cancelled | ErrorKind::InvalidRequest);
-        if final_kind || tried.len() >= settings.attempts as usize || !ladder.step_down(&settings) {
+        let next = if final_kind || tried.len() >= settings.attempts as usize {
+            None
+        } else {
+            degrade(spec, tried.len())
+        };
+        let Some(next) = next else {
             if tried.len() == 1 {
                 return Err(error);
             }
@@ -209,10 +151,11 @@ where
                 tried.len(),
                 tried.join("; ")
             )));
-        }
+        };
+        attempt = next;
         tracing::warn!(
-            model = %spec.id, error = %error, retry_in_ms = backoff.as_millis() as u64, next = %ladder.describe(),
-            "model load failed; retrying with less"
+            model = %spec.id, error = %error, retry_in_ms = backoff.as_millis() as u64, next = %attempt.describe(),
+            "model load failed; retrying"
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(settings.max_backoff());

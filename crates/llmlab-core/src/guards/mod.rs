@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use breaker::{Admission, BreakerSettings, BreakerState, CircuitBreaker};
 pub use deadline::{with_deadlines, DeadlineSettings, ModelFault};
-pub use load_retry::{load_with_retry, DegradationLadder, LoadRetrySettings, Loaded, MAX_LOAD_ATTEMPTS};
+pub use load_retry::{load_with_retry, LoadAttempt, LoadRetrySettings, Loaded, MAX_LOAD_ATTEMPTS};
 pub use perplexity::{PerplexityGuard, PerplexitySettings};
 pub use queue_wait::QueueWaitEstimator;
 pub use repetition::{RepetitionGuard, RepetitionSettings};

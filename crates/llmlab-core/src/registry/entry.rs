@@ -7,8 +7,10 @@ use super::source::SourceEntry;
 use super::spec::{BackendKind, ModelKind};
 use crate::SamplingParams;
 
-/// A model entry as written; every optional field falls back to
-/// [`crate::config`] when the registry is resolved.
+/// A model entry as written: flat, every setting beside `backend:` whichever
+/// backend or kind it belongs to. Every optional field falls back to
+/// [`crate::config`] when the registry is resolved, and `build.rs`
+/// refuses the ones that do not apply to the model.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ModelEntry {
@@ -41,8 +43,9 @@ pub(super) struct ModelEntry {
     #[serde(default)]
     pub load_retry: crate::guards::LoadRetrySettings,
     pub pooling: Option<crate::embedding::Pooling>,
-    #[serde(default)]
-    pub matryoshka: bool,
+    /// `Option` so that `matryoshka: false` on a chat model is refused like
+    /// any other embedding setting there.
+    pub matryoshka: Option<bool>,
     pub source: Option<SourceEntry>,
     pub description: Option<String>,
 }

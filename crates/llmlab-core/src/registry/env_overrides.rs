@@ -3,6 +3,7 @@
 //! letter or digit replaced by `_` (`qwen2.5-coder` -> `QWEN2_5_CODER`).
 
 use super::entry::ModelEntry;
+use super::spec::BackendKind;
 use crate::config::ENV_MODEL_PREFIX;
 
 /// The environment key for `field` of model `id`.
@@ -20,18 +21,34 @@ pub fn override_key(id: &str, field: &str) -> String {
     format!("{ENV_MODEL_PREFIX}{id}__{}", field.to_ascii_uppercase())
 }
 
-/// Apply every override present. On a bad value, returns (env key, message).
+/// Apply every override present. On a bad value, or a llama setting for a
+/// model of another backend, returns (env key, message).
 pub(super) fn apply_env_overrides(
     mut entry: ModelEntry,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<ModelEntry, (String, String)> {
     let id = entry.id.clone();
+    let backend = entry.backend;
     let get = |field: &str| {
         let key = override_key(&id, field);
         env(&key).map(|value| (key, value))
     };
-    let number = |field: &str| -> Result<Option<u32>, (String, String)> {
+    // Refused here rather than by the registry's check, so that the error
+    // names the variable that set it.
+    let llama_only = |field: &str| -> Result<Option<(String, String)>, (String, String)> {
         match get(field) {
+            Some((key, _)) if backend != BackendKind::Llama => Err((
+                key,
+                format!(
+                    "applies to llama models only, and this model's backend is {}",
+                    backend.as_str()
+                ),
+            )),
+            found => Ok(found),
+        }
+    };
+    let llama_number = |field: &str| -> Result<Option<u32>, (String, String)> {
+        match llama_only(field)? {
             None => Ok(None),
             Some((key, value)) => value
                 .trim()
@@ -43,22 +60,22 @@ pub(super) fn apply_env_overrides(
     if let Some((_, path)) = get("path") {
         entry.path = path;
     }
-    if let Some(n) = number("context_size")? {
+    if let Some(n) = llama_number("context_size")? {
         entry.context_size = Some(n);
     }
-    if let Some(n) = number("threads")? {
+    if let Some(n) = llama_number("threads")? {
         entry.threads = Some(n);
     }
-    if let Some(n) = number("batch_size")? {
+    if let Some(n) = llama_number("batch_size")? {
         entry.batch_size = Some(n);
     }
-    if let Some(n) = number("parallel")? {
+    if let Some(n) = llama_number("parallel")? {
         entry.parallel = Some(n);
     }
-    if let Some(n) = number("gpu_layers")? {
+    if let Some(n) = llama_number("gpu_layers")? {
         entry.gpu_layers = Some(n);
     }
-    if let Some((_, file)) = get("chat_template_file") {
+    if let Some((_, file)) = llama_only("chat_template_file")? {
         entry.chat_template_file = Some(file);
         entry.chat_template = None;
     }

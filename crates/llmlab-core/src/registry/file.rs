@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::build::build_spec;
 use super::entry::ModelEntry;
 use super::env_overrides::apply_env_overrides;
-use super::source::resolve_source;
-use super::spec::{BackendKind, ModelKind, ModelSpec};
-use crate::config;
+use super::spec::ModelSpec;
 
 /// A registry problem, naming the file, the model and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +21,7 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    fn new(file: &Path, model: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub(super) fn new(file: &Path, model: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             file: file.to_path_buf(),
             model: model.map(str::to_owned),
@@ -92,9 +91,10 @@ impl Registry {
                     "duplicate model id",
                 ));
             }
+            let id = entry.id.clone();
             let entry = apply_env_overrides(entry, &env)
-                .map_err(|(field, msg)| RegistryError::new(file, None, Some(&field), msg))?;
-            models.push(resolve(entry, file, models_dir, &env)?);
+                .map_err(|(key, msg)| RegistryError::new(file, Some(&id), Some(&key), msg))?;
+            models.push(build_spec(entry, file, models_dir, &env)?);
         }
         if models.is_empty() {
             return Err(RegistryError::new(
@@ -137,150 +137,10 @@ impl Registry {
     }
 }
 
-fn resolve(
-    entry: ModelEntry,
-    file: &Path,
-    models_dir: &Path,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<ModelSpec, RegistryError> {
-    let id = entry.id.clone();
-    let err = |field: &str, msg: String| RegistryError::new(file, Some(&id), Some(field), msg);
-
-    let backend_ok = matches!(
-        (entry.kind, entry.backend),
-        (
-            ModelKind::Chat | ModelKind::Embedding | ModelKind::VisionLanguage,
-            BackendKind::Llama
-        ) | (
-            ModelKind::Embedding | ModelKind::TextToImage | ModelKind::ImageToImage,
-            BackendKind::Candle
-        )
-    );
-    if !backend_ok {
-        return Err(err(
-            "backend",
-            format!(
-                "backend {:?} cannot serve kind '{}'",
-                entry.backend,
-                entry.kind.as_str()
-            ),
-        ));
-    }
-    if entry.path.trim().is_empty() {
-        return Err(err("path", "must not be empty".into()));
-    }
-    let path = PathBuf::from(&entry.path);
-    let path = if path.is_absolute() {
-        path
-    } else {
-        models_dir.join(path)
-    };
-
-    let context_size = entry.context_size.unwrap_or(config::DEFAULT_CONTEXT_SIZE);
-    if context_size < config::MIN_CONTEXT_SIZE {
-        return Err(err(
-            "context_size",
-            format!("must be at least {}, got {context_size}", config::MIN_CONTEXT_SIZE),
-        ));
-    }
-    let global_threads = env(config::ENV_THREADS)
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| *n > 0);
-    let threads = entry.threads.or(global_threads).unwrap_or_else(config::default_threads);
-    if threads == 0 {
-        return Err(err("threads", "must be at least 1".into()));
-    }
-    let batch_size = entry.batch_size.unwrap_or(config::DEFAULT_BATCH_SIZE);
-    if batch_size == 0 {
-        return Err(err("batch_size", "must be at least 1".into()));
-    }
-    let parallel = entry.parallel.unwrap_or(config::DEFAULT_PARALLEL);
-    if !(1..=config::MAX_PARALLEL).contains(&parallel) {
-        return Err(err(
-            "parallel",
-            format!("must be between 1 and {}, got {parallel}", config::MAX_PARALLEL),
-        ));
-    }
-    if batch_size < parallel {
-        return Err(err(
-            "batch_size",
-            format!("must hold one token of each of the {parallel} parallel sequences, got {batch_size}"),
-        ));
-    }
-    entry
-        .guards
-        .validate()
-        .map_err(|e| err(e.param.as_deref().unwrap_or("guards"), e.message))?;
-    entry
-        .load_retry
-        .validate()
-        .map_err(|e| err(e.param.as_deref().unwrap_or("load_retry"), e.message))?;
-    entry
-        .sampling
-        .validate()
-        .map_err(|e| err(&format!("sampling.{}", e.param.unwrap_or_default()), e.message))?;
-
-    let chat_template = match (entry.chat_template, entry.chat_template_file) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "chat_template",
-                "set chat_template or chat_template_file, not both".into(),
-            ))
-        }
-        (Some(inline), None) => Some(inline),
-        (None, Some(template_file)) => {
-            let template_path = file.parent().unwrap_or(Path::new(".")).join(&template_file);
-            Some(std::fs::read_to_string(&template_path).map_err(|e| {
-                err(
-                    "chat_template_file",
-                    format!("cannot read {}: {e}", template_path.display()),
-                )
-            })?)
-        }
-        (None, None) => None,
-    };
-    let source = match entry.source {
-        Some(source) => Some(resolve_source(source).map_err(|(field, msg)| err(&field, msg))?),
-        None => None,
-    };
-
-    Ok(ModelSpec {
-        id: entry.id,
-        kind: entry.kind,
-        backend: entry.backend,
-        path,
-        context_size,
-        threads,
-        batch_size,
-        parallel,
-        gpu_layers: entry.gpu_layers.unwrap_or(0),
-        chat_template,
-        max_queue: match entry.max_queue {
-            Some(0) => return Err(err("max_queue", "must be at least 1".into())),
-            other => other.unwrap_or(config::DEFAULT_MAX_QUEUE),
-        },
-        pinned: entry.pinned,
-        preload: entry.preload,
-        keep_alive: match &entry.keep_alive {
-            None => crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
-            Some(text) => crate::keep_alive::KeepAlive::parse(text).map_err(|e| err("keep_alive", e.message))?,
-        },
-        reasoning_format: entry.reasoning_format,
-        tool_call_format: entry.tool_call_format,
-        sampling: entry.sampling,
-        guards: entry.guards,
-        breaker: entry.breaker,
-        load_retry: entry.load_retry,
-        pooling: entry.pooling,
-        matryoshka: entry.matryoshka,
-        source,
-        description: entry.description,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config;
 
     const GOOD: &str = r#"
 default_model: small
@@ -310,22 +170,27 @@ models:
         })
     }
 
+    /// The llama settings of model `id`, which must be a llama model.
+    fn llama<'r>(registry: &'r Registry, id: &str) -> &'r crate::registry::LlamaSettings {
+        registry.get(id).unwrap().backend.llama().expect("a llama model")
+    }
+
     #[test]
     fn resolves_defaults_and_paths() {
         let r = parse(GOOD).unwrap();
         assert_eq!(r.default_model, "small");
         let small = r.get("small").unwrap();
         assert_eq!(small.path, PathBuf::from("/models/small.gguf"));
-        assert_eq!(small.context_size, 2048);
-        assert_eq!(small.batch_size, config::DEFAULT_BATCH_SIZE);
+        assert_eq!(llama(&r, "small").context_size, 2048);
+        assert_eq!(llama(&r, "small").batch_size, config::DEFAULT_BATCH_SIZE);
         assert_eq!(small.sampling.temperature, Some(0.2));
         assert_eq!(r.get("abs").unwrap().path, PathBuf::from("/opt/m.gguf"));
-        assert_eq!(r.get("abs").unwrap().context_size, config::DEFAULT_CONTEXT_SIZE);
+        assert_eq!(llama(&r, "abs").context_size, config::DEFAULT_CONTEXT_SIZE);
         assert_eq!(
-            r.get("abs").unwrap().reasoning_format,
+            llama(&r, "abs").reasoning_format,
             Some(crate::stream::ReasoningFormat::ThinkTags)
         );
-        assert_eq!(small.tool_call_format, None);
+        assert_eq!(llama(&r, "small").tool_call_format, None);
     }
 
     #[test]
@@ -335,10 +200,30 @@ models:
             &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "8192"), ("LLMLAB_THREADS", "3")],
         )
         .unwrap();
-        assert_eq!(r.get("small").unwrap().context_size, 8192);
-        assert_eq!(r.get("small").unwrap().threads, 3);
+        assert_eq!(llama(&r, "small").context_size, 8192);
+        assert_eq!(llama(&r, "small").threads, 3);
         let err = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "big")]).unwrap_err();
+        assert_eq!(err.model.as_deref(), Some("small"));
         assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE"));
+    }
+
+    #[test]
+    fn env_may_not_give_a_candle_model_a_llama_setting() {
+        let text = "models:\n  - {id: mini, kind: embedding, backend: candle, path: mini}\n";
+        let moved = parse_env(text, &[("LLMLAB_MODEL__MINI__PATH", "/elsewhere")]).unwrap();
+        assert_eq!(moved.get("mini").unwrap().path, PathBuf::from("/elsewhere"));
+        // The global thread count is for llama models; a candle model ignores it.
+        assert!(parse_env(text, &[("LLMLAB_THREADS", "3")]).is_ok());
+        for key in ["LLMLAB_MODEL__MINI__THREADS", "LLMLAB_MODEL__MINI__CHAT_TEMPLATE_FILE"] {
+            let err = parse_env(text, &[(key, "2")]).unwrap_err();
+            assert_eq!(err.model.as_deref(), Some("mini"));
+            assert_eq!(err.field.as_deref(), Some(key));
+            assert!(
+                err.to_string()
+                    .ends_with("applies to llama models only, and this model's backend is candle"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The model registry: which models exist, where their files are, and how
 //! to run them.
 
+mod backend_settings;
+mod build;
 mod entry;
 mod env_overrides;
 mod file;
@@ -8,6 +10,7 @@ mod scan;
 mod source;
 mod spec;
 
+pub use backend_settings::{BackendSettings, CandleSettings, LlamaSettings};
 pub use file::{Registry, RegistryError};
 pub use scan::discover_gguf_models;
-pub use spec::{BackendKind, ModelKind, ModelSource, ModelSpec, PypiPart, SourceFile};
+pub use spec::{BackendKind, EmbeddingSettings, ModelKind, ModelSource, ModelSpec, PypiPart, SourceFile};

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::spec::{BackendKind, ModelKind, ModelSpec};
+use super::backend_settings::{BackendSettings, LlamaSettings};
+use super::spec::{ModelKind, ModelSpec};
 use crate::config;
 
 /// GGUF files in `models_dir` not already in `known`. The id is the file
@@ -33,26 +34,17 @@ fn spec_for(id: String, path: &Path) -> ModelSpec {
     ModelSpec {
         id,
         kind: ModelKind::Chat,
-        backend: BackendKind::Llama,
+        backend: BackendSettings::Llama(LlamaSettings::default()),
         path: path.to_path_buf(),
-        context_size: config::DEFAULT_CONTEXT_SIZE,
-        threads: config::default_threads(),
-        batch_size: config::DEFAULT_BATCH_SIZE,
-        parallel: config::DEFAULT_PARALLEL,
-        guards: Default::default(),
-        breaker: Default::default(),
-        load_retry: Default::default(),
-        pooling: None,
-        matryoshka: false,
-        gpu_layers: 0,
-        chat_template: None,
         keep_alive: crate::keep_alive::KeepAlive::For(config::DEFAULT_KEEP_ALIVE),
         pinned: false,
-        max_queue: config::DEFAULT_MAX_QUEUE,
         preload: false,
-        reasoning_format: None,
-        tool_call_format: None,
+        max_queue: config::DEFAULT_MAX_QUEUE,
         sampling: crate::SamplingParams::default(),
+        guards: Default::default(),
+        breaker: Default::default(),
+        embedding: Default::default(),
+        load_retry: Default::default(),
         source: None,
         description: Some("found in the models folder".to_owned()),
     }
@@ -80,6 +72,8 @@ mod tests {
         let ids: Vec<&str> = found.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["new-model.q4"]);
         assert_eq!(found[0].kind, ModelKind::Chat);
+        let settings = found[0].backend.llama().expect("a llama model");
+        assert_eq!(settings.context_size, config::DEFAULT_CONTEXT_SIZE);
         assert!(discover_gguf_models(&dir.path().join("missing"), &[]).is_empty());
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stream::{ReasoningFormat, ToolCallFormat};
+use super::backend_settings::BackendSettings;
 use crate::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,21 @@ impl ModelKind {
     }
 }
 
+/// Settings of embedding models (`kind: embedding`), whichever backend runs
+/// them: both backends' embedders read `pooling`, and the service shortens
+/// vectors only for `matryoshka` models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EmbeddingSettings {
+    /// How token states become one vector (`None`: the model file's own
+    /// setting, else the backend's default).
+    pub pooling: Option<crate::embedding::Pooling>,
+    /// Trained so that a prefix of the vector is itself an embedding:
+    /// requests may then ask for fewer `dimensions`.
+    pub matryoshka: bool,
+}
+
+/// The backend a registry entry names (`backend:`); the model's settings
+/// for it are in [`BackendSettings`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -36,6 +51,16 @@ pub enum BackendKind {
     Llama,
     /// candle, for safetensors models and diffusion.
     Candle,
+}
+
+impl BackendKind {
+    /// The name the registry writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Candle => "candle",
+        }
+    }
 }
 
 /// Where `llmlab pull` gets a model, as the registry file wrote it and
@@ -90,26 +115,19 @@ impl SourceFile {
     }
 }
 
+/// One model: the fields every model has, its backend with the settings
+/// only that backend reads, and the settings of its kind.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSpec {
     pub id: String,
     pub kind: ModelKind,
-    pub backend: BackendKind,
+    /// The backend that runs the model and its own settings (serialized
+    /// flat: `backend: llama` beside `context_size` and the rest).
+    #[serde(flatten)]
+    pub backend: BackendSettings,
     /// Absolute path of the weights file (GGUF) or of the model's folder
     /// (safetensors models: config, tokenizer and weights side by side).
     pub path: PathBuf,
-    pub context_size: u32,
-    pub threads: u32,
-    pub batch_size: u32,
-    /// Sequences decoded together; each may use the whole `context_size`.
-    pub parallel: u32,
-    pub gpu_layers: u32,
-    /// Jinja chat template that replaces the one in the model file.
-    pub chat_template: Option<String>,
-    /// How the model marks reasoning; `None` = detect from the chat template.
-    pub reasoning_format: Option<ReasoningFormat>,
-    /// How the model writes tool calls; `None` = detect from the chat template.
-    pub tool_call_format: Option<ToolCallFormat>,
     /// How long the model stays loaded when idle (requests may override).
     pub keep_alive: crate::keep_alive::KeepAlive,
     /// Never unloaded for idleness or to make room (explicit unload still works).
@@ -124,12 +142,9 @@ pub struct ModelSpec {
     pub guards: crate::guards::GuardSettings,
     /// When failures make the model fail fast, and for how long.
     pub breaker: crate::guards::BreakerSettings,
-    /// Embedding models: how token states become one vector (`None`: the
-    /// model file's own setting, else the backend's default).
-    pub pooling: Option<crate::embedding::Pooling>,
-    /// Embedding models trained so that a prefix of the vector is itself an
-    /// embedding: requests may then ask for fewer `dimensions`.
-    pub matryoshka: bool,
+    /// Embedding models' settings; at their defaults for every other kind.
+    #[serde(flatten)]
+    pub embedding: EmbeddingSettings,
     /// How a failed load is tried again, and what it may give up to load.
     pub load_retry: crate::guards::LoadRetrySettings,
     pub source: Option<ModelSource>,

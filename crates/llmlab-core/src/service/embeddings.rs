@@ -13,8 +13,10 @@ use crate::{Error, Result};
 impl Service {
     pub async fn embed(&self, mut request: EmbeddingRequest) -> Result<EmbeddingResponse> {
         request.validate()?;
+        let spec = self.spec_for(&request.model, Purpose::Embedding)?;
+        request.model.clone_from(&spec.id);
         let (pipeline, _lease, watch) = self
-            .leased_pipeline(&mut request.model, request.keep_alive, Purpose::Embedding)
+            .leased_pipeline(spec, request.keep_alive.unwrap_or(spec.keep_alive))
             .await?;
         let LoadedPipeline::Embedding(pipeline) = pipeline else {
             return Err(Error::internal(format!(
@@ -22,9 +24,8 @@ impl Service {
                 request.model
             )));
         };
-        let spec = self.registry.require(&request.model)?;
         if let Some(dimensions) = request.dimensions {
-            if !spec.matryoshka {
+            if !spec.embedding.matryoshka {
                 return Err(Error::invalid_param(
                     "dimensions",
                     format!(

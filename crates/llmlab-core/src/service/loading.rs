@@ -1,6 +1,6 @@
 //! One model load: a preflight check of the file, then the factory's load,
-//! retried with back-off down the degradation ladder, with metrics, logs and
-//! the note `/v1/models` reports.
+//! retried with back-off down the factory's degradation ladder, with
+//! metrics, logs and the note `/v1/models` reports.
 
 use std::sync::Arc;
 
@@ -46,10 +46,14 @@ pub(super) async fn load_pipeline(
         let checker = Arc::clone(&factory);
         let checked = spec.clone();
         blocking(&id, move || checker.preflight(&checked)).await?;
-        load_with_retry(&spec, |attempt| {
-            let factory = Arc::clone(&factory);
-            blocking(&id, move || factory.load(&attempt))
-        })
+        load_with_retry(
+            &spec,
+            |configured, step| factory.degrade(configured, step),
+            |attempt| {
+                let factory = Arc::clone(&factory);
+                blocking(&id, move || factory.load(&attempt))
+            },
+        )
         .await
     }
     .await;

@@ -1,5 +1,6 @@
-//! Load retry with back-off down the degradation ladder, on fakes and
-//! virtual time.
+//! Load retry with back-off down a degradation ladder, on fakes and virtual
+//! time. The ladder is the fake factory's ([`crate::testing::fake_ladder`]);
+//! the llama backend's real one is tested beside it, in llmlab-llama.
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ fn status(svc: &Service, id: &str) -> ModelStatus {
     svc.models().into_iter().find(|m| m.id == id).unwrap()
 }
 
+/// The context of every load attempt so far, in order.
+fn contexts_tried(factory: &FakeFactory) -> Vec<u32> {
+    let attempts = factory.attempts.lock().unwrap();
+    attempts
+        .iter()
+        .map(|s| s.backend.llama().unwrap().context_size)
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_load_that_runs_out_of_memory_succeeds_further_down_the_ladder() {
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
@@ -42,23 +52,21 @@ async fn a_load_that_runs_out_of_memory_succeeds_further_down_the_ladder() {
         .await
         .unwrap();
     assert_eq!(answer.content, "ok");
-    let tried: Vec<(u32, u32, u32)> = factory
-        .attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| (s.context_size, s.gpu_layers, s.batch_size))
-        .collect();
-    // No GPU layers to give up, so the ladder goes context, batch, context.
-    assert_eq!(tried, [(4096, 0, 512), (2048, 0, 512), (2048, 0, 256), (1024, 0, 256)]);
-    // Back-off 0.5 s, 1 s, 2 s between the attempts.
-    assert_eq!(started.elapsed(), Duration::from_millis(3500));
+    // Each retry is the factory's next rung down from the configuration.
+    assert_eq!(contexts_tried(&factory), [4096, 2048, 1024]);
+    // Back-off 0.5 s, then 1 s, between the attempts.
+    assert_eq!(started.elapsed(), Duration::from_millis(1500));
     let model = status(&svc, "fake-a");
     assert_eq!(model.state, ModelState::Loaded);
-    assert_eq!(model.degraded.as_deref(), Some("context 1024, batch 256"));
+    // What the ladder said it gave up is what `/v1/models` reports.
+    assert_eq!(model.degraded.as_deref(), Some("fake: context 1024"));
     assert_eq!(model.consecutive_failures, 0);
     // Unloaded and loaded again, it starts from the configuration again.
     svc.unload("fake-a").await.unwrap();
+    assert_eq!(status(&svc, "fake-a").degraded, None);
+    *factory.max_context.lock().unwrap() = None;
+    svc.load("fake-a", None).await.unwrap();
+    assert_eq!(contexts_tried(&factory)[3..], [4096]);
     assert_eq!(status(&svc, "fake-a").degraded, None);
 }
 
@@ -72,8 +80,8 @@ async fn giving_up_lists_every_attempt_and_counts_one_failure() {
     assert_eq!(
         err.message,
         "model 'fake-a' failed to load after 4 attempts: as configured: out of memory; \
-         context 2048: out of memory; context 2048, batch 256: out of memory; \
-         context 1024, batch 256: out of memory"
+         fake: context 2048: out of memory; fake: context 1024: out of memory; \
+         fake: context 512: out of memory"
     );
     let model = status(&svc, "fake-a");
     assert_eq!(model.state, ModelState::Failed);
@@ -82,9 +90,9 @@ async fn giving_up_lists_every_attempt_and_counts_one_failure() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_registry_sets_the_attempts_and_gpu_layers_are_given_up_too() {
+async fn the_registry_sets_the_attempts_and_the_back_off() {
     let text = "default_model: big\nmodels:\n  - id: big\n    kind: chat\n    backend: llama\n    path: big.gguf\n    \
-                context_size: 8192\n    gpu_layers: 40\n    load_retry: {attempts: 3, backoff_secs: 1}\n";
+                context_size: 8192\n    load_retry: {attempts: 3, backoff_secs: 1}\n";
     let registry = registry(text).unwrap();
     let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
     *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("cudaMalloc failed"));
@@ -92,13 +100,48 @@ async fn the_registry_sets_the_attempts_and_gpu_layers_are_given_up_too() {
     let started = tokio::time::Instant::now();
     let err = svc.load("big", None).await.unwrap_err();
     assert!(
-        err.message.contains("after 3 attempts")
-            && err.message.ends_with("context 4096, gpu layers 20: cudaMalloc failed"),
+        err.message.contains("after 3 attempts") && err.message.ends_with("fake: context 2048: cudaMalloc failed"),
         "{}",
         err.message
     );
-    assert_eq!(factory.loads.load(Ordering::SeqCst), 3);
+    assert_eq!(contexts_tried(&factory), [8192, 4096, 2048]);
+    // Waits of 1 s, then 2 s.
     assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_when_the_ladder_has_nothing_left_to_give_up() {
+    let text = "default_model: small\nmodels:\n  - {id: small, kind: chat, backend: llama, path: s.gguf, \
+                context_size: 1024, load_retry: {min_context_size: 512}}\n";
+    let registry = registry(text).unwrap();
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("out of memory"));
+    let svc = Service::new(registry, Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    let err = svc.load("small", None).await.unwrap_err();
+    // Two of the four attempts allowed: the ladder's one rung was the last.
+    assert_eq!(contexts_tried(&factory), [1024, 512]);
+    assert_eq!(
+        err.message,
+        "model 'small' failed to load after 2 attempts: as configured: out of memory; \
+         fake: context 512: out of memory"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_without_a_ladder_retries_the_configuration_after_the_back_off() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    *factory.fail_loads.lock().unwrap() = Some(Error::unavailable("busy"));
+    let svc = Service::new(fake_registry(), Arc::clone(&factory) as Arc<dyn PipelineFactory>);
+    let started = tokio::time::Instant::now();
+    let err = svc.load("fake-embed", None).await.unwrap_err();
+    assert_eq!(
+        err.message,
+        "model 'fake-embed' failed to load after 4 attempts: as configured: busy; as configured: busy; \
+         as configured: busy; as configured: busy"
+    );
+    let configured = svc.registry().require("fake-embed").unwrap().clone();
+    assert!(factory.attempts.lock().unwrap().iter().all(|spec| *spec == configured));
+    assert_eq!(started.elapsed(), Duration::from_millis(3500));
 }
 
 #[tokio::test(start_paused = true)]

@@ -56,6 +56,16 @@ pub trait PipelineFactory: Send + Sync + 'static {
             std::fs::metadata(&spec.path).map_or(0, |m| m.len()),
         ))
     }
+
+    /// What retry `step` (1 for the first) of a failed load tries: the
+    /// configuration `step` rungs down the backend's degradation ladder (less
+    /// context, fewer GPU layers, ...), or `None` once the ladder has nothing
+    /// left to give up, which ends the retries. The default has no ladder:
+    /// every retry is the configuration again, after the back-off.
+    fn degrade(&self, configured: &ModelSpec, step: usize) -> Option<crate::guards::LoadAttempt> {
+        let _ = step;
+        Some(crate::guards::LoadAttempt::as_configured(configured))
+    }
 }
 
 /// Where a model is in its life.
@@ -145,6 +155,8 @@ struct RequestRun {
     lease: ModelLease,
     watch: circuit::BreakerWatch,
     meter: GenerationMeter,
+    /// The registry id the stream is named with.
+    model: String,
     deadlines: DeadlineSettings,
     /// The deadlines are the model's own: one that runs out through the
     /// model's fault counts against its breaker. A client that sets its own
@@ -160,6 +172,7 @@ impl RequestRun {
             .observed(self.meter)
             .observed(self.watch)
             .holding(self.lease)
+            .for_model(&self.model)
     }
 }
 
@@ -192,78 +205,80 @@ impl Service {
     }
 
     /// Chat with the model the request names (the default one when empty).
-    pub async fn chat(&self, mut request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
-        request.validate()?;
-        let run = self
-            .start_request(&mut request.model, request.keep_alive, &mut request.params)
-            .await?;
+    /// The request is validated and resolved here, once; the pipeline gets
+    /// only the resolved form. The stream names the model it runs on.
+    pub async fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        let spec = self.spec_for(&request.model, Purpose::Chat)?;
+        let request = request.resolve(spec)?;
+        let run = self.start_request(spec, request.keep_alive, &request.params).await?;
         let stream = run.pipeline.chat(request, cancel.clone())?;
         Ok(run.supervise(stream, cancel))
     }
 
     /// Plain completion with the model the request names.
-    pub async fn complete(&self, mut request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
-        request.validate()?;
-        let run = self
-            .start_request(&mut request.model, request.keep_alive, &mut request.params)
-            .await?;
+    pub async fn complete(&self, request: CompletionRequest, cancel: CancellationToken) -> Result<ChatStream> {
+        let spec = self.spec_for(&request.model, Purpose::Chat)?;
+        let request = request.resolve(spec)?;
+        let run = self.start_request(spec, request.keep_alive, &request.params).await?;
         let stream = run.pipeline.complete(request, cancel.clone())?;
         Ok(run.supervise(stream, cancel))
     }
 
-    /// Lease (and load) the model and resolve the request's guards against
-    /// the model's, once, for both the engine and the deadlines here.
+    /// The registry entry a request runs on: the one it names, else the
+    /// default for its purpose; refused when of the wrong kind.
+    fn spec_for(&self, requested: &str, purpose: Purpose) -> Result<&ModelSpec> {
+        let spec = if requested.is_empty() {
+            self.registry.require(&purpose.default_model(&self.registry)?)?
+        } else {
+            self.registry.require(requested)?
+        };
+        purpose.check(spec)?;
+        Ok(spec)
+    }
+
+    /// Lease (and load) the model of a resolved request.
     async fn start_request(
         &self,
-        model: &mut String,
-        keep_alive: Option<KeepAlive>,
-        params: &mut crate::GenerationParams,
+        spec: &ModelSpec,
+        keep_alive: KeepAlive,
+        params: &crate::ResolvedParams,
     ) -> Result<RequestRun> {
-        let (pipeline, lease, watch) = self.leased_pipeline(model, keep_alive, Purpose::Chat).await?;
+        let (pipeline, lease, watch) = self.leased_pipeline(spec, keep_alive).await?;
         let LoadedPipeline::Chat(pipeline) = pipeline else {
-            return Err(Error::internal(format!("model '{model}' did not load as a chat model")));
+            return Err(Error::internal(format!("model '{}' did not load as a chat model", spec.id)));
         };
-        let model_guards = self.registry.get(model).map(|m| m.guards).unwrap_or_default();
-        let requested = params.guards.map(|g| g.deadlines);
-        let deadlines = params.guards.get_or_insert(model_guards).deadlines;
         Ok(RequestRun {
             pipeline,
             lease,
             watch,
-            meter: GenerationMeter::new(model),
-            deadlines,
-            deadlines_blame_model: requested.is_none_or(|d| d == model_guards.deadlines),
+            meter: GenerationMeter::new(&spec.id),
+            model: spec.id.clone(),
+            deadlines: params.guards.deadlines,
+            deadlines_blame_model: !params.deadlines_from_client,
         })
     }
 
     /// Load a model now (start-up preloading, admin endpoints); `keep_alive`
     /// replaces the model's own (preloaded models are kept `Forever`).
-    pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<()> {
-        let mut id = id.to_owned();
-        self.leased_pipeline(&mut id, keep_alive, Purpose::Any).await?;
-        if let Some(spec) = self.registry.get(&id) {
-            self.breaker_success(spec);
-        }
-        Ok(())
+    /// Answers the registry id loaded (the default model's for "").
+    pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<String> {
+        let spec = self.spec_for(id, Purpose::Any)?;
+        self.leased_pipeline(spec, keep_alive.unwrap_or(spec.keep_alive)).await?;
+        self.breaker_success(spec);
+        Ok(spec.id.clone())
     }
 
     /// Take a lease on the model (before loading it, so that it cannot be
     /// found idle between load and use), then get or load its pipeline.
     async fn leased_pipeline(
         &self,
-        model: &mut String,
-        keep_alive: Option<KeepAlive>,
-        purpose: Purpose,
+        spec: &ModelSpec,
+        keep_alive: KeepAlive,
     ) -> Result<(LoadedPipeline, ModelLease, circuit::BreakerWatch)> {
-        if model.is_empty() {
-            model.clone_from(&purpose.default_model(&self.registry)?);
-        }
-        let spec = self.registry.require(model)?;
-        purpose.check(spec)?;
         self.models.with(&spec.id, |model| {
             model.active += 1;
             // Ollama's rule: the latest request's keep-alive applies.
-            model.keep_alive = Some(keep_alive.unwrap_or(spec.keep_alive));
+            model.keep_alive = Some(keep_alive);
         });
         let lease = ModelLease {
             models: self.models.clone(),

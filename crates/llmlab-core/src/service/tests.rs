@@ -50,6 +50,47 @@ async fn empty_model_means_the_default_one() {
 }
 
 #[tokio::test]
+async fn the_pipeline_receives_the_request_resolved_and_the_stream_names_the_model() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    let svc = service(Arc::clone(&factory));
+    let mut request = chat_request("");
+    request.params.sampling.temperature = Some(0.1);
+    let stream = svc.chat(request, CancellationToken::new()).await.unwrap();
+    assert_eq!(stream.model(), "fake-a", "the default model, named for the doors");
+    let chats = factory.pipeline.chats.lock().unwrap();
+    let seen = &chats[0];
+    assert_eq!(seen.model, "fake-a");
+    let defaults = crate::config::default_sampling();
+    assert_eq!(seen.params.sampling.temperature, Some(0.1));
+    assert_eq!(seen.params.sampling.top_p, defaults.top_p, "defaults filled by the service");
+    let spec = svc.registry().require("fake-a").unwrap();
+    assert_eq!(seen.params.guards, spec.guards);
+    assert_eq!(seen.keep_alive, spec.keep_alive);
+}
+
+#[tokio::test]
+async fn an_invalid_request_is_refused_before_any_model_is_touched() {
+    let factory = Arc::new(FakeFactory::new(Script::text(&["ok"])));
+    let svc = service(Arc::clone(&factory));
+    let mut request = chat_request("fake-a");
+    request.params.sampling.top_p = Some(7.0);
+    let err = svc.chat(request, CancellationToken::new()).await.unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("top_p"));
+    let mut completion = CompletionRequest {
+        model: "fake-a".into(),
+        prompt: "x".into(),
+        ..Default::default()
+    };
+    completion.params.stop = vec![String::new()];
+    let err = svc.complete(completion, CancellationToken::new()).await.unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("stop"));
+    assert_eq!(factory.loads.load(Ordering::SeqCst), 0, "nothing loaded for a bad request");
+    assert!(factory.pipeline.chats.lock().unwrap().is_empty());
+    let status = svc.models().into_iter().find(|m| m.id == "fake-a").unwrap();
+    assert_eq!((status.consecutive_failures, status.active_requests), (0, 0));
+}
+
+#[tokio::test]
 async fn unknown_and_wrong_kind_models_are_rejected() {
     let svc = service(Arc::new(FakeFactory::new(Script::text(&["ok"]))));
     let err = svc

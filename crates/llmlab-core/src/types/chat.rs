@@ -294,6 +294,10 @@ pub struct GenerationParams {
     /// Guard settings for this request; `None`: the model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guards: Option<crate::guards::GuardSettings>,
+    /// The answer must equal the same request's alone on an idle server,
+    /// whatever else runs (slower); `None`: the model's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_invariant: Option<bool>,
 }
 
 /// Most alternatives reported per token (OpenAI's limit).
@@ -362,7 +366,11 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    pub fn validate(&self) -> crate::Result<()> {
+    /// Check everything the request asks for; the answer is the schema a
+    /// forced tool call must match, if the request forces one (worked out
+    /// here once, since checking the choice needs it). Called by
+    /// [`ChatRequest::resolve`] only.
+    pub(super) fn validate(&self) -> crate::Result<Option<Value>> {
         use crate::Error;
         if self.messages.is_empty() {
             return Err(Error::invalid_param(
@@ -386,7 +394,8 @@ impl ChatRequest {
                 "'response_format' cannot be combined with a forced 'tool_choice'",
             ));
         }
-        self.params.validate()
+        self.params.validate()?;
+        Ok(forced)
     }
 }
 
@@ -402,7 +411,8 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
-    pub fn validate(&self) -> crate::Result<()> {
+    /// Called by [`CompletionRequest::resolve`] only.
+    pub(super) fn validate(&self) -> crate::Result<()> {
         self.params.validate()
     }
 }

@@ -162,6 +162,9 @@ pub struct ChatStream {
     front: Option<ChatEvent>,
     /// Kept alive as long as the stream (the model lease).
     _guard: Option<Box<dyn std::any::Any + Send>>,
+    /// The registry id of the model generating (set by the service), so
+    /// that doors answer with it without looking it up.
+    model: String,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -187,6 +190,7 @@ impl ChatStream {
                 observers: Vec::new(),
                 front: None,
                 _guard: None,
+                model: String::new(),
             },
         )
     }
@@ -205,6 +209,18 @@ impl ChatStream {
     pub fn holding(mut self, guard: impl std::any::Any + Send) -> Self {
         self._guard = Some(Box::new(guard));
         self
+    }
+
+    /// Name the model that generates the stream (the service does).
+    pub fn for_model(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.model);
+        self
+    }
+
+    /// The registry id of the model generating the stream (empty for a
+    /// stream that did not come from the service).
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Attach an observer that sees each event as it is received.

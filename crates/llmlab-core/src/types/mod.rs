@@ -2,12 +2,14 @@
 
 mod chat;
 mod events;
+mod resolved;
 mod response;
 mod schema_limits;
 mod tool_choice;
 
 pub use chat::*;
 pub use events::*;
+pub use resolved::*;
 pub use response::*;
 pub use schema_limits::*;
 pub use tool_choice::*;

@@ -188,16 +188,15 @@ fn generate(
     cancel: CancellationToken,
 ) -> impl Stream<Item = Step> + Send {
     async_stream::stream! {
-        let generation = match parse_value::<OpenAiRequest>(body).and_then(|b| Generation::new(b, endpoint, &service)) {
+        let generation = match parse_value::<OpenAiRequest>(body).and_then(|b| Generation::new(b, endpoint)) {
             Ok(generation) => generation,
             Err(e) => {
                 yield failed(&e);
                 return;
             }
         };
-        let (model, delivery) = (generation.model.clone(), generation.delivery);
-        yield Step::Model(model.clone());
-        let meta = ResponseMeta::new(endpoint.id_prefix(), &model);
+        let delivery = generation.delivery;
+        yield Step::Model(generation.requested_model.clone());
         let events = match generation.start(&service, cancel).await {
             Ok(events) => events,
             Err(e) => {
@@ -205,6 +204,9 @@ fn generate(
                 return;
             }
         };
+        // The model that runs it (the default model's when the body named none).
+        yield Step::Model(events.model().to_owned());
+        let meta = ResponseMeta::new(endpoint.id_prefix(), events.model());
         if !delivery.stream {
             yield match events.collect_response().await {
                 Ok(response) => Step::Reply(json!({"type": "result", "data": full_response(endpoint, &meta, &response)})),

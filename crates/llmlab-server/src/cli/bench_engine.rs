@@ -27,7 +27,12 @@ pub struct BenchEngineArgs {
 pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
     let registry = common.registry()?;
     let id = args.model.clone().unwrap_or_else(|| registry.default_model.clone());
-    let threads = registry.require(&id)?.threads;
+    let threads = registry
+        .require(&id)?
+        .backend
+        .llama()
+        .map(|llama| llama.threads)
+        .ok_or_else(|| anyhow::anyhow!("bench-engine measures llama models; '{id}' is not one"))?;
     // Through the core service like every caller; ignore_eos requests run
     // without guards, so the engine's speed is what is measured.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -51,6 +56,7 @@ pub fn run(common: &CommonArgs, args: BenchEngineArgs) -> anyhow::Result<()> {
                 logprobs: None,
                 json_schema: None,
                 guards: None,
+                batch_invariant: None,
             },
         };
         let response = runtime.block_on(async {

@@ -66,6 +66,7 @@ impl ChatArgs {
             logprobs: None,
             json_schema: None,
             guards: None,
+            batch_invariant: None,
         }
     }
 }

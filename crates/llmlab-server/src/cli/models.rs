@@ -37,9 +37,12 @@ pub fn run(common: &CommonArgs, command: ModelsCommand) -> anyhow::Result<()> {
                     "{:<28} {:<10} {:<7} {:<9} {:>8}  {}{default}",
                     m.id,
                     m.kind.as_str(),
-                    format!("{:?}", m.backend).to_lowercase(),
+                    m.backend.kind().as_str(),
                     present,
-                    m.context_size,
+                    // Only llama models have a context size of their own.
+                    m.backend
+                        .llama()
+                        .map_or("-".to_owned(), |llama| llama.context_size.to_string()),
                     m.path.display()
                 );
             }

@@ -73,7 +73,13 @@ impl WorkerArgs {
         let largest_parallel = models
             .iter()
             .filter_map(|id| registry.get(id))
-            .map(|m| m.parallel)
+            // A model without sequence slots of its own (candle) counts as
+            // the default.
+            .map(|m| {
+                m.backend
+                    .llama()
+                    .map_or(config::DEFAULT_PARALLEL, |llama| llama.parallel)
+            })
             .max()
             .unwrap_or(config::DEFAULT_PARALLEL);
         let slots = match self.slots {

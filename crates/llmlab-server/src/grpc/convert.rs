@@ -104,6 +104,7 @@ fn settings(settings: Option<proto::GenerationSettings>) -> Result<(GenerationPa
         max_tokens: s.max_tokens,
         stop: s.stop,
         json_schema: json_text(&s.json_schema, "settings.json_schema")?,
+        batch_invariant: s.batch_invariant,
         ..GenerationParams::default()
     };
     Ok((params, keep_alive(&s.keep_alive, "settings.keep_alive")?))
@@ -224,6 +225,7 @@ mod tests {
                 stop: vec!["\n".into()],
                 json_schema: r#"{"type":"object"}"#.into(),
                 keep_alive: "5m".into(),
+                batch_invariant: Some(true),
             }),
             tools: vec![proto::Tool {
                 name: "add".into(),
@@ -242,6 +244,7 @@ mod tests {
         assert_eq!(core.tool_choice, ToolChoice::Function("add".into()));
         assert_eq!(core.tools[0].function.description, None);
         assert!(core.keep_alive.is_some());
+        assert_eq!(core.params.batch_invariant, Some(true));
     }
 
     #[test]

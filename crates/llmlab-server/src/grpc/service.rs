@@ -191,9 +191,8 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         let until = deadline(request.metadata()).map_err(status)?;
         let request = request.into_inner();
         let keep_alive = convert::load_keep_alive(&request.keep_alive).map_err(status)?;
-        let id = self.service.model_id(&request.model).to_owned();
-        within(until, async {
-            self.service.load(&id, keep_alive).await.map_err(status)
+        let id = within(until, async {
+            self.service.load(&request.model, keep_alive).await.map_err(status)
         })
         .await?;
         let model = self

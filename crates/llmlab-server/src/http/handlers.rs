@@ -37,28 +37,31 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
 
 async fn start(state: &AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body_bytes(body, state.config.max_body_bytes)?;
-    let generation = Generation::new(parse_json::<OpenAiRequest>(&body)?, endpoint, &state.service)?;
-    let (model, delivery) = (generation.model.clone(), generation.delivery);
+    let generation = Generation::new(parse_json::<OpenAiRequest>(&body)?, endpoint)?;
+    let (requested, delivery) = (generation.requested_model.clone(), generation.delivery);
     let events = generation.start(&state.service, state.shutdown.child_token());
-    generate(state, endpoint, &model, events, delivery).await
+    generate(state, endpoint, &requested, events, delivery).await
 }
 
 /// Await the core service's stream and answer it, labelling the response
-/// (or error) with the model for the request metrics.
+/// (or error) with the model for the request metrics: the model the stream
+/// runs on, or for a request that never started, the one it named.
 async fn generate(
     state: &AppState,
     endpoint: Endpoint,
-    model: &str,
+    requested: &str,
     events: impl std::future::Future<Output = llmlab_core::Result<ChatStream>>,
     delivery: Delivery,
 ) -> ApiResult {
-    let label = ModelLabel::for_request(state, model);
-    let meta = ResponseMeta::new(endpoint.id_prefix(), model);
-    let outcome = match events.await {
-        Ok(events) => answer(state, endpoint, meta, events, delivery).await,
-        Err(e) => Err(ApiError::from(e)),
-    };
-    outcome.map(|r| label.attach(r)).map_err(|e| e.for_model(&label))
+    match events.await {
+        Ok(events) => {
+            let label = ModelLabel::for_request(state, events.model());
+            let meta = ResponseMeta::new(endpoint.id_prefix(), events.model());
+            let outcome = answer(state, endpoint, meta, events, delivery).await;
+            outcome.map(|r| label.attach(r)).map_err(|e| e.for_model(&label))
+        }
+        Err(e) => Err(ApiError::from(e).for_model(&ModelLabel::for_request(state, requested))),
+    }
 }
 
 async fn answer(

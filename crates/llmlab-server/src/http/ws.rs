@@ -318,13 +318,14 @@ async fn run_request(
     observed: &Observed,
 ) -> Result<Ending> {
     let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
-    let generation = Generation::new(parse_value::<OpenAiRequest>(body)?, endpoint, &state.service)?;
-    let (model, include_usage) = (generation.model.clone(), generation.delivery.include_usage);
-    observed.set_model(&observe::model_label(&state.service, &model));
+    let generation = Generation::new(parse_value::<OpenAiRequest>(body)?, endpoint)?;
+    let include_usage = generation.delivery.include_usage;
+    observed.set_model(&observe::model_label(&state.service, &generation.requested_model));
     let events = generation.start(&state.service, cancel).await?;
+    observed.set_model(&observe::model_label(&state.service, events.model()));
     let chunks = ChunkBuilder {
         endpoint,
-        meta: ResponseMeta::new(endpoint.id_prefix(), &model),
+        meta: ResponseMeta::new(endpoint.id_prefix(), events.model()),
         streamed_bytes: 0,
     };
     let include_usage = include_usage || state.config.always_include_usage;

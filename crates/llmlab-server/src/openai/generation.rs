@@ -14,33 +14,34 @@ enum CoreRequest {
     Completion(CompletionRequest),
 }
 
-/// A validated request for one endpoint, its model id resolved.
+/// A decoded request for one endpoint. The service validates it and
+/// resolves its model; the stream it starts names that model.
 pub struct Generation {
-    /// The registry id the request runs on (the default model's when the
-    /// body named none).
-    pub model: String,
+    /// The model as the body named it ("" for the default), for the
+    /// metrics label of a request that fails before it starts.
+    pub requested_model: String,
     pub delivery: Delivery,
     request: CoreRequest,
 }
 
 impl Generation {
-    pub fn new(body: OpenAiRequest, endpoint: Endpoint, service: &Service) -> Result<Self> {
-        let (request, delivery, model) = match endpoint {
+    pub fn new(body: OpenAiRequest, endpoint: Endpoint) -> Result<Self> {
+        let (request, delivery) = match endpoint {
             Endpoint::Chat => {
-                let (mut request, delivery) = body.into_chat()?;
-                request.model = service.model_id(&request.model).to_owned();
-                let model = request.model.clone();
-                (CoreRequest::Chat(request), delivery, model)
+                let (request, delivery) = body.into_chat()?;
+                (CoreRequest::Chat(request), delivery)
             }
             Endpoint::Completion => {
-                let (mut request, delivery) = body.into_completion()?;
-                request.model = service.model_id(&request.model).to_owned();
-                let model = request.model.clone();
-                (CoreRequest::Completion(request), delivery, model)
+                let (request, delivery) = body.into_completion()?;
+                (CoreRequest::Completion(request), delivery)
             }
         };
+        let requested_model = match &request {
+            CoreRequest::Chat(r) => r.model.clone(),
+            CoreRequest::Completion(r) => r.model.clone(),
+        };
         Ok(Self {
-            model,
+            requested_model,
             delivery,
             request,
         })

@@ -69,6 +69,8 @@ pub struct OpenAiRequest {
     /// (a guard named replaces the model's settings for it).
     #[serde(default)]
     pub guards: Option<llmlab_core::guards::GuardSettings>,
+    /// Extension: an answer that does not depend on concurrent requests.
+    pub batch_invariant: Option<bool>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -129,6 +131,7 @@ impl OpenAiRequest {
             ignore_eos: self.ignore_eos,
             logprobs,
             guards: self.guards,
+            batch_invariant: self.batch_invariant,
             json_schema: self
                 .response_format
                 .as_ref()

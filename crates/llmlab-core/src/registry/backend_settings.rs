@@ -1,0 +1,129 @@
+//! The settings only one backend reads, held apart from the fields every
+//! model has ([`super::ModelSpec`]), so that a model carries only what its
+//! backend can use and a backend takes its settings in one place.
+//!
+//! The registry file keeps writing them flat beside `backend:`;
+//! `build.rs` checks that each belongs to the model's backend.
+
+use serde::Serialize;
+
+use super::spec::BackendKind;
+use crate::config;
+use crate::stream::{ReasoningFormat, ToolCallFormat};
+
+/// A model's backend and the settings that only it reads. Serialized flat,
+/// as the registry writes it: `backend: llama` beside its settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum BackendSettings {
+    Llama(LlamaSettings),
+    Candle(CandleSettings),
+}
+
+impl BackendSettings {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Llama(_) => BackendKind::Llama,
+            Self::Candle(_) => BackendKind::Candle,
+        }
+    }
+
+    /// The llama.cpp settings; `None` for a model of another backend.
+    pub fn llama(&self) -> Option<&LlamaSettings> {
+        match self {
+            Self::Llama(settings) => Some(settings),
+            Self::Candle(_) => None,
+        }
+    }
+
+    pub fn llama_mut(&mut self) -> Option<&mut LlamaSettings> {
+        match self {
+            Self::Llama(settings) => Some(settings),
+            Self::Candle(_) => None,
+        }
+    }
+
+    /// The candle settings; `None` for a model of another backend.
+    pub fn candle(&self) -> Option<&CandleSettings> {
+        match self {
+            Self::Candle(settings) => Some(settings),
+            Self::Llama(_) => None,
+        }
+    }
+
+    pub fn candle_mut(&mut self) -> Option<&mut CandleSettings> {
+        match self {
+            Self::Candle(settings) => Some(settings),
+            Self::Llama(_) => None,
+        }
+    }
+}
+
+/// How llama.cpp runs a GGUF model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LlamaSettings {
+    /// Tokens one sequence may hold, prompt and answer together.
+    pub context_size: u32,
+    pub threads: u32,
+    /// Tokens one decode call takes in.
+    pub batch_size: u32,
+    /// Sequences decoded together; each may use the whole `context_size`.
+    pub parallel: u32,
+    /// Layers offloaded to the GPU (0: the CPU runs the whole model).
+    pub gpu_layers: u32,
+    /// Jinja chat template that replaces the one in the model file.
+    pub chat_template: Option<String>,
+    /// How the model marks reasoning; `None` = detect from the chat template.
+    pub reasoning_format: Option<ReasoningFormat>,
+    /// How the model writes tool calls; `None` = detect from the chat template.
+    pub tool_call_format: Option<ToolCallFormat>,
+}
+
+impl Default for LlamaSettings {
+    /// Every setting at its [`config`] default: what a registry entry that
+    /// sets none of them, or a GGUF file found in the models folder, gets.
+    fn default() -> Self {
+        Self {
+            context_size: config::DEFAULT_CONTEXT_SIZE,
+            threads: config::default_threads(),
+            batch_size: config::DEFAULT_BATCH_SIZE,
+            parallel: config::DEFAULT_PARALLEL,
+            gpu_layers: 0,
+            chat_template: None,
+            reasoning_format: None,
+            tool_call_format: None,
+        }
+    }
+}
+
+/// How candle runs a safetensors model. None yet: the BERT encoder reads
+/// everything it needs from the model folder. Settings of the coming image
+/// models (steps, resolution, scheduler) go here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CandleSettings {}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::registry::Registry;
+
+    /// `llmlab models list --json` prints specs: they keep the registry's
+    /// flat shape, each model with only its own backend's settings.
+    #[test]
+    fn a_spec_serializes_flat_as_the_registry_writes_it() {
+        let text = "models:\n  - {id: chat, kind: chat, backend: llama, path: c.gguf, context_size: 2048}\n  \
+                    - {id: mini, kind: embedding, backend: candle, path: mini, pooling: cls}\n";
+        let registry = Registry::parse(text, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap();
+        let json = serde_json::to_value(&registry.models).unwrap();
+        let (chat, mini) = (&json[0], &json[1]);
+        assert_eq!(chat["backend"], "llama");
+        assert_eq!(chat["context_size"], 2048);
+        assert_eq!(chat["pooling"], serde_json::Value::Null);
+        assert_eq!(chat["matryoshka"], false);
+        assert_eq!(mini["backend"], "candle");
+        assert_eq!(mini["pooling"], "cls");
+        assert!(mini.get("context_size").is_none(), "{mini}");
+        assert_eq!(mini["path"], "/m/mini");
+    }
+}
