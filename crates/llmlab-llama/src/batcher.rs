@@ -96,7 +96,11 @@ impl<'m> Batcher<'m> {
         };
         // An invariant request starts from an empty slot, as on an idle
         // server: a reused prefix would change how its prompt is cut.
-        let reusable: &[_] = if sequence.is_batch_invariant() { &[] } else { sequence.prompt() };
+        let reusable: &[_] = if sequence.is_batch_invariant() {
+            &[]
+        } else {
+            sequence.prompt()
+        };
         let Some(slot) = self.pick_slot(reusable) else {
             // Callers check `has_free_slot`; never reached.
             sequence.fail(Error::internal("no free sequence slot"));

@@ -72,8 +72,15 @@ pub(crate) fn plan_step(demands: &[Demand], arrival: &[u64], budget: usize) -> S
     let mut left = budget;
     for (i, demand) in demands.iter().enumerate() {
         if demand.invariant {
-            let chunk = if demand.generating() { 1 } else { demand.prompt_left.min(budget) };
-            plan.alone.push(Grant { sequence: i, tokens: chunk });
+            let chunk = if demand.generating() {
+                1
+            } else {
+                demand.prompt_left.min(budget)
+            };
+            plan.alone.push(Grant {
+                sequence: i,
+                tokens: chunk,
+            });
         } else if demand.generating() && left > 0 {
             tokens[i] = 1;
             left -= 1;
@@ -136,7 +143,11 @@ mod tests {
         let demands = [GENERATING, invariant(1000), invariant(0), prompt(50)];
         let plan = plan_step(&demands, &[0, 1, 2, 3], 512);
         let alone: Vec<(usize, usize)> = plan.alone.iter().map(|g| (g.sequence, g.tokens)).collect();
-        assert_eq!(alone, vec![(1, 512), (2, 1)], "a whole batch of prompt, one token when generating");
+        assert_eq!(
+            alone,
+            vec![(1, 512), (2, 1)],
+            "a whole batch of prompt, one token when generating"
+        );
         let shared: Vec<(usize, usize)> = plan.shared.iter().map(|g| (g.sequence, g.tokens)).collect();
         assert_eq!(shared, vec![(0, 1), (3, 50)]);
     }
@@ -210,12 +221,18 @@ mod tests {
         let mut sim = Simulation::new(&[300; 8]);
         sim.run(512, 32);
         let firsts: Vec<f64> = sim.first_token_at.iter().map(|t| t.unwrap()).collect();
-        assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "first tokens in arrival order: {firsts:?}");
+        assert!(
+            firsts.windows(2).all(|w| w[0] <= w[1]),
+            "first tokens in arrival order: {firsts:?}"
+        );
         // All 2400 prompt tokens are through in ceil(2400 / 512) + 1 steps:
         // no step is wasted on a batch that is not full while prompts wait.
         let all_started = firsts[7];
         let max_steps = (2400f64 / 512.0).ceil() + 1.0;
-        assert!(all_started <= max_steps * (Simulation::STEP_MS + 512.0 * Simulation::TOKEN_MS), "{all_started}");
+        assert!(
+            all_started <= max_steps * (Simulation::STEP_MS + 512.0 * Simulation::TOKEN_MS),
+            "{all_started}"
+        );
         // A step is at most one full batch: the worst gap between two tokens
         // of one stream is one full step, whatever waits.
         let full_step = Simulation::STEP_MS + 512.0 * Simulation::TOKEN_MS;

@@ -146,13 +146,23 @@ fn eight_batched_streams_all_complete_with_sensible_text() {
         .into_iter()
         .map(|stream| {
             let response = stream.collect_blocking().expect("generation succeeds");
-            assert!(matches!(response.finish_reason, FinishReason::Stop | FinishReason::Length));
+            assert!(matches!(
+                response.finish_reason,
+                FinishReason::Stop | FinishReason::Length
+            ));
             response.content
         })
         .collect();
-    assert!(answers.iter().all(|a| a.split_whitespace().count() >= 3), "{answers:#?}");
+    assert!(
+        answers.iter().all(|a| a.split_whitespace().count() >= 3),
+        "{answers:#?}"
+    );
     assert!(answers[2].contains("Paris"), "{}", answers[2]);
-    assert!(answers[6].contains("Hypertext") || answers[6].contains("HyperText"), "{}", answers[6]);
+    assert!(
+        answers[6].contains("Hypertext") || answers[6].contains("HyperText"),
+        "{}",
+        answers[6]
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::guards::GuardKind;
 use common::ResolveFirst;
+use llmlab_core::guards::GuardKind;
 use llmlab_core::{ChatResponse, CompletionRequest, FinishReason, GenerationParams, SamplingParams};
 use llmlab_llama::LlamaChatPipeline;
 

@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn amx_matches_candle_to_fp32_accuracy() {
         let Some(amx) = Amx::detect() else {
-            llmlab_core::config::skip_on_this_machine("this CPU or OS offers no AMX tiles; only candle's matmul runs here");
+            llmlab_core::config::skip_on_this_machine(
+                "this CPU or OS offers no AMX tiles; only candle's matmul runs here",
+            );
             return;
         };
         for (rows, inputs, outputs) in [(1, 8, 3), (37, 100, 70), (200, 384, 1152), (65, 1536, 384)] {

@@ -233,7 +233,9 @@ mod tests {
     async fn run(script: Script, deadlines: DeadlineSettings) -> (Vec<ChatEvent>, CancellationToken) {
         let pipeline = FakeChatPipeline::new(script);
         let cancel = CancellationToken::new();
-        let inner = pipeline.chat(crate::testing::fake_resolved_chat("hi"), cancel.clone()).unwrap();
+        let inner = pipeline
+            .chat(crate::testing::fake_resolved_chat("hi"), cancel.clone())
+            .unwrap();
         let mut stream = with_deadlines(inner, deadlines, cancel.clone(), None);
         let mut events = Vec::new();
         while let Some(event) = stream.next_event().await {
@@ -292,7 +294,9 @@ mod tests {
         let pipeline = FakeChatPipeline::new(Script::text(&["late"]).with_delay(Duration::from_secs(30)));
         pipeline.held_in_queue.store(true, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
-        let inner = pipeline.chat(crate::testing::fake_resolved_chat("hi"), cancel.clone()).unwrap();
+        let inner = pipeline
+            .chat(crate::testing::fake_resolved_chat("hi"), cancel.clone())
+            .unwrap();
         let mut stream = with_deadlines(inner, settings(600.0, 10.0, 60.0), cancel.clone(), None);
         let mut events = Vec::new();
         while let Some(event) = stream.next_event().await {
@@ -327,7 +331,9 @@ mod tests {
             .held_in_queue
             .store(!starts_at_once, std::sync::atomic::Ordering::SeqCst);
         let cancel = CancellationToken::new();
-        let inner = pipeline.chat(crate::testing::fake_resolved_chat("hi"), cancel.clone()).unwrap();
+        let inner = pipeline
+            .chat(crate::testing::fake_resolved_chat("hi"), cancel.clone())
+            .unwrap();
         let blamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let report = std::sync::Arc::clone(&blamed);
         let fault: ModelFault = Box::new(move || report.store(true, std::sync::atomic::Ordering::SeqCst));

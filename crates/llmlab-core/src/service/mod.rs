@@ -245,7 +245,10 @@ impl Service {
     ) -> Result<RequestRun> {
         let (pipeline, lease, watch) = self.leased_pipeline(spec, keep_alive).await?;
         let LoadedPipeline::Chat(pipeline) = pipeline else {
-            return Err(Error::internal(format!("model '{}' did not load as a chat model", spec.id)));
+            return Err(Error::internal(format!(
+                "model '{}' did not load as a chat model",
+                spec.id
+            )));
         };
         Ok(RequestRun {
             pipeline,
@@ -263,7 +266,8 @@ impl Service {
     /// Answers the registry id loaded (the default model's for "").
     pub async fn load(&self, id: &str, keep_alive: Option<KeepAlive>) -> Result<String> {
         let spec = self.spec_for(id, Purpose::Any)?;
-        self.leased_pipeline(spec, keep_alive.unwrap_or(spec.keep_alive)).await?;
+        self.leased_pipeline(spec, keep_alive.unwrap_or(spec.keep_alive))
+            .await?;
         self.breaker_success(spec);
         Ok(spec.id.clone())
     }

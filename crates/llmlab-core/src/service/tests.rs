@@ -62,7 +62,10 @@ async fn the_pipeline_receives_the_request_resolved_and_the_stream_names_the_mod
     assert_eq!(seen.model, "fake-a");
     let defaults = crate::config::default_sampling();
     assert_eq!(seen.params.sampling.temperature, Some(0.1));
-    assert_eq!(seen.params.sampling.top_p, defaults.top_p, "defaults filled by the service");
+    assert_eq!(
+        seen.params.sampling.top_p, defaults.top_p,
+        "defaults filled by the service"
+    );
     let spec = svc.registry().require("fake-a").unwrap();
     assert_eq!(seen.params.guards, spec.guards);
     assert_eq!(seen.keep_alive, spec.keep_alive);
@@ -84,7 +87,11 @@ async fn an_invalid_request_is_refused_before_any_model_is_touched() {
     completion.params.stop = vec![String::new()];
     let err = svc.complete(completion, CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.param.as_deref(), Some("stop"));
-    assert_eq!(factory.loads.load(Ordering::SeqCst), 0, "nothing loaded for a bad request");
+    assert_eq!(
+        factory.loads.load(Ordering::SeqCst),
+        0,
+        "nothing loaded for a bad request"
+    );
     assert!(factory.pipeline.chats.lock().unwrap().is_empty());
     let status = svc.models().into_iter().find(|m| m.id == "fake-a").unwrap();
     assert_eq!((status.consecutive_failures, status.active_requests), (0, 0));

@@ -10,7 +10,9 @@
 
 use serde_json::Value;
 
-use super::{ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, ToolChoice, ToolDefinition};
+use super::{
+    ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, ToolChoice, ToolDefinition,
+};
 use crate::guards::GuardSettings;
 use crate::keep_alive::KeepAlive;
 use crate::registry::ModelSpec;
@@ -171,7 +173,11 @@ mod tests {
         let sampling = &resolved.params.sampling;
         assert_eq!(sampling.temperature, Some(0.9), "the request's own value wins");
         assert_eq!(sampling.top_k, Some(5), "the model's value comes next");
-        assert_eq!(sampling.top_p, config::default_sampling().top_p, "llmlab's default last");
+        assert_eq!(
+            sampling.top_p,
+            config::default_sampling().top_p,
+            "llmlab's default last"
+        );
         assert_eq!(resolved.model, "m");
         assert_eq!(resolved.keep_alive, model().keep_alive);
     }
@@ -210,7 +216,10 @@ mod tests {
         forced.tools = vec![tool];
         forced.tool_choice = ToolChoice::Function("get_weather".into());
         let resolved = forced.resolve(&model()).unwrap();
-        assert!(resolved.params.json_schema.is_some(), "a forced call is grammar-constrained");
+        assert!(
+            resolved.params.json_schema.is_some(),
+            "a forced call is grammar-constrained"
+        );
         assert_eq!(resolved.tools.len(), 1);
     }
 
