@@ -13,19 +13,6 @@ pub const ENV_MODELS_DIR: &str = "LLMLAB_MODELS_DIR";
 pub const ENV_THREADS: &str = "LLMLAB_THREADS";
 /// Prefix of per-model overrides: `LLMLAB_MODEL__<ID>__<FIELD>`.
 pub const ENV_MODEL_PREFIX: &str = "LLMLAB_MODEL__";
-/// `0` trades batch invariance (a greedy answer never depends on what else
-/// runs) for llama.cpp's faster batched kernels; see [`batch_invariant`].
-pub const ENV_BATCH_INVARIANT: &str = "LLMLAB_BATCH_INVARIANT";
-
-/// Whether engines use only kernels whose per-row results do not depend on
-/// the batch (default). Off, concurrent requests decode faster on CPU but a
-/// greedy answer may differ in rare near-ties from the same request alone.
-/// The build-time half (llamafile and weight repacking off) lives in
-/// `.cargo/config.toml`.
-pub fn batch_invariant() -> bool {
-    !switched_off(ENV_BATCH_INVARIANT)
-}
-
 /// `0` keeps the BERT encoder off Intel AMX tiles even where the CPU and
 /// the OS offer them (candle's matmul runs instead); see [`amx_allowed`].
 pub const ENV_AMX: &str = "LLMLAB_AMX";
@@ -189,15 +176,15 @@ pub fn default_sampling() -> SamplingParams {
     }
 }
 
-/// Threads per model when nothing else is configured: one core less than
-/// the machine has, at least 1 and at most 8.
+/// Threads per model when nothing else is configured: every core, at most
+/// 8 (llama-server's and Ollama's default: one thread per core).
 ///
-/// Measured on the 2-core development machine (bench/RESULTS.md, "Threads"):
-/// with every core busy-waiting in OpenMP, decode drops from 45 to 18 t/s as
-/// soon as another process takes one core; passive waiting or spin-then-sleep
-/// (`GOMP_SPINCOUNT`) are worse still (30 and 9 t/s). Leaving one core free
-/// gives ~30 t/s whether or not something else runs, and keeps the HTTP
-/// threads responsive. On an idle machine `LLMLAB_THREADS=<cores>` is faster.
+/// Measured side by side with llama-server (bench/RESULTS.md, W2-2
+/// "Threads"): on a quiet 2-core machine two threads decode far faster
+/// than one; with another process spinning on one core, OpenMP's
+/// busy-waiting threads collapse and one thread would be faster. A machine
+/// that serves models mostly serves nothing else, so the default is for
+/// the quiet case; `LLMLAB_THREADS=<cores - 1>` suits a shared machine.
 /// Past 8 threads decode is memory bound and more threads only add spinning.
 pub fn default_threads() -> u32 {
     if let Some(n) = std::env::var(ENV_THREADS)
@@ -208,7 +195,7 @@ pub fn default_threads() -> u32 {
         return n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    cores.saturating_sub(1).clamp(1, 8)
+    cores.clamp(1, 8)
 }
 
 /// Folder where model files live: `$LLMLAB_MODELS_DIR`, else

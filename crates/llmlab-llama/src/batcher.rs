@@ -26,6 +26,15 @@ use crate::sequence::{common_prefix, Sequence, Step};
 /// Cached prompt tokens that justify taking a slot out of order.
 const PREFIX_WORTH_A_GAP: usize = 64;
 
+/// Prompt tokens another slot must hold beyond the chosen slot's own before
+/// its KV cache is copied over: llama.cpp copies a slot's whole KV stream
+/// (`context_size` cells, every layer), at memory speed, and saves
+/// recomputing the shared prefix (a common system prompt) at prefill speed.
+/// Larger contexts make the copy dearer, so the bar rises with them.
+fn prefix_worth_a_copy(context_size: usize) -> usize {
+    PREFIX_WORTH_A_GAP.max(context_size / 64)
+}
+
 /// What a slot's KV cache holds while no request uses it.
 #[derive(Debug, Default)]
 struct SlotCache {
@@ -110,6 +119,8 @@ impl<'m> Batcher<'m> {
         let mut cached = std::mem::take(&mut self.slots[slot].tokens);
         if sequence.is_batch_invariant() {
             cached.clear();
+        } else if let Some(donor) = self.prefix_donor(reusable, common_prefix(&cached, reusable)) {
+            cached = self.copy_slot(donor, slot);
         }
         self.slots[slot].busy = true;
         sequence.attach(&mut self.ctx, slot, cached);
@@ -135,6 +146,41 @@ impl<'m> Batcher<'m> {
             Some((prefix, index)) if prefix >= lowest_prefix + PREFIX_WORTH_A_GAP => index,
             _ => lowest,
         })
+    }
+
+    /// A running sequence whose slot holds more of `prompt` than `own`
+    /// tokens by enough to be worth a copy (see [`prefix_worth_a_copy`]);
+    /// the one with the longest shared prefix.
+    fn prefix_donor(&self, prompt: &[LlamaToken], own: usize) -> Option<usize> {
+        let bar = own + prefix_worth_a_copy(self.context_size);
+        self.active
+            .iter()
+            .map(|running| (common_prefix(running.in_cache(), prompt), running.slot()))
+            .filter(|(shared, _)| *shared >= bar)
+            .max_by_key(|(shared, slot)| (*shared, std::cmp::Reverse(*slot)))
+            .map(|(_, slot)| slot)
+    }
+
+    /// Copy slot `from`'s KV cache into slot `to` (llama.cpp does it before
+    /// the next decode) and answer the tokens it then holds.
+    fn copy_slot(&mut self, from: usize, to: usize) -> Vec<LlamaToken> {
+        let tokens = self
+            .active
+            .iter()
+            .find(|running| running.slot() == from)
+            .map(|running| running.in_cache().to_vec())
+            .unwrap_or_default();
+        let _ = self.ctx.clear_kv_cache_seq(Some(to as u32), None, None);
+        match self.ctx.copy_kv_cache_seq(from as i32, to as i32, None, None) {
+            Ok(()) => {
+                tracing::debug!(from, to, tokens = tokens.len(), "KV cache copied between slots");
+                tokens
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "KV cache copy refused; the prompt is processed in full");
+                Vec::new()
+            }
+        }
     }
 
     /// One decode step over every active sequence. A panic in our code

@@ -199,28 +199,17 @@ pub(crate) fn load_model(spec: &ModelSpec, settings: &LlamaSettings) -> Result<L
 
 fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) -> Result<LlamaContext<'m>> {
     let threads = i32::try_from(settings.threads).unwrap_or(i32::MAX);
-    // Batch invariance (unless turned off, see `config::batch_invariant`): a
-    // sequence's numbers must not depend on which other sequences share its
-    // decode steps (see the pitfalls in ARCHITECTURE.md).
-    // - Each slot gets its own KV stream of `context_size` cells, so its cells
-    //   sit at the same indices whatever runs beside it; in one shared pool
-    //   they would interleave with other sequences' cells and the attention
-    //   sums would add up in another order.
-    // - Flash attention is off: its CPU kernel switches to a tiled variant
-    //   for 64 or more query rows, so a prompt's keys and values would depend
-    //   on how its prompt was cut into batches. The plain path is per-row.
-    let invariant = llmlab_core::config::batch_invariant();
-    let flash_attention = if invariant {
-        llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
-    } else {
-        llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
-    };
+    // Each slot gets its own KV stream of `context_size` cells: a
+    // sequence's attention then reads only its own cells (in one shared pool
+    // it would read past every other sequence's, masked), and its cells sit
+    // at the same indices whatever runs beside it, which batch-invariant
+    // requests need (docs/PITFALLS.md).
     let total = settings.context_size.saturating_mul(settings.parallel.max(1));
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(total))
         .with_n_seq_max(settings.parallel.max(1))
-        .with_kv_unified(!invariant)
-        .with_flash_attention_policy(flash_attention)
+        .with_kv_unified(false)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO)
         .with_n_batch(settings.batch_size)
         .with_n_ubatch(settings.batch_size)
         .with_n_threads(threads)
@@ -228,7 +217,7 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec, settings: &LlamaSett
     let ctx = model
         .new_context(backend()?, params)
         .map_err(|e| Error::unavailable(format!("cannot create a context for '{}': {e}", spec.id)))?;
-    tracing::info!(model = %spec.id, threads, context = settings.context_size, parallel = settings.parallel, batch_invariant = invariant, "context ready");
+    tracing::info!(model = %spec.id, threads, context = settings.context_size, parallel = settings.parallel, "context ready");
     Ok(ctx)
 }
 

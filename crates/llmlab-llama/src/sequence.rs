@@ -145,6 +145,11 @@ impl Sequence {
         self.job.params.batch_invariant
     }
 
+    /// The tokens whose keys and values its slot holds now.
+    pub fn in_cache(&self) -> &[LlamaToken] {
+        &self.in_cache
+    }
+
     /// How long it has held its slot.
     pub fn held(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -196,3 +196,37 @@ fn cancelling_one_stream_leaves_the_others_untouched() {
     let response = survivor.collect_blocking().expect("generation succeeds");
     assert_eq!(response.content, alone);
 }
+
+#[test]
+fn a_prompt_starts_from_the_prefix_another_running_slot_holds() {
+    let _turn = common::serial();
+    // A system prompt no earlier test used, long enough to be worth a copy.
+    let system = "You are a terse assistant for the harbour office of Port Aldwyn. ".repeat(12);
+    let ask = |question: &str, max_tokens: u32| {
+        let mut request = greedy_request(question, max_tokens, Mode::Batched);
+        request.messages.insert(0, ChatMessage::system(system.clone()));
+        model()
+            .chat_request(request, CancellationToken::new())
+            .expect("request accepted")
+    };
+    let mut running = ask("Name three prime numbers.", 64);
+    first_content(&mut running);
+    // `running` holds the system prompt in its slot; this request takes
+    // another slot and gets the shared prefix copied instead of recomputed.
+    let shared = ask("What does HTTP stand for?", 24)
+        .collect_blocking()
+        .expect("generation succeeds");
+    assert!(
+        shared.usage.cached_tokens >= 100,
+        "only {} of {} prompt tokens came from the cache",
+        shared.usage.cached_tokens,
+        shared.usage.prompt_tokens
+    );
+    assert!(
+        shared.content.contains("Hypertext") || shared.content.contains("HyperText"),
+        "{}",
+        shared.content
+    );
+    let (_, finish) = rest_of(running);
+    assert!(matches!(finish, FinishReason::Stop | FinishReason::Length));
+}

@@ -77,6 +77,9 @@ pub struct LlamaSettings {
     pub reasoning_format: Option<ReasoningFormat>,
     /// How the model writes tool calls; `None` = detect from the chat template.
     pub tool_call_format: Option<ToolCallFormat>,
+    /// Every request decoded as if alone (a request may still choose):
+    /// answers never depend on what else runs, at a cost in throughput.
+    pub batch_invariant: bool,
 }
 
 impl Default for LlamaSettings {
@@ -92,6 +95,7 @@ impl Default for LlamaSettings {
             chat_template: None,
             reasoning_format: None,
             tool_call_format: None,
+            batch_invariant: false,
         }
     }
 }

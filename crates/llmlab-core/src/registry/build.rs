@@ -136,6 +136,7 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
             ("chat_template_file", entry.chat_template_file.is_some()),
             ("reasoning_format", entry.reasoning_format.is_some()),
             ("tool_call_format", entry.tool_call_format.is_some()),
+            ("batch_invariant", entry.batch_invariant.is_some()),
         ];
         if let Some((field, _)) = llama_only.iter().find(|(_, written)| *written) {
             return Err(fault(
@@ -212,6 +213,7 @@ fn llama_settings(
         chat_template: chat_template(entry, file)?,
         reasoning_format: entry.reasoning_format,
         tool_call_format: entry.tool_call_format,
+        batch_invariant: entry.batch_invariant.unwrap_or(false),
     })
 }
 
@@ -281,6 +283,7 @@ mod tests {
             ("chat_template_file: t.jinja", "chat_template_file"),
             ("reasoning_format: think_tags", "reasoning_format"),
             ("tool_call_format: hermes", "tool_call_format"),
+            ("batch_invariant: true", "batch_invariant"),
         ] {
             let entry = CANDLE.replace("path: mini}", &format!("path: mini, {setting}}}"));
             let err = parse(&entry).unwrap_err();

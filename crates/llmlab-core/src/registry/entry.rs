@@ -27,6 +27,7 @@ pub(super) struct ModelEntry {
     pub chat_template_file: Option<String>,
     pub reasoning_format: Option<crate::stream::ReasoningFormat>,
     pub tool_call_format: Option<crate::stream::ToolCallFormat>,
+    pub batch_invariant: Option<bool>,
     /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
     pub keep_alive: Option<String>,
     #[serde(default)]

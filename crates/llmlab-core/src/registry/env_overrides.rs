@@ -75,6 +75,13 @@ pub(super) fn apply_env_overrides(
     if let Some(n) = llama_number("gpu_layers")? {
         entry.gpu_layers = Some(n);
     }
+    if let Some((key, value)) = llama_only("batch_invariant")? {
+        entry.batch_invariant = Some(match value.trim() {
+            "1" | "true" | "on" | "yes" => true,
+            "0" | "false" | "off" | "no" => false,
+            _ => return Err((key, format!("expected true or false, got '{value}'"))),
+        });
+    }
     if let Some((_, file)) = llama_only("chat_template_file")? {
         entry.chat_template_file = Some(file);
         entry.chat_template = None;

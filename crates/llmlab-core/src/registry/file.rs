@@ -205,6 +205,12 @@ models:
         let err = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__CONTEXT_SIZE", "big")]).unwrap_err();
         assert_eq!(err.model.as_deref(), Some("small"));
         assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__SMALL__CONTEXT_SIZE"));
+
+        assert!(!llama(&r, "small").batch_invariant, "off unless asked for");
+        let r = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__BATCH_INVARIANT", "true")]).unwrap();
+        assert!(llama(&r, "small").batch_invariant);
+        let err = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__BATCH_INVARIANT", "maybe")]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__SMALL__BATCH_INVARIANT"));
     }
 
     #[test]

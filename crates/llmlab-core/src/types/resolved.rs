@@ -140,7 +140,9 @@ impl GenerationParams {
             logprobs: self.logprobs,
             guards: self.guards.unwrap_or(model.guards),
             deadlines_from_client,
-            batch_invariant: self.batch_invariant.unwrap_or(false),
+            batch_invariant: self
+                .batch_invariant
+                .unwrap_or_else(|| model.backend.llama().is_some_and(|l| l.batch_invariant)),
         }
     }
 }
@@ -195,6 +197,17 @@ mod tests {
         let resolved = own.resolve(&model()).unwrap();
         assert_eq!(resolved.params.guards.deadlines.total_secs, Some(5.0));
         assert!(resolved.params.deadlines_from_client);
+    }
+
+    #[test]
+    fn batch_invariance_is_the_model_setting_unless_the_request_chooses() {
+        assert!(!request().resolve(&model()).unwrap().params.batch_invariant);
+        let mut invariant_model = model();
+        invariant_model.backend.llama_mut().unwrap().batch_invariant = true;
+        assert!(request().resolve(&invariant_model).unwrap().params.batch_invariant);
+        let mut opt_out = request();
+        opt_out.params.batch_invariant = Some(false);
+        assert!(!opt_out.resolve(&invariant_model).unwrap().params.batch_invariant);
     }
 
     #[test]

@@ -62,8 +62,13 @@ impl BenchArgs {
 
 /// Run the sweep and return one report per concurrency level.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
+    // A fresh connection per request (a loopback connect costs tens of
+    // microseconds): llama-server closes idle keep-alive connections at
+    // times just as a client reuses one, which failed requests that it
+    // never saw and measured that race instead of the server.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
+        .pool_max_idle_per_host(0)
         .build()?;
     let work = Arc::new(args.workload());
     for _ in 0..args.warmup {
