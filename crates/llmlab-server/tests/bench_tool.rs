@@ -40,6 +40,7 @@ async fn bench_reports_the_tokens_it_was_sent() {
         warmup: 1,
         prompt_tokens: 16,
         output_tokens: 5,
+        distinct_prompts: true,
         timeout_secs: 30,
         json: true,
         quiet: true,
@@ -58,4 +59,7 @@ async fn bench_reports_the_tokens_it_was_sent() {
     assert!(completions
         .iter()
         .all(|c| c.params.max_tokens == Some(5) && c.params.ignore_eos));
+    // `--distinct-prompts`: no two requests share a first token.
+    let firsts: std::collections::HashSet<&str> = completions.iter().map(|c| &c.prompt[..2]).collect();
+    assert_eq!(firsts.len(), 13, "prompts share a start");
 }

@@ -17,13 +17,21 @@ pub struct Workload {
     pub model: String,
     pub prompt: String,
     pub max_tokens: u32,
+    /// Start each prompt with the request's own number, so that no two
+    /// share a prefix and no server can answer from a prompt cache.
+    pub distinct_prompts: bool,
 }
 
 impl Workload {
-    fn body(&self) -> Value {
+    fn body(&self, serial: u64) -> Value {
+        let prompt = if self.distinct_prompts {
+            format!("{serial}{}", self.prompt)
+        } else {
+            self.prompt.clone()
+        };
         json!({
             "model": self.model,
-            "prompt": self.prompt,
+            "prompt": prompt,
             "max_tokens": self.max_tokens,
             "temperature": 0,
             "stream": true,
@@ -35,13 +43,13 @@ impl Workload {
     }
 }
 
-/// Send one request and time its chunks.
-pub async fn run_one(client: &reqwest::Client, work: &Workload) -> Result<RequestSample> {
+/// Send request number `serial` and time its chunks.
+pub async fn run_one(client: &reqwest::Client, work: &Workload, serial: u64) -> Result<RequestSample> {
     let url = format!("{}/completions", work.base_url.trim_end_matches('/'));
     let started = Instant::now();
     let response = client
         .post(&url)
-        .json(&work.body())
+        .json(&work.body(serial))
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;

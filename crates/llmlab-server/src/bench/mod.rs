@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Output tokens per request (end-of-generation ignored where supported).
     #[arg(long, default_value_t = 128)]
     pub output_tokens: u32,
+    /// Give every request a prompt of its own (a number in front), so that
+    /// no prompt cache helps: prefill is measured, not prefix reuse.
+    #[arg(long)]
+    pub distinct_prompts: bool,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -56,6 +60,7 @@ impl BenchArgs {
             // One short common word per token for BPE vocabularies.
             prompt: " hello".repeat(self.prompt_tokens.max(1)),
             max_tokens: self.output_tokens,
+            distinct_prompts: self.distinct_prompts,
         }
     }
 }
@@ -71,8 +76,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
         .pool_max_idle_per_host(0)
         .build()?;
     let work = Arc::new(args.workload());
+    // Serials count up over the whole run, warm-up included.
+    let serials = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for _ in 0..args.warmup {
-        client::run_one(&client, &work).await?;
+        client::run_one(&client, &work, serials.fetch_add(1, Ordering::SeqCst)).await?;
     }
     let total = (args.requests * args.concurrency.len()) as u64;
     let bar = if args.quiet {
@@ -87,7 +94,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
     let mut reports = Vec::new();
     for &concurrency in &args.concurrency {
         bar.set_message(format!("(concurrency {concurrency})"));
-        reports.push(run_level(&client, &work, concurrency.max(1), args.requests, &bar).await);
+        reports.push(run_level(&client, &work, &serials, concurrency.max(1), args.requests, &bar).await);
     }
     bar.finish_and_clear();
     Ok(reports)
@@ -96,6 +103,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
 async fn run_level(
     client: &reqwest::Client,
     work: &Arc<Workload>,
+    serials: &Arc<std::sync::atomic::AtomicU64>,
     concurrency: usize,
     requests: usize,
     bar: &ProgressBar,
@@ -104,11 +112,12 @@ async fn run_level(
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let (client, work, next, bar) = (client.clone(), Arc::clone(work), Arc::clone(&next), bar.clone());
+        let serials = Arc::clone(serials);
         tokio::spawn(async move {
             let mut samples: Vec<RequestSample> = Vec::new();
             let mut errors = 0;
             while next.fetch_add(1, Ordering::SeqCst) < requests {
-                match client::run_one(&client, &work).await {
+                match client::run_one(&client, &work, serials.fetch_add(1, Ordering::SeqCst)).await {
                     Ok(sample) => samples.push(sample),
                     Err(e) => {
                         errors += 1;
