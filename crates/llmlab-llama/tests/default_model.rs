@@ -33,6 +33,16 @@ fn greedy(max_tokens: u32) -> GenerationParams {
     }
 }
 
+/// Greedy and batch-invariant: the same answer every time (no prefix from
+/// the cache, which changes how the prompt is cut and so, with llama.cpp's
+/// batched kernels, the last bits of the logits).
+fn reproducible(max_tokens: u32) -> GenerationParams {
+    GenerationParams {
+        batch_invariant: Some(true),
+        ..greedy(max_tokens)
+    }
+}
+
 fn ask(question: &str, params: GenerationParams) -> ChatResponse {
     let request = ChatRequest {
         model: MODEL.into(),
@@ -52,8 +62,8 @@ fn ask(question: &str, params: GenerationParams) -> ChatResponse {
 #[test]
 fn greedy_generation_is_deterministic() {
     let _turn = common::serial();
-    let a = ask("Name three prime numbers.", greedy(24));
-    let b = ask("Name three prime numbers.", greedy(24));
+    let a = ask("Name three prime numbers.", reproducible(24));
+    let b = ask("Name three prime numbers.", reproducible(24));
     assert!(!a.content.is_empty());
     assert_eq!(a.content, b.content);
 
@@ -64,6 +74,7 @@ fn greedy_generation_is_deterministic() {
             ..SamplingParams::default()
         },
         max_tokens: Some(24),
+        batch_invariant: Some(true),
         ..GenerationParams::default()
     };
     assert_eq!(
@@ -76,14 +87,14 @@ fn greedy_generation_is_deterministic() {
 fn stop_string_is_honoured_and_never_emitted() {
     let _turn = common::serial();
     let question = "Count from 1 to 20, separated by commas.";
-    let full = ask(question, greedy(60)).content;
+    let full = ask(question, reproducible(60)).content;
     // A stop string taken from the middle of the greedy answer: generation
     // must end right before its first occurrence.
     let stop = "7,";
     let cut = full
         .find(stop)
         .unwrap_or_else(|| panic!("fixture answer should contain {stop:?}: {full:?}"));
-    let mut params = greedy(60);
+    let mut params = reproducible(60);
     params.stop = vec![stop.into(), "never-appears-xyz".into()];
     let stopped = ask(question, params);
     assert_eq!(stopped.content, full[..cut]);
@@ -397,8 +408,10 @@ fn a_continued_conversation_reuses_the_cached_prefix() {
     // (one token is always processed to get fresh logits).
     let second = ask(question, greedy(8));
     assert_eq!(second.usage.cached_tokens, first.usage.prompt_tokens - 1);
-    // Reuse does not change the answer.
-    assert_eq!(first.content, second.content);
+    // (Not asserted: that both answers are equal. Computing one prompt token
+    // instead of all of them takes other kernels, which may change the last
+    // bits of the logits; `batch_invariant` is the way to equal answers.)
+    assert!(!second.content.is_empty());
     // A follow-up turn reuses the first turn's prompt and answer.
     let request = ChatRequest {
         model: MODEL.into(),

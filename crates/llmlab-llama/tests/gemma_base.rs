@@ -52,6 +52,9 @@ fn plain_completion_works_and_is_deterministic() {
                 ..SamplingParams::default()
             },
             max_tokens: Some(8),
+            // Repeatable: the second run must not start from the first's
+            // cached prefix (see `batch_invariant`).
+            batch_invariant: Some(true),
             ..GenerationParams::default()
         },
         keep_alive: None,

@@ -78,6 +78,16 @@ fn noise_trips_the_perplexity_guard_and_the_same_prompt_at_temperature_zero_does
     assert!(trip.figure > 6.0);
     assert!(noise.usage.completion_tokens < 200);
 
+    // Greedy text is what the model finds likely: the perplexity guard
+    // leaves it alone. (This small base model may still fall into a loop,
+    // which is the repetition guard's to stop.)
     let calm = complete(prompt, greedy(), 120);
-    assert!(calm.stopped_by.is_none(), "{:?}: {}", calm.stopped_by, calm.content);
+    assert!(
+        calm.stopped_by
+            .as_ref()
+            .is_none_or(|trip| trip.kind != GuardKind::Perplexity),
+        "{:?}: {}",
+        calm.stopped_by,
+        calm.content
+    );
 }
