@@ -121,6 +121,15 @@ fn check_backend_serves_kind(entry: &ModelEntry) -> Result<(), Fault> {
     ))
 }
 
+/// Why a llama setting is refused for a model of `backend` (the file check
+/// here and the environment overrides say it the same way).
+pub(super) fn llama_only_message(backend: BackendKind) -> String {
+    format!(
+        "applies to llama models only, and this model's backend is {}",
+        backend.as_str()
+    )
+}
+
 /// Refuse the first setting written for a model whose backend or kind never
 /// reads it: a `context_size` on a candle model would otherwise be ignored
 /// without a word.
@@ -139,13 +148,7 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
             ("batch_invariant", entry.batch_invariant.is_some()),
         ];
         if let Some((field, _)) = llama_only.iter().find(|(_, written)| *written) {
-            return Err(fault(
-                field,
-                format!(
-                    "applies to llama models only, and this model's backend is {}",
-                    entry.backend.as_str()
-                ),
-            ));
+            return Err(fault(field, llama_only_message(entry.backend)));
         }
     }
     if entry.kind != ModelKind::Embedding {

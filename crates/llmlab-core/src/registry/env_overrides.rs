@@ -37,13 +37,7 @@ pub(super) fn apply_env_overrides(
     // names the variable that set it.
     let llama_only = |field: &str| -> Result<Option<(String, String)>, (String, String)> {
         match get(field) {
-            Some((key, _)) if backend != BackendKind::Llama => Err((
-                key,
-                format!(
-                    "applies to llama models only, and this model's backend is {}",
-                    backend.as_str()
-                ),
-            )),
+            Some((key, _)) if backend != BackendKind::Llama => Err((key, super::build::llama_only_message(backend))),
             found => Ok(found),
         }
     };

@@ -26,19 +26,17 @@ pub struct Generation {
 
 impl Generation {
     pub fn new(body: OpenAiRequest, endpoint: Endpoint) -> Result<Self> {
-        let (request, delivery) = match endpoint {
+        let (request, delivery, requested_model) = match endpoint {
             Endpoint::Chat => {
                 let (request, delivery) = body.into_chat()?;
-                (CoreRequest::Chat(request), delivery)
+                let model = request.model.clone();
+                (CoreRequest::Chat(request), delivery, model)
             }
             Endpoint::Completion => {
                 let (request, delivery) = body.into_completion()?;
-                (CoreRequest::Completion(request), delivery)
+                let model = request.model.clone();
+                (CoreRequest::Completion(request), delivery, model)
             }
-        };
-        let requested_model = match &request {
-            CoreRequest::Chat(r) => r.model.clone(),
-            CoreRequest::Completion(r) => r.model.clone(),
         };
         Ok(Self {
             requested_model,
