@@ -198,6 +198,60 @@ pub fn default_threads() -> u32 {
     cores.clamp(1, 8)
 }
 
+/// Limits on the images of one chat request (vision models). A request
+/// past one is refused with a 400 naming the part; nothing past them is
+/// decoded. Environment: `LLMLAB_MAX_IMAGE_BYTES` (with units, as
+/// `12M`), `LLMLAB_MAX_IMAGE_PIXELS`, `LLMLAB_MAX_IMAGES`,
+/// `LLMLAB_IMAGE_MAX_SIDE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Encoded bytes of one image (after base64).
+    pub max_bytes: u64,
+    /// Width x height of one image as its header declares it; checked
+    /// before any pixel is decoded, so a small file cannot expand into a
+    /// huge allocation.
+    pub max_pixels: u64,
+    /// Images in one request, over all its messages.
+    pub max_images: usize,
+    /// Longer side, in pixels, an image is scaled down to before it reaches
+    /// the model (projectors resize to a few hundred pixels anyway; a
+    /// smaller copy costs less memory and preprocessing).
+    pub max_side: u32,
+}
+
+/// Ample for photos (OpenAI takes up to 20 MB per image; our HTTP body
+/// limit is lower), small enough that a request cannot exhaust memory.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 20 << 20;
+/// 50 megapixels: beyond any phone camera.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 50_000_000;
+pub const DEFAULT_MAX_IMAGES: usize = 16;
+pub const DEFAULT_IMAGE_MAX_SIDE: u32 = 2048;
+
+/// The image limits, from the environment over the defaults (read once).
+pub fn image_limits() -> ImageLimits {
+    static LIMITS: std::sync::OnceLock<ImageLimits> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let number = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| parse_bytes(v.trim()).ok())
+                .filter(|n| *n > 0)
+        };
+        ImageLimits {
+            max_bytes: number("LLMLAB_MAX_IMAGE_BYTES").unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
+            max_pixels: number("LLMLAB_MAX_IMAGE_PIXELS").unwrap_or(DEFAULT_MAX_IMAGE_PIXELS),
+            max_images: number("LLMLAB_MAX_IMAGES").map_or(DEFAULT_MAX_IMAGES, |n| n as usize),
+            max_side: number("LLMLAB_IMAGE_MAX_SIDE").map_or(DEFAULT_IMAGE_MAX_SIDE, |n| n.min(16384) as u32),
+        }
+    })
+}
+
+/// Image URLs (`http(s)`) are fetched only when the operator allows it:
+/// limits on what one fetch may take.
+pub const IMAGE_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Redirects a fetch follows, each one checked like the first address.
+pub const IMAGE_FETCH_MAX_REDIRECTS: usize = 3;
+
 /// Folder where model files live: `$LLMLAB_MODELS_DIR`, else
 /// `$XDG_CACHE_HOME/llmlab/models`, else `~/.cache/llmlab/models`.
 pub fn models_dir() -> PathBuf {

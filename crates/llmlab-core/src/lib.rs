@@ -9,6 +9,7 @@ pub mod embedding;
 mod error;
 pub mod guards;
 pub mod keep_alive;
+pub mod media;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;

@@ -12,16 +12,17 @@ use std::sync::Arc;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
 
 use llmlab_core::{Error, FinishReason};
 
+use crate::cells::{common_prefix, Cell};
 use crate::control_text::ControlTexts;
 use crate::engine_load::EngineLoad;
 use crate::job::Job;
 use crate::policy::TokenPolicy;
 use crate::schedule::{self, Grant};
-use crate::sequence::{common_prefix, Sequence, Step};
+use crate::sequence::{Sequence, Step};
+use crate::vision::Vision;
 
 /// Cached prompt tokens that justify taking a slot out of order.
 const PREFIX_WORTH_A_GAP: usize = 64;
@@ -38,7 +39,7 @@ fn prefix_worth_a_copy(context_size: usize) -> usize {
 /// What a slot's KV cache holds while no request uses it.
 #[derive(Debug, Default)]
 struct SlotCache {
-    tokens: Vec<LlamaToken>,
+    tokens: Vec<Cell>,
     busy: bool,
 }
 
@@ -49,6 +50,9 @@ pub(crate) struct Batcher<'m> {
     batch_capacity: usize,
     policy: TokenPolicy,
     control_texts: Arc<ControlTexts>,
+    /// The projector of a vision model (dropped with the batcher, before
+    /// the model).
+    vision: Option<Vision>,
     /// Tokens one sequence may hold (prompt plus output).
     context_size: usize,
     slots: Vec<SlotCache>,
@@ -65,6 +69,7 @@ impl<'m> Batcher<'m> {
         ctx: LlamaContext<'m>,
         policy: TokenPolicy,
         control_texts: Arc<ControlTexts>,
+        vision: Option<Vision>,
         parallel: usize,
         context_size: usize,
     ) -> Self {
@@ -76,12 +81,26 @@ impl<'m> Batcher<'m> {
             batch_capacity,
             policy,
             control_texts,
+            vision,
             context_size,
             slots: (0..parallel.max(1)).map(|_| SlotCache::default()).collect(),
             active: Vec::new(),
             arrivals: Vec::new(),
             admitted: 0,
         }
+    }
+
+    /// The token ids `prompt` becomes, -1 for each cell of an image.
+    pub fn tokenize(&self, prompt: &crate::job::Prompt) -> llmlab_core::Result<Vec<i32>> {
+        let cells = crate::sequence::tokenize_prompt(self.model, &self.control_texts, self.vision.as_ref(), prompt)?;
+        Ok(cells
+            .cells
+            .iter()
+            .map(|cell| match cell {
+                Cell::Token(token) => token.0,
+                Cell::Media { .. } => -1,
+            })
+            .collect())
     }
 
     pub fn is_idle(&self) -> bool {
@@ -99,7 +118,14 @@ impl<'m> Batcher<'m> {
         load.started();
         let span = job.span.clone();
         let _entered = span.enter();
-        let Some(mut sequence) = Sequence::prepare(self.model, &self.control_texts, job, self.context_size) else {
+        let prepared = Sequence::prepare(
+            self.model,
+            &self.control_texts,
+            self.vision.as_ref(),
+            job,
+            self.context_size,
+        );
+        let Some(mut sequence) = prepared else {
             load.finished();
             return;
         };
@@ -135,7 +161,7 @@ impl<'m> Batcher<'m> {
     /// [`PREFIX_WORTH_A_GAP`] more prompt tokens. Busy slots then stay
     /// contiguous, which llama.cpp needs to decode them in one micro-batch
     /// (with one KV stream per slot it only groups consecutive slot ids).
-    fn pick_slot(&self, prompt: &[LlamaToken]) -> Option<usize> {
+    fn pick_slot(&self, prompt: &[Cell]) -> Option<usize> {
         let mut free = self.slots.iter().enumerate().filter(|(_, slot)| !slot.busy);
         let (lowest, lowest_slot) = free.next()?;
         let lowest_prefix = common_prefix(&lowest_slot.tokens, prompt);
@@ -151,7 +177,7 @@ impl<'m> Batcher<'m> {
     /// A running sequence whose slot holds more of `prompt` than `own`
     /// tokens by enough to be worth a copy (see [`prefix_worth_a_copy`]);
     /// the one with the longest shared prefix.
-    fn prefix_donor(&self, prompt: &[LlamaToken], own: usize) -> Option<usize> {
+    fn prefix_donor(&self, prompt: &[Cell], own: usize) -> Option<usize> {
         let bar = own + prefix_worth_a_copy(self.context_size);
         self.active
             .iter()
@@ -163,7 +189,7 @@ impl<'m> Batcher<'m> {
 
     /// Copy slot `from`'s KV cache into slot `to` (llama.cpp does it before
     /// the next decode) and answer the tokens it then holds.
-    fn copy_slot(&mut self, from: usize, to: usize) -> Vec<LlamaToken> {
+    fn copy_slot(&mut self, from: usize, to: usize) -> Vec<Cell> {
         let tokens = self
             .active
             .iter()
@@ -193,6 +219,7 @@ impl<'m> Batcher<'m> {
     }
 
     fn decode_and_sample(&mut self, load: &EngineLoad) {
+        self.evaluate_one_image(load);
         let demands: Vec<_> = self.active.iter().map(Sequence::demand).collect();
         let plan = schedule::plan_step(&demands, &self.arrivals, self.batch_capacity);
         let calls = std::iter::once(plan.shared).chain(plan.alone.into_iter().map(|grant| vec![grant]));
@@ -254,7 +281,40 @@ impl<'m> Batcher<'m> {
         true
     }
 
-    fn release(&mut self, slot: usize, tokens: Vec<LlamaToken>) {
+    /// Evaluate the image of the oldest sequence whose prompt has reached
+    /// one: at most one image per step, so the other sequences' tokens keep
+    /// coming while a prompt with many images is read. A failure fails that
+    /// sequence alone; its slot's cache is dropped.
+    fn evaluate_one_image(&mut self, load: &EngineLoad) {
+        let Some(vision) = self.vision.as_mut() else {
+            return;
+        };
+        let due = (0..self.active.len())
+            .filter(|&i| self.active[i].image_due().is_some() && !self.active[i].is_cancelled())
+            .min_by_key(|&i| self.arrivals[i]);
+        let Some(index) = due else {
+            return;
+        };
+        let sequence = &mut self.active[index];
+        let span = sequence.span().clone();
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        match sequence.evaluate_image(vision, &mut self.ctx, self.batch_capacity) {
+            Ok(()) => tracing::debug!(ms = started.elapsed().as_millis() as u64, "image evaluated"),
+            Err(error) => {
+                tracing::error!(error = %error.message, "image evaluation failed");
+                let sequence = self.active.remove(index);
+                self.arrivals.remove(index);
+                let slot = sequence.slot();
+                sequence.fail(error);
+                let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+                self.release(slot, Vec::new());
+                load.finished();
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize, tokens: Vec<Cell>) {
         self.slots[slot] = SlotCache { tokens, busy: false };
     }
 

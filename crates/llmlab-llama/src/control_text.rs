@@ -33,7 +33,7 @@ const CLOSE: char = '\u{FDD1}';
 
 /// The per-process key inside every placeholder, in decimal digits so that
 /// case filters in a template cannot change it.
-fn process_key() -> &'static str {
+pub(crate) fn process_key() -> &'static str {
     static KEY: OnceLock<String> = OnceLock::new();
     KEY.get_or_init(|| {
         // `RandomState` is seeded from the OS's random source.
@@ -49,6 +49,16 @@ pub(crate) enum PromptPiece<'a> {
     Template(&'a str),
     /// Control-token text a client wrote: tokenized as plain text.
     Literal(&'a str),
+    /// Where the request's image number `n` goes (see [`media_placeholder`]).
+    Media(usize),
+}
+
+/// The text that stands for the request's image number `index` while the
+/// template renders; [`ControlTexts::pieces`] turns it into
+/// [`PromptPiece::Media`]. It carries the process key like every
+/// placeholder, so no client can write one.
+pub(crate) fn media_placeholder(index: usize) -> String {
+    format!("{OPEN}{}:m{index}{CLOSE}", process_key())
 }
 
 /// The control-token texts of one model, and how to escape them.
@@ -121,17 +131,22 @@ impl ControlTexts {
         while let Some(offset) = rendered[search_from..].find(OPEN) {
             let open = search_from + offset;
             let body_from = open + OPEN.len_utf8();
-            let literal = rendered[body_from..].find(CLOSE).and_then(|len| {
-                let body = &rendered[body_from..body_from + len];
-                let index = body.strip_prefix(process_key())?.strip_prefix(':')?.parse().ok()?;
-                Some((self.text(index)?, body_from + len + CLOSE.len_utf8()))
+            let placeholder = rendered[body_from..].find(CLOSE).and_then(|len| {
+                let body = rendered[body_from..body_from + len]
+                    .strip_prefix(process_key())?
+                    .strip_prefix(':')?;
+                let piece = match body.strip_prefix('m') {
+                    Some(image) => PromptPiece::Media(image.parse().ok()?),
+                    None => PromptPiece::Literal(self.text(body.parse().ok()?)?),
+                };
+                Some((piece, body_from + len + CLOSE.len_utf8()))
             });
-            match literal {
-                Some((text, end)) => {
+            match placeholder {
+                Some((piece, end)) => {
                     if open > template_from {
                         pieces.push(PromptPiece::Template(&rendered[template_from..open]));
                     }
-                    pieces.push(PromptPiece::Literal(text));
+                    pieces.push(piece);
                     template_from = end;
                     search_from = end;
                 }
@@ -145,14 +160,16 @@ impl ControlTexts {
     }
 
     /// The prompt as the model reads it, placeholders replaced by their
-    /// text (for logs).
+    /// text and images by `<image N>` (for logs).
     pub fn display(&self, rendered: &str) -> String {
         self.pieces(rendered)
             .into_iter()
             .map(|piece| match piece {
-                PromptPiece::Template(text) | PromptPiece::Literal(text) => text,
+                PromptPiece::Template(text) | PromptPiece::Literal(text) => text.into(),
+                PromptPiece::Media(index) => format!("<image {index}>").into(),
             })
-            .collect()
+            .collect::<Vec<Cow<'_, str>>>()
+            .concat()
     }
 }
 
@@ -227,6 +244,23 @@ mod tests {
         assert_eq!(texts.pieces(&cut), vec![PromptPiece::Template(&cut)]);
         let unknown = format!("{OPEN}{}:99{CLOSE}", process_key());
         assert_eq!(texts.pieces(&unknown), vec![PromptPiece::Template(&unknown)]);
+    }
+
+    #[test]
+    fn media_placeholders_become_media_pieces() {
+        let texts = chatml();
+        let rendered = format!("<|im_start|>user\nsee {}<|im_end|>", media_placeholder(3));
+        assert_eq!(
+            texts.pieces(&rendered),
+            vec![
+                PromptPiece::Template("<|im_start|>user\nsee "),
+                PromptPiece::Media(3),
+                PromptPiece::Template("<|im_end|>"),
+            ]
+        );
+        assert_eq!(texts.display(&rendered), "<|im_start|>user\nsee <image 3><|im_end|>");
+        let forged = format!("{OPEN}123:m0{CLOSE}");
+        assert_eq!(texts.pieces(&forged), vec![PromptPiece::Template(&forged)]);
     }
 
     #[test]

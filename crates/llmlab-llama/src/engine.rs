@@ -24,12 +24,12 @@ use crate::control_text::ControlTexts;
 use crate::engine_load::EngineLoad;
 use crate::job::{Job, ModelInfo, Prompt};
 use crate::policy::TokenPolicy;
-use crate::sequence::tokenize_prompt;
 use crate::settings::llama_settings;
+use crate::vision::Vision;
 
 enum Command {
     Generate(Box<Job>),
-    Tokenize(Prompt, mpsc::SyncSender<Vec<i32>>),
+    Tokenize(Prompt, mpsc::SyncSender<Result<Vec<i32>>>),
     Shutdown,
 }
 
@@ -74,14 +74,15 @@ impl Engine {
         ))
     }
 
-    /// The tokens a prompt becomes (waits while every slot is busy).
+    /// The tokens a prompt becomes, -1 for each cell an image takes
+    /// (waits while every slot is busy).
     pub fn tokenize(&self, prompt: Prompt) -> Result<Vec<i32>> {
         let stopped = || Error::unavailable("the model's engine has stopped");
         let (reply, answer) = mpsc::sync_channel(1);
         self.commands
             .send(Command::Tokenize(prompt, reply))
             .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())
+        answer.recv().map_err(|_| stopped())?
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
@@ -126,7 +127,14 @@ fn engine_main(
             return;
         }
     };
-    let info = match model_info(&model, spec, settings) {
+    let vision = match Vision::load(&model, spec, settings) {
+        Ok(vision) => vision,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let info = match model_info(&model, spec, settings, vision.is_some()) {
         Ok(info) => info,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -135,7 +143,6 @@ fn engine_main(
     };
     let policy = TokenPolicy::new(&model, info.reasoning_format, info.tool_call_format);
     let control_texts = Arc::clone(&info.control_texts);
-    let texts_for_batcher = Arc::clone(&control_texts);
     if ready.send(Ok(info)).is_err() {
         return;
     }
@@ -144,7 +151,8 @@ fn engine_main(
         &model,
         ctx,
         policy,
-        texts_for_batcher,
+        control_texts,
+        vision,
         settings.parallel as usize,
         settings.context_size as usize,
     );
@@ -161,8 +169,7 @@ fn engine_main(
             match command {
                 Ok(Command::Generate(job)) => batcher.admit(*job, load),
                 Ok(Command::Tokenize(prompt, reply)) => {
-                    let tokens = tokenize_prompt(&model, &control_texts, &prompt);
-                    let _ = reply.send(tokens.iter().map(|t| t.0).collect());
+                    let _ = reply.send(batcher.tokenize(&prompt));
                 }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => stopping = true,
                 Err(TryRecvError::Empty) => break,
@@ -221,7 +228,7 @@ fn new_context<'m>(model: &'m LlamaModel, spec: &ModelSpec, settings: &LlamaSett
     Ok(ctx)
 }
 
-fn model_info(model: &LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) -> Result<ModelInfo> {
+fn model_info(model: &LlamaModel, spec: &ModelSpec, settings: &LlamaSettings, reads_images: bool) -> Result<ModelInfo> {
     let vocab = model.vocab();
     let special_text = |token: LlamaToken| {
         if token.0 < 0 {
@@ -245,6 +252,7 @@ fn model_info(model: &LlamaModel, spec: &ModelSpec, settings: &LlamaSettings) ->
         eos_token: special_text(vocab.eos()),
         context_size: settings.context_size,
         control_texts: Arc::new(control_texts),
+        reads_images,
     })
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use llmlab_core::media::DecodedImage;
 use llmlab_core::stream::{ProcessorChain, ReasoningFormat, ToolCallFormat};
 use llmlab_core::{ChatEventSender, ResolvedParams};
 
@@ -27,6 +28,8 @@ pub(crate) struct ModelInfo {
     pub context_size: u32,
     /// Control-token texts, escaped in client strings before rendering.
     pub control_texts: Arc<ControlTexts>,
+    /// A projector is loaded: the model reads images.
+    pub reads_images: bool,
 }
 
 /// A prompt and how its text may be read.
@@ -35,8 +38,9 @@ pub(crate) enum Prompt {
     /// tokens included, as every completion endpoint does.
     Raw(String),
     /// A rendered chat template whose client strings were escaped (see
-    /// `control_text`): control tokens only where the template put them.
-    Rendered(String),
+    /// `control_text`): control tokens only where the template put them,
+    /// and a placeholder where each of `images` goes.
+    Rendered { text: String, images: Vec<DecodedImage> },
 }
 
 impl Prompt {
@@ -44,13 +48,13 @@ impl Prompt {
     pub fn request_field(&self) -> &'static str {
         match self {
             Self::Raw(_) => "prompt",
-            Self::Rendered(_) => "messages",
+            Self::Rendered { .. } => "messages",
         }
     }
 
     pub fn text(&self) -> &str {
         match self {
-            Self::Raw(text) | Self::Rendered(text) => text,
+            Self::Raw(text) | Self::Rendered { text, .. } => text,
         }
     }
 }

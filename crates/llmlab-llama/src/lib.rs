@@ -5,6 +5,7 @@
 
 mod backend;
 mod batcher;
+mod cells;
 mod control_text;
 mod degrade;
 mod embedder;
@@ -23,6 +24,7 @@ mod schedule;
 mod sequence;
 mod settings;
 mod template;
+mod vision;
 
 pub use degrade::degrade;
 pub use embedder::LlamaEmbeddingPipeline;

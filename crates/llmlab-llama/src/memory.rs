@@ -25,6 +25,13 @@ pub fn estimate_memory(spec: &ModelSpec) -> Result<MemoryEstimate> {
         })?
         .len();
     let settings = crate::settings::llama_settings(spec)?;
+    // The projector's weights, and room for its compute graph.
+    let projector = settings
+        .mmproj
+        .as_ref()
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map_or(0, |m| m.len() + MARGIN_FIXED_BYTES);
+    let weights = weights + projector;
     let shape = GgufContext::from_file(&spec.path).and_then(|gguf| Shape::read(&gguf));
     let kv = shape.map_or(0, |s| {
         s.kv_cache_bytes(settings.context_size.saturating_mul(settings.parallel))
@@ -84,13 +91,13 @@ impl Shape {
     }
 }
 
-fn string<'a>(gguf: &'a GgufContext, key: &str) -> Option<&'a str> {
+pub(crate) fn string<'a>(gguf: &'a GgufContext, key: &str) -> Option<&'a str> {
     let idx = gguf.find_key(key);
     (idx >= 0).then(|| gguf.val_str(idx)).flatten()
 }
 
 /// A scalar u32 (some models store per-layer arrays; those are skipped).
-fn number(gguf: &GgufContext, key: &str) -> Option<u64> {
+pub(crate) fn number(gguf: &GgufContext, key: &str) -> Option<u64> {
     let idx = gguf.find_key(key);
     (idx >= 0 && gguf.kv_type(idx) == llama_cpp_sys_2::GGUF_TYPE_UINT32).then(|| u64::from(gguf.val_u32(idx)))
 }

@@ -103,7 +103,11 @@ impl ChatPipeline for LlamaChatPipeline {
             &request.tools,
             starts_in_reasoning,
         );
-        self.submit(Prompt::Rendered(prompt), request.params, Some(processor), cancel)
+        let prompt = Prompt::Rendered {
+            text: prompt,
+            images: request.images,
+        };
+        self.submit(prompt, request.params, Some(processor), cancel)
     }
 
     fn complete(&self, request: ResolvedCompletion, cancel: CancellationToken) -> Result<ChatStream> {
@@ -119,18 +123,28 @@ impl ChatPipeline for LlamaChatPipeline {
 
 impl LlamaChatPipeline {
     /// The token ids a chat request's prompt becomes (what the engine would
-    /// decode; for tests and tooling).
+    /// decode; for tests and tooling), -1 for each cell an image takes.
     pub fn prompt_tokens(&self, request: &ResolvedChat) -> Result<Vec<i32>> {
-        let prompt = self.render_escaped(request)?;
-        self.engine.tokenize(Prompt::Rendered(prompt))
+        let text = self.render_escaped(request)?;
+        self.engine.tokenize(Prompt::Rendered {
+            text,
+            images: request.images.clone(),
+        })
+    }
+
+    /// A projector is loaded: chat messages may hold images.
+    pub fn reads_images(&self) -> bool {
+        self.info.reads_images
     }
 
     /// The rendered prompt, client strings escaped (see `control_text`).
     fn render_escaped(&self, request: &ResolvedChat) -> Result<String> {
-        if let Some(i) = request.messages.iter().position(|m| m.content.has_images()) {
+        // The service refuses images for a model without a projector; this
+        // only guards a pipeline built around it.
+        if !request.images.is_empty() && !self.info.reads_images {
             return Err(Error::invalid_param(
-                format!("messages[{i}].content"),
-                format!("model '{}' does not accept images", self.spec.id),
+                "messages",
+                format!("model '{}' does not read images", self.spec.id),
             ));
         }
         let template = self.template.as_ref().ok_or_else(|| {

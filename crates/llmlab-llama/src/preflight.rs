@@ -23,5 +23,6 @@ pub fn check_model_file(spec: &ModelSpec) -> Result<()> {
             "the model file of '{}' is not a readable GGUF file (bad header or tensor table)",
             spec.id
         ))
-    })
+    })?;
+    crate::vision::check_projector(spec, crate::settings::llama_settings(spec)?)
 }

@@ -35,11 +35,18 @@ pub(crate) struct Demand {
     pub prompt_left: usize,
     /// Decoded in calls of its own (see the module docs).
     pub invariant: bool,
+    /// Its prompt has reached an image: the batcher evaluates images apart
+    /// (one per step), so it takes no tokens until its image is in.
+    pub at_image: bool,
 }
 
 impl Demand {
     fn generating(&self) -> bool {
-        self.prompt_left == 0
+        self.prompt_left == 0 && !self.at_image
+    }
+
+    fn wants_tokens(&self) -> bool {
+        !self.at_image
     }
 }
 
@@ -71,6 +78,9 @@ pub(crate) fn plan_step(demands: &[Demand], arrival: &[u64], budget: usize) -> S
     // Rule 1: every generating sequence's next token.
     let mut left = budget;
     for (i, demand) in demands.iter().enumerate() {
+        if !demand.wants_tokens() {
+            continue;
+        }
         if demand.invariant {
             let chunk = if demand.generating() {
                 1
@@ -88,7 +98,7 @@ pub(crate) fn plan_step(demands: &[Demand], arrival: &[u64], budget: usize) -> S
     }
     // Rule 2: prompts, oldest first, share what is left.
     let mut waiting: Vec<usize> = (0..demands.len())
-        .filter(|&i| !demands[i].invariant && !demands[i].generating())
+        .filter(|&i| demands[i].wants_tokens() && !demands[i].invariant && !demands[i].generating())
         .collect();
     waiting.sort_by_key(|&i| arrival[i]);
     for i in waiting {
@@ -116,12 +126,14 @@ mod tests {
         Demand {
             prompt_left: left,
             invariant: false,
+            at_image: false,
         }
     }
 
     const GENERATING: Demand = Demand {
         prompt_left: 0,
         invariant: false,
+        at_image: false,
     };
 
     #[test]
@@ -139,6 +151,7 @@ mod tests {
         let invariant = |left| Demand {
             prompt_left: left,
             invariant: true,
+            at_image: false,
         };
         let demands = [GENERATING, invariant(1000), invariant(0), prompt(50)];
         let plan = plan_step(&demands, &[0, 1, 2, 3], 512);
@@ -254,6 +267,7 @@ mod tests {
         let invariant = Demand {
             prompt_left: 700,
             invariant: true,
+            at_image: false,
         };
         let calls_of = |others: &[Demand]| {
             let mut demands = vec![invariant];
@@ -274,5 +288,22 @@ mod tests {
         let alone = calls_of(&[]);
         assert_eq!(alone, vec![512, 188, 1, 1]);
         assert_eq!(calls_of(&[prompt(900), GENERATING, prompt(30)]), alone);
+    }
+
+    #[test]
+    fn a_sequence_at_an_image_takes_no_tokens_and_others_go_on() {
+        let at_image = Demand {
+            prompt_left: 0,
+            invariant: false,
+            at_image: true,
+        };
+        let plan = plan_step(&[GENERATING, at_image, prompt(40)], &[0, 1, 2], 512);
+        let shared: Vec<(usize, usize)> = plan.shared.iter().map(|g| (g.sequence, g.tokens)).collect();
+        assert_eq!(shared, vec![(0, 1), (2, 40)]);
+        let invariant_at_image = Demand {
+            invariant: true,
+            ..at_image
+        };
+        assert!(plan_step(&[invariant_at_image], &[0], 512).alone.is_empty());
     }
 }

@@ -16,6 +16,7 @@ use llmlab_core::guards::{GuardSet, GuardSettings};
 use llmlab_core::text::{StopScan, TokenTextAssembler};
 use llmlab_core::{ChatEvent, Error, FinishReason, ResolvedParams, Result, Timings, TokenLogprob, TopLogprob, Usage};
 
+use crate::cells::{common_prefix, media_key, Cell, MediaUnit, PromptCells};
 use crate::control_text::{ControlTexts, PromptPiece};
 use crate::job::{Job, Prompt};
 use crate::logprobs::logprobs;
@@ -23,6 +24,7 @@ use crate::output::Output;
 use crate::policy::TokenPolicy;
 use crate::sampler::build_request_sampler;
 use crate::schedule::Demand;
+use crate::vision::Vision;
 
 /// What a sequence does after a decode step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +38,12 @@ pub(crate) struct Sequence {
     /// Context sequence id (slot index) it runs in; set by `attach`.
     slot: usize,
     sampler: LlamaSampler,
-    prompt: Vec<LlamaToken>,
-    /// Prompt tokens found in the slot's KV cache when it was attached.
+    prompt: PromptCells,
+    /// Prompt cells found in the slot's KV cache when it was attached.
     reused: usize,
-    /// Tokens whose keys and values sit in the slot's KV cache, in position
-    /// order: the prompt so far, then every generated token decoded.
-    in_cache: Vec<LlamaToken>,
+    /// What the slot's KV cache holds, in order: the prompt so far, then
+    /// every generated token decoded.
+    in_cache: Vec<Cell>,
     /// Sampled and streamed, waiting to be decoded.
     next: Option<LlamaToken>,
     /// Tokens this sequence put into the batch being decoded.
@@ -66,6 +68,7 @@ impl Sequence {
     pub fn prepare(
         model: &LlamaModel,
         control_texts: &ControlTexts,
+        vision: Option<&Vision>,
         mut job: Job,
         context_size: usize,
     ) -> Option<Self> {
@@ -75,13 +78,14 @@ impl Sequence {
             });
             return None;
         }
-        let prompt = tokenize_prompt(model, control_texts, &job.prompt);
-        let checked = check_prompt(&prompt, context_size, job.prompt.request_field())
+        let checked = tokenize_prompt(model, control_texts, vision, &job.prompt).and_then(|prompt| {
+            check_prompt(&prompt, context_size, job.prompt.request_field())?;
             // Built before the prompt is processed: a schema that cannot
             // become a grammar fails the request without wasting compute.
-            .and_then(|()| build_request_sampler(model, &job.params));
-        let sampler = match checked {
-            Ok(sampler) => sampler,
+            Ok((prompt, build_request_sampler(model, &job.params)?))
+        });
+        let (prompt, sampler) = match checked {
+            Ok(ready) => ready,
             Err(error) => {
                 let _ = job.events.send(ChatEvent::Error(error));
                 return None;
@@ -118,8 +122,13 @@ impl Sequence {
         })
     }
 
-    pub fn prompt(&self) -> &[LlamaToken] {
-        &self.prompt
+    pub fn prompt(&self) -> &[Cell] {
+        &self.prompt.cells
+    }
+
+    /// Its client went away or cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        is_cancelled(&self.job)
     }
 
     /// Past its prompt: it has a sampled token to decode.
@@ -127,16 +136,43 @@ impl Sequence {
         self.next.is_some()
     }
 
-    /// What it asks of the next step (see `schedule`).
+    /// What it asks of the next step (see `schedule`): the prompt's tokens
+    /// up to its next image, which is evaluated apart
+    /// ([`Self::evaluate_image`]).
     pub fn demand(&self) -> Demand {
         Demand {
             prompt_left: if self.is_generating() {
                 0
             } else {
-                self.prompt.len() - self.in_cache.len()
+                self.prompt.text_run_from(self.in_cache.len())
             },
             invariant: self.is_batch_invariant(),
+            at_image: self.image_due().is_some(),
         }
+    }
+
+    /// The image its prompt reaches next, when every cell before it is in
+    /// the KV cache.
+    pub fn image_due(&self) -> Option<&MediaUnit> {
+        if self.is_generating() {
+            return None;
+        }
+        self.prompt.media_at(self.in_cache.len())
+    }
+
+    /// Evaluate the image due into the slot (llama.cpp calls of its own,
+    /// `n_batch` embeddings at a time).
+    pub fn evaluate_image(&mut self, vision: &mut Vision, ctx: &mut LlamaContext<'_>, n_batch: usize) -> Result<()> {
+        let at = self.in_cache.len();
+        let unit = self
+            .prompt
+            .media_at(at)
+            .ok_or_else(|| Error::internal("no image is due"))?;
+        let position = self.prompt.position_of(at);
+        vision.evaluate(unit, ctx, position, self.slot as i32, n_batch as i32)?;
+        let cells = unit.cells;
+        self.in_cache.extend_from_slice(&self.prompt.cells[at..at + cells]);
+        Ok(())
     }
 
     /// Its answer must not depend on what else runs: it is decoded in calls
@@ -145,8 +181,8 @@ impl Sequence {
         self.job.params.batch_invariant
     }
 
-    /// The tokens whose keys and values its slot holds now.
-    pub fn in_cache(&self) -> &[LlamaToken] {
+    /// What its slot's KV cache holds now.
+    pub fn in_cache(&self) -> &[Cell] {
         &self.in_cache
     }
 
@@ -166,14 +202,17 @@ impl Sequence {
     /// Take slot `slot`, whose KV cache holds `cached`: keep the part that
     /// matches this prompt's start and drop the rest, so a continued
     /// conversation or a repeated system prompt only processes what is new.
-    pub fn attach(&mut self, ctx: &mut LlamaContext<'_>, slot: usize, mut cached: Vec<LlamaToken>) {
+    /// An image is kept whole or not at all.
+    pub fn attach(&mut self, ctx: &mut LlamaContext<'_>, slot: usize, mut cached: Vec<Cell>) {
         self.slot = slot;
         self.started = Instant::now();
         let seq = slot as u32;
-        let mut reused = common_prefix(&cached, &self.prompt).min(self.prompt.len() - 1);
+        let shared = common_prefix(&cached, &self.prompt.cells).min(self.prompt.len() - 1);
+        let mut reused = self.prompt.boundary_at_or_before(shared);
+        let from_position = self.prompt.position_of(reused) as u32;
         if reused == 0
             || !ctx
-                .clear_kv_cache_seq(Some(seq), Some(reused as u32), None)
+                .clear_kv_cache_seq(Some(seq), Some(from_position), None)
                 .unwrap_or(false)
         {
             let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
@@ -191,23 +230,32 @@ impl Sequence {
         self.in_batch = 0..0;
         self.logits_index = None;
         let seq = [self.slot as i32];
-        let position = self.in_cache.len();
+        let at = self.in_cache.len();
         if let Some(token) = self.next {
             if budget == 0 {
                 return Ok(0);
             }
             self.logits_index = Some(batch.n_tokens());
-            batch.add(token, position as i32, &seq, true).map_err(internal)?;
-            self.in_batch = position..position + 1;
+            batch
+                .add(token, self.prompt.position_of(at), &seq, true)
+                .map_err(internal)?;
+            self.in_batch = at..at + 1;
             return Ok(1);
         }
-        let range = position..self.prompt.len().min(position + budget);
-        for pos in range.clone() {
-            let last = pos + 1 == self.prompt.len();
+        // Tokens only: an image is evaluated apart, when it is due.
+        let range = at..at + self.prompt.text_run_from(at).min(budget);
+        for cell in range.clone() {
+            let last = cell + 1 == self.prompt.len();
             if last {
                 self.logits_index = Some(batch.n_tokens());
             }
-            batch.add(self.prompt[pos], pos as i32, &seq, last).map_err(internal)?;
+            let token = self
+                .prompt
+                .token_at(cell)
+                .ok_or_else(|| Error::internal("an image cell reached the token batch"))?;
+            batch
+                .add(token, self.prompt.position_of(cell), &seq, last)
+                .map_err(internal)?;
         }
         self.in_batch = range.clone();
         Ok(range.len())
@@ -217,9 +265,11 @@ impl Sequence {
     /// sequence's logits are ready, sample, stream and check for the end.
     pub fn after_decode(&mut self, model: &LlamaModel, ctx: &LlamaContext<'_>, policy: &TokenPolicy) -> Step {
         match self.next.take() {
-            Some(token) if !self.in_batch.is_empty() => self.in_cache.push(token),
+            Some(token) if !self.in_batch.is_empty() => self.in_cache.push(Cell::Token(token)),
             Some(token) => self.next = Some(token),
-            None => self.in_cache.extend_from_slice(&self.prompt[self.in_batch.clone()]),
+            None => self
+                .in_cache
+                .extend_from_slice(&self.prompt.cells[self.in_batch.clone()]),
         }
         self.in_batch = 0..0;
         if is_cancelled(&self.job) {
@@ -277,9 +327,9 @@ impl Sequence {
         Step::Continue
     }
 
-    /// Send the usage and terminal events; returns the tokens left in the
-    /// slot's KV cache, for the next request to reuse.
-    pub fn finish(self, finish_reason: FinishReason) -> Vec<LlamaToken> {
+    /// Send the usage and terminal events; returns what the slot's KV
+    /// cache holds, for the next request to reuse.
+    pub fn finish(self, finish_reason: FinishReason) -> Vec<Cell> {
         if finish_reason != FinishReason::Cancelled {
             let first = self.first_token_at.unwrap_or_else(Instant::now);
             let prompt_ms = ms(first.duration_since(self.started));
@@ -325,10 +375,16 @@ fn is_cancelled(job: &Job) -> bool {
     job.cancel.is_cancelled() || job.events.is_closed()
 }
 
-/// `param` names the request field the prompt came from.
-fn check_prompt(prompt: &[LlamaToken], context_size: usize, param: &str) -> Result<()> {
-    if prompt.is_empty() {
+/// `param` names the request field the prompt came from. Images count
+/// with the cells they take.
+fn check_prompt(prompt: &PromptCells, context_size: usize, param: &str) -> Result<()> {
+    if prompt.len() == 0 {
         return Err(Error::invalid_param(param, "the prompt is empty"));
+    }
+    if prompt.token_at(prompt.len() - 1).is_none() {
+        // Generation samples from the last cell's logits, and an image's
+        // are never computed; chat templates always end with text.
+        return Err(Error::invalid_param(param, "the prompt must not end with an image"));
     }
     if prompt.len() >= context_size {
         return Err(Error::invalid_param(
@@ -371,32 +427,68 @@ fn token_logprob(
     }
 }
 
-pub(crate) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// Tokenize with special tokens parsed (templates write them as text) and
 /// BOS added when the model wants one, without doubling a BOS the template
-/// already wrote.
-pub(crate) fn tokenize_prompt(model: &LlamaModel, control_texts: &ControlTexts, prompt: &Prompt) -> Vec<LlamaToken> {
+/// already wrote. Each image is tokenized by the projector, alone.
+pub(crate) fn tokenize_prompt(
+    model: &LlamaModel,
+    control_texts: &ControlTexts,
+    vision: Option<&Vision>,
+    prompt: &Prompt,
+) -> Result<PromptCells> {
     let vocab = model.vocab();
-    let mut tokens = match prompt {
-        Prompt::Raw(text) => vocab.tokenize(text.as_bytes(), true, true),
-        Prompt::Rendered(text) => {
-            let mut tokens = Vec::new();
-            for (i, piece) in control_texts.pieces(text).into_iter().enumerate() {
-                // The model's own start tokens (BOS) go before the first piece.
-                let add_special = i == 0;
-                match piece {
-                    PromptPiece::Template(text) => tokens.extend(vocab.tokenize(text.as_bytes(), add_special, true)),
-                    PromptPiece::Literal(text) => tokens.extend(vocab.tokenize(text.as_bytes(), add_special, false)),
-                }
-            }
-            tokens
+    let (text, images) = match prompt {
+        Prompt::Raw(text) => {
+            return Ok(PromptCells::from_tokens(without_double_bos(
+                model,
+                vocab.tokenize(text.as_bytes(), true, true),
+            )))
         }
+        Prompt::Rendered { text, images } => (text, images),
     };
-    // Templates that write BOS themselves would get a second one.
-    let bos = vocab.bos();
+    let mut cells = PromptCells::default();
+    let mut placed = vec![false; images.len()];
+    for (i, piece) in control_texts.pieces(text).into_iter().enumerate() {
+        // The model's own start tokens (BOS) go before the first piece.
+        let add_special = i == 0;
+        let tokens = match piece {
+            PromptPiece::Template(text) => vocab.tokenize(text.as_bytes(), add_special, true),
+            PromptPiece::Literal(text) => vocab.tokenize(text.as_bytes(), add_special, false),
+            PromptPiece::Media(index) => {
+                let Some(image) = images.get(index).filter(|_| !placed[index]) else {
+                    return Err(Error::internal("the chat template placed an image twice"));
+                };
+                placed[index] = true;
+                let vision =
+                    vision.ok_or_else(|| Error::invalid_param("messages", "this model does not read images"))?;
+                if add_special {
+                    cells
+                        .cells
+                        .extend(vocab.tokenize(b"", true, false).into_iter().map(Cell::Token));
+                }
+                cells.push_media(vision.tokenize(image)?, media_key(&image.id));
+                continue;
+            }
+        };
+        let tokens = if add_special {
+            without_double_bos(model, tokens)
+        } else {
+            tokens
+        };
+        cells.cells.extend(tokens.into_iter().map(Cell::Token));
+    }
+    if placed.contains(&false) {
+        return Err(Error::invalid_param(
+            "messages",
+            "the model's chat template left out a message that holds an image",
+        ));
+    }
+    Ok(cells)
+}
+
+/// Templates that write BOS themselves would get a second one.
+fn without_double_bos(model: &LlamaModel, mut tokens: Vec<LlamaToken>) -> Vec<LlamaToken> {
+    let bos = model.vocab().bos();
     if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
         tokens.remove(0);
     }

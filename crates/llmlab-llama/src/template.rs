@@ -10,9 +10,9 @@ use serde_json::{json, Map, Value as Json};
 
 use std::sync::Arc;
 
-use llmlab_core::{ChatMessage, Error, MessageContent, Result, ToolDefinition};
+use llmlab_core::{ChatMessage, ContentPart, Error, MessageContent, Result, ToolDefinition};
 
-use crate::control_text::{escape_json, ControlTexts};
+use crate::control_text::{escape_json, media_placeholder, ControlTexts};
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -65,9 +65,15 @@ impl ChatTemplate {
     /// Render a conversation, ending with the assistant's generation prompt.
     pub fn render(&self, messages: &[ChatMessage], tools: &[ToolDefinition]) -> Result<String> {
         // Every string a client wrote is escaped; the template's own text
-        // (and bos/eos) is not.
-        let mut messages = Json::Array(messages.iter().map(message_to_json).collect());
-        escape_json(&self.control_texts, &mut messages);
+        // (and bos/eos) is not. Images become placeholders, numbered in
+        // the order their parts appear.
+        let mut next_image = 0;
+        let messages = Json::Array(
+            messages
+                .iter()
+                .map(|message| message_to_json(message, &self.control_texts, &mut next_image))
+                .collect(),
+        );
         let tools = (!tools.is_empty()).then(|| {
             let mut tools = serde_json::to_value(tools).unwrap_or_default();
             escape_json(&self.control_texts, &mut tools);
@@ -100,22 +106,51 @@ impl ChatTemplate {
     }
 }
 
-/// A message as templates expect it: plain string content, tool-call
+/// A message as templates expect it: plain string content (an image part
+/// becomes its placeholder, parts are joined by newlines), tool-call
 /// arguments as objects when they parse as JSON, and keys only when present
-/// (templates test them with `is defined`).
-fn message_to_json(message: &ChatMessage) -> Json {
-    let mut out = Map::new();
-    out.insert("role".into(), json!(message.role.template_name()));
+/// (templates test them with `is defined`). Client strings come out
+/// escaped (see `control_text`).
+fn message_to_json(message: &ChatMessage, control_texts: &ControlTexts, next_image: &mut usize) -> Json {
     let text = match &message.content {
-        MessageContent::Text(text) => text.clone(),
-        parts => parts.joined_text(),
+        MessageContent::Text(text) => control_texts.escape(text).into_owned(),
+        MessageContent::Parts(parts) => {
+            let pieces: Vec<String> = parts
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Text { text } => control_texts.escape(text).into_owned(),
+                    ContentPart::ImageUrl { .. } => {
+                        *next_image += 1;
+                        media_placeholder(*next_image - 1)
+                    }
+                })
+                .collect();
+            pieces.join("\n")
+        }
     };
+    let mut out = Json::Object(other_fields(message));
+    escape_json(control_texts, &mut out);
     let content = if text.is_empty() && !message.tool_calls.is_empty() {
         Json::Null
     } else {
         json!(text)
     };
-    out.insert("content".into(), content);
+    let Json::Object(mut rest) = out else {
+        unreachable!("escaping keeps an object an object")
+    };
+    // Role, then content, then the rest: the order templates printed
+    // before images existed.
+    let mut ordered = Map::new();
+    ordered.insert("role".into(), rest.remove("role").unwrap_or(Json::Null));
+    ordered.insert("content".into(), content);
+    ordered.extend(rest);
+    Json::Object(ordered)
+}
+
+/// Every field of a message but its content.
+fn other_fields(message: &ChatMessage) -> Map<String, Json> {
+    let mut out = Map::new();
+    out.insert("role".into(), json!(message.role.template_name()));
     if let Some(name) = &message.name {
         out.insert("name".into(), json!(name));
     }
@@ -137,7 +172,7 @@ fn message_to_json(message: &ChatMessage) -> Json {
     if let Some(reasoning) = &message.reasoning_content {
         out.insert("reasoning_content".into(), json!(reasoning));
     }
-    Json::Object(out)
+    out
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {

@@ -80,6 +80,12 @@ pub struct LlamaSettings {
     /// Every request decoded as if alone (a request may still choose):
     /// answers never depend on what else runs, at a cost in throughput.
     pub batch_invariant: bool,
+    /// The vision projector (llama.cpp's mmproj GGUF), absolute: the model
+    /// then reads images in chat messages.
+    pub mmproj: Option<std::path::PathBuf>,
+    /// The most tokens one image may become (`None`: the projector's own
+    /// limit; only dynamic-resolution projectors read it).
+    pub image_max_tokens: Option<u32>,
 }
 
 impl Default for LlamaSettings {
@@ -96,6 +102,8 @@ impl Default for LlamaSettings {
             reasoning_format: None,
             tool_call_format: None,
             batch_invariant: false,
+            mmproj: None,
+            image_max_tokens: None,
         }
     }
 }

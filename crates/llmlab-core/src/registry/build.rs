@@ -40,17 +40,9 @@ fn spec_of(
 ) -> Result<ModelSpec, Fault> {
     check_backend_serves_kind(&entry)?;
     check_settings_apply(&entry)?;
-    if entry.path.trim().is_empty() {
-        return Err(fault("path", "must not be empty"));
-    }
-    let path = PathBuf::from(&entry.path);
-    let path = if path.is_absolute() {
-        path
-    } else {
-        models_dir.join(path)
-    };
+    let path = in_models_dir(models_dir, &entry.path)?;
     let backend = match entry.backend {
-        BackendKind::Llama => BackendSettings::Llama(llama_settings(&entry, file, env)?),
+        BackendKind::Llama => BackendSettings::Llama(llama_settings(&entry, file, models_dir, env)?),
         BackendKind::Candle => BackendSettings::Candle(CandleSettings {}),
     };
     entry
@@ -146,10 +138,30 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
             ("reasoning_format", entry.reasoning_format.is_some()),
             ("tool_call_format", entry.tool_call_format.is_some()),
             ("batch_invariant", entry.batch_invariant.is_some()),
+            ("mmproj", entry.mmproj.is_some()),
+            ("image_max_tokens", entry.image_max_tokens.is_some()),
         ];
         if let Some((field, _)) = llama_only.iter().find(|(_, written)| *written) {
             return Err(fault(field, llama_only_message(entry.backend)));
         }
+    }
+    if entry.kind == ModelKind::Embedding {
+        let chat_only = [
+            ("mmproj", entry.mmproj.is_some()),
+            ("image_max_tokens", entry.image_max_tokens.is_some()),
+        ];
+        if let Some((field, _)) = chat_only.iter().find(|(_, written)| *written) {
+            return Err(fault(
+                field,
+                "applies to chat models only, and this model's kind is embedding",
+            ));
+        }
+    }
+    if entry.image_max_tokens.is_some() && entry.mmproj.is_none() {
+        return Err(fault(
+            "image_max_tokens",
+            "applies to vision models only: set mmproj (the projector file) too",
+        ));
     }
     if entry.kind != ModelKind::Embedding {
         let embedding_only = [
@@ -174,6 +186,7 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
 fn llama_settings(
     entry: &ModelEntry,
     file: &Path,
+    models_dir: &Path,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<LlamaSettings, Fault> {
     let context_size = entry.context_size.unwrap_or(config::DEFAULT_CONTEXT_SIZE);
@@ -217,6 +230,29 @@ fn llama_settings(
         reasoning_format: entry.reasoning_format,
         tool_call_format: entry.tool_call_format,
         batch_invariant: entry.batch_invariant.unwrap_or(false),
+        mmproj: entry
+            .mmproj
+            .as_deref()
+            .map(|p| in_models_dir(models_dir, p).map_err(|(_, message)| fault("mmproj", message)))
+            .transpose()?,
+        image_max_tokens: match entry.image_max_tokens {
+            Some(0) => return Err(fault("image_max_tokens", "must be at least 1")),
+            other => other,
+        },
+    })
+}
+
+/// A model file's path: as written when absolute, else inside the models
+/// folder. The error names `path`; callers with another field rename it.
+fn in_models_dir(models_dir: &Path, written: &str) -> Result<PathBuf, Fault> {
+    if written.trim().is_empty() {
+        return Err(fault("path", "must not be empty"));
+    }
+    let path = PathBuf::from(written);
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        models_dir.join(path)
     })
 }
 

@@ -28,6 +28,11 @@ pub(super) struct ModelEntry {
     pub reasoning_format: Option<crate::stream::ReasoningFormat>,
     pub tool_call_format: Option<crate::stream::ToolCallFormat>,
     pub batch_invariant: Option<bool>,
+    /// Vision: the projector GGUF (llama.cpp's mmproj) beside the model.
+    pub mmproj: Option<String>,
+    /// Vision: the most tokens one image may become (dynamic-resolution
+    /// projectors; `None`: the projector's own limit).
+    pub image_max_tokens: Option<u32>,
     /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
     pub keep_alive: Option<String>,
     #[serde(default)]

@@ -76,6 +76,12 @@ pub(super) fn apply_env_overrides(
             _ => return Err((key, format!("expected true or false, got '{value}'"))),
         });
     }
+    if let Some((_, file)) = llama_only("mmproj")? {
+        entry.mmproj = Some(file);
+    }
+    if let Some(n) = llama_number("image_max_tokens")? {
+        entry.image_max_tokens = Some(n);
+    }
     if let Some((_, file)) = llama_only("chat_template_file")? {
         entry.chat_template_file = Some(file);
         entry.chat_template = None;

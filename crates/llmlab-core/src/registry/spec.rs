@@ -104,6 +104,22 @@ pub struct SourceFile {
     pub sha256: String,
 }
 
+impl ModelSpec {
+    /// Reads images in chat messages: a llama model with a projector.
+    pub fn accepts_images(&self) -> bool {
+        self.backend.llama().is_some_and(|l| l.mmproj.is_some())
+    }
+
+    /// What the model reads, as OpenAI lists it (`/v1/models`).
+    pub fn input_modalities(&self) -> &'static [&'static str] {
+        if self.accepts_images() {
+            &["text", "image"]
+        } else {
+            &["text"]
+        }
+    }
+}
+
 impl SourceFile {
     /// The wheel member this file comes from.
     pub fn part(&self) -> PypiPart {

@@ -29,10 +29,11 @@ use records::Models;
 
 use crate::guards::{with_deadlines, DeadlineSettings};
 use crate::keep_alive::KeepAlive;
+use crate::media::{ImageFetcher, RemoteImages};
 use crate::metrics::GenerationMeter;
 use crate::pipeline::{ChatPipeline, LoadedPipeline};
 use crate::registry::{ModelKind, ModelSpec, Registry};
-use crate::{ChatRequest, ChatStream, CompletionRequest, Error, Result};
+use crate::{ChatRequest, ChatStream, CompletionRequest, Error, ResolvedChat, Result};
 
 /// Creates pipelines for model specs; implemented once per binary over the
 /// compiled-in backends (and by fakes in tests).
@@ -138,6 +139,8 @@ pub struct Service {
     budget: MemoryBudget,
     /// Start-up preloads not finished yet (see `health.rs`).
     preloads_pending: std::sync::atomic::AtomicUsize,
+    /// Fetches `http(s)` image URLs; `None` (the default) refuses them.
+    image_fetcher: Option<Arc<dyn ImageFetcher>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -184,6 +187,7 @@ impl Service {
             models: Models::default(),
             budget: MemoryBudget::default(),
             preloads_pending: std::sync::atomic::AtomicUsize::new(0),
+            image_fetcher: None,
         }
     }
 
@@ -209,7 +213,7 @@ impl Service {
     /// only the resolved form. The stream names the model it runs on.
     pub async fn chat(&self, request: ChatRequest, cancel: CancellationToken) -> Result<ChatStream> {
         let spec = self.spec_for(&request.model, Purpose::Chat)?;
-        let request = request.resolve(spec)?;
+        let request = self.resolve_chat(request, spec).await?;
         let run = self.start_request(spec, request.keep_alive, &request.params).await?;
         let stream = run.pipeline.chat(request, cancel.clone())?;
         Ok(run.supervise(stream, cancel))
@@ -222,6 +226,36 @@ impl Service {
         let run = self.start_request(spec, request.keep_alive, &request.params).await?;
         let stream = run.pipeline.complete(request, cancel.clone())?;
         Ok(run.supervise(stream, cancel))
+    }
+
+    /// Fetch image URLs when the operator allows it, and resolve: with
+    /// images, on a blocking thread (decoding a photo takes a while).
+    async fn resolve_chat(&self, request: ChatRequest, spec: &ModelSpec) -> Result<ResolvedChat> {
+        if !request.has_images() {
+            return request.resolve(spec);
+        }
+        let mut fetched = RemoteImages::default();
+        if let Some(fetcher) = &self.image_fetcher {
+            let max_bytes = crate::config::image_limits().max_bytes;
+            for part in request.image_urls_to_fetch(spec)? {
+                let bytes = fetcher
+                    .fetch(part.url, max_bytes)
+                    .await
+                    .map_err(|message| Error::invalid_param(part.param.clone(), message))?;
+                fetched.insert(part.url.to_owned(), bytes);
+            }
+        }
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || request.resolve_with_images(&spec, &fetched))
+            .await
+            .map_err(|e| Error::internal(format!("decoding the request's images failed: {e}")))?
+    }
+
+    /// Fetch `http(s)` image URLs with `fetcher` (the operator allowed it);
+    /// without one they are refused.
+    pub fn with_image_fetcher(mut self, fetcher: Arc<dyn ImageFetcher>) -> Self {
+        self.image_fetcher = Some(fetcher);
+        self
     }
 
     /// The registry entry a request runs on: the one it names, else the

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::guards::GuardSettings;
 use crate::keep_alive::KeepAlive;
+use crate::media::{self, DecodedImage, RemoteImages};
 use crate::registry::ModelSpec;
 use crate::{config, Result};
 
@@ -56,7 +57,11 @@ pub struct ResolvedChat {
     /// The registry id of the model (the default model's when the request
     /// named none).
     pub model: String,
+    /// Image parts' URLs read `llmlab-image:<id>` (see
+    /// [`crate::media::IMAGE_ID_SCHEME`]); the pixels are in `images`.
     pub messages: Vec<ChatMessage>,
+    /// The messages' images, decoded, in the order their parts appear.
+    pub images: Vec<DecodedImage>,
     /// The tools the model sees and whose calls are parsed: none when the
     /// request's `tool_choice` was `"none"`.
     pub tools: Vec<ToolDefinition>,
@@ -81,9 +86,25 @@ impl ChatRequest {
     /// Validate the request and resolve it against `model`, the registry
     /// entry it runs on. The only way to make a [`ResolvedChat`].
     pub fn resolve(self, model: &ModelSpec) -> Result<ResolvedChat> {
+        self.resolve_with_images(model, &RemoteImages::default())
+    }
+
+    /// The `http(s)` image URLs the service must fetch before resolving,
+    /// once it is known that `model` reads images and the request's image
+    /// parts are well formed.
+    pub fn image_urls_to_fetch(&self, model: &ModelSpec) -> Result<Vec<media::ImagePart<'_>>> {
+        media::check_images(&self.messages, model, &config::image_limits())
+    }
+
+    /// [`Self::resolve`], with the bytes fetched for the request's image
+    /// URLs. Decoding images takes a while: call it off the async threads
+    /// when [`Self::has_images`].
+    pub fn resolve_with_images(self, model: &ModelSpec, fetched: &RemoteImages) -> Result<ResolvedChat> {
         let forced_call = self.validate()?;
+        let limits = config::image_limits();
+        media::check_images(&self.messages, model, &limits)?;
         let ChatRequest {
-            messages,
+            mut messages,
             mut tools,
             tool_choice,
             mut params,
@@ -100,14 +121,23 @@ impl ChatRequest {
             // `response_format`, so nothing is overwritten here.
             params.json_schema = forced_call;
         }
+        let images = media::decode_images(&mut messages, fetched, &limits)?;
         Ok(ResolvedChat {
             model: model.id.clone(),
             messages,
+            images,
             tools,
             params: params.resolve(model),
             keep_alive: keep_alive.unwrap_or(model.keep_alive),
             _validated: Validated,
         })
+    }
+}
+
+impl ChatRequest {
+    /// Some message holds an image part.
+    pub fn has_images(&self) -> bool {
+        self.messages.iter().any(|m| m.content.has_images())
     }
 }
 
