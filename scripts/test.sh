@@ -13,6 +13,11 @@ LLMLAB_BIN=$(scripts/build.sh)
 python3 -c 'import openai, pytest, websocket, grpc, pika' 2>/dev/null \
   || python3 -m pip install --quiet openai pytest websocket-client grpcio pika
 "$LLMLAB_BIN" pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
+# Vision tests run real llama.cpp projectors with random weights (no vision
+# weights can be downloaded): written once into the models folder.
+python3 -c 'import gguf, numpy' 2>/dev/null \
+  || python3 -m pip install --quiet -r tests/vision-requirements.txt
+python3 scripts/make-vision-fixtures.py "${LLMLAB_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmlab/models}" --with-qwen2vl
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.
 cargo test --workspace "$@"

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod factory;
 pub mod grpc;
 pub mod http;
+pub mod image_fetch;
 pub mod logging;
 pub mod observe;
 pub mod openai;

@@ -84,6 +84,9 @@ pub enum ModelState {
 pub struct ModelStatus {
     pub id: String,
     pub kind: ModelKind,
+    /// What the model reads: `["text"]`, or `["text", "image"]` for a
+    /// vision model.
+    pub input_modalities: &'static [&'static str],
     pub state: ModelState,
     /// Why the last load failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +384,7 @@ impl Service {
             consecutive_failures,
             id: m.id.clone(),
             kind: m.kind,
+            input_modalities: m.input_modalities(),
             state,
             error,
             degraded,

@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::service::Service;
+use base64::Engine as _;
 use llmlab_core::{
-    ChatEvent, ChatMessage, ChatRequest, CompletionRequest, GenerationParams, SamplingParams, Timings, Usage,
+    ChatEvent, ChatMessage, ChatRequest, CompletionRequest, ContentPart, GenerationParams, ImageUrl, MessageContent,
+    SamplingParams, Timings, Usage,
 };
 
 use super::service::ServiceArgs;
@@ -30,6 +32,10 @@ pub struct ChatArgs {
     /// Complete the prompt as plain text, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// An image for a vision model, sent with the first message
+    /// (repeatable; PNG, JPEG, GIF or WebP).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<std::path::PathBuf>,
     #[arg(long)]
     pub temperature: Option<f32>,
     #[arg(long)]
@@ -94,9 +100,10 @@ pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
         model: id.clone(),
     };
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
+    let mut images = image_parts(&args)?;
 
     if let Some(prompt) = &args.prompt {
-        answer(&session, &args, &mut history, prompt)?;
+        answer(&session, &args, &mut history, &mut images, prompt)?;
         return Ok(());
     }
     let interactive = std::io::stdin().is_terminal();
@@ -112,12 +119,40 @@ pub fn run(common: &CommonArgs, args: ChatArgs) -> anyhow::Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             return Ok(());
         }
-        answer(&session, &args, &mut history, line.trim_end())?;
+        answer(&session, &args, &mut history, &mut images, line.trim_end())?;
     }
 }
 
+/// The `--image` files as content parts (base64 data URLs: the service
+/// decodes and checks them as it does for every door).
+fn image_parts(args: &ChatArgs) -> anyhow::Result<Vec<ContentPart>> {
+    if args.raw && !args.images.is_empty() {
+        anyhow::bail!("--image needs a chat message; it cannot go with --raw");
+    }
+    args.images
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let url = format!(
+                "data:application/octet-stream;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            );
+            Ok(ContentPart::ImageUrl {
+                image_url: ImageUrl { url, detail: None },
+            })
+        })
+        .collect()
+}
+
 /// Generate one answer, stream it to stdout and add the turn to `history`.
-fn answer(session: &Session, args: &ChatArgs, history: &mut Vec<ChatMessage>, prompt: &str) -> anyhow::Result<()> {
+/// `images` go with this message (the first), ahead of its text.
+fn answer(
+    session: &Session,
+    args: &ChatArgs,
+    history: &mut Vec<ChatMessage>,
+    images: &mut Vec<ContentPart>,
+    prompt: &str,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let service = &session.service;
     let mut stream = if args.raw {
@@ -129,7 +164,13 @@ fn answer(session: &Session, args: &ChatArgs, history: &mut Vec<ChatMessage>, pr
         };
         session.runtime.block_on(service.complete(request, cancel))?
     } else {
-        history.push(ChatMessage::user(prompt));
+        let mut message = ChatMessage::user(prompt);
+        if !images.is_empty() {
+            let mut parts = std::mem::take(images);
+            parts.push(ContentPart::Text { text: prompt.to_owned() });
+            message.content = MessageContent::Parts(parts);
+        }
+        history.push(message);
         let request = ChatRequest {
             model: session.model.clone(),
             messages: history.clone(),

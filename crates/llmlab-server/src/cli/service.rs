@@ -10,6 +10,7 @@ use llmlab_core::registry::Registry;
 use llmlab_core::service::Service;
 
 use crate::factory::BackendFactory;
+use crate::image_fetch::HttpImageFetcher;
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -21,6 +22,11 @@ pub struct ServiceArgs {
     /// together [default: 90% of the GPUs' memory; none without a GPU]
     #[arg(long, env = "LLMLAB_GPU_MEMORY_BUDGET", value_parser = config::parse_bytes)]
     pub gpu_memory_budget: Option<u64>,
+    /// Fetch http(s) image URLs in chat messages (public addresses only,
+    /// 10 s, within the image size limit); without it only data: URLs are
+    /// read
+    #[arg(long, env = "LLMLAB_ALLOW_IMAGE_URLS")]
+    pub allow_image_urls: bool,
 }
 
 impl ServiceArgs {
@@ -34,6 +40,9 @@ impl ServiceArgs {
         let gpu_default = || BackendFactory::gpu_memory_total().map(config::budget_share);
         if let Some(budget) = self.gpu_memory_budget.or_else(gpu_default) {
             service = service.with_gpu_memory_budget(budget);
+        }
+        if self.allow_image_urls {
+            service = service.with_image_fetcher(Arc::new(HttpImageFetcher::default()));
         }
         let service = Arc::new(service);
         service.spawn_keep_alive();

@@ -2,6 +2,7 @@
 //! Only shapes change here: the core service validates every value, and
 //! the errors raised here name the proto field at fault.
 
+use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -9,8 +10,8 @@ use llmlab_core::embedding::{EmbedInput, EmbeddingRequest, EmbeddingResponse};
 use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::service::ModelStatus;
 use llmlab_core::{
-    ChatMessage, ChatRequest, CompletionRequest, Error, FunctionCall, FunctionDefinition, GenerationParams,
-    MessageContent, Result, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    ChatMessage, ChatRequest, CompletionRequest, ContentPart, Error, FunctionCall, FunctionDefinition,
+    GenerationParams, ImageUrl, MessageContent, Result, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
 };
 
 use super::proto;
@@ -44,7 +45,23 @@ fn role(name: &str, field: &str) -> Result<Role> {
 
 fn message(message: proto::Message, index: usize) -> Result<ChatMessage> {
     let mut out = ChatMessage::new(role(&message.role, &format!("messages[{index}].role"))?, "");
-    out.content = MessageContent::Text(message.content);
+    out.content = if message.parts.is_empty() {
+        MessageContent::Text(message.content)
+    } else if message.content.is_empty() {
+        MessageContent::Parts(
+            message
+                .parts
+                .into_iter()
+                .enumerate()
+                .map(|(j, part)| content_part(part, &format!("messages[{index}].parts[{j}]")))
+                .collect::<Result<_>>()?,
+        )
+    } else {
+        return Err(Error::invalid_param(
+            format!("messages[{index}].content"),
+            "set 'content' or 'parts', not both",
+        ));
+    };
     out.tool_call_id = Some(message.tool_call_id).filter(|id| !id.is_empty());
     out.tool_calls = message
         .tool_calls
@@ -59,6 +76,34 @@ fn message(message: proto::Message, index: usize) -> Result<ChatMessage> {
         })
         .collect();
     Ok(out)
+}
+
+/// An image's bytes travel as a base64 data URL, the one form core reads
+/// (core decodes and checks them).
+fn content_part(part: proto::ContentPart, field: &str) -> Result<ContentPart> {
+    use proto::content_part::Part;
+    match part.part {
+        Some(Part::Text(text)) => Ok(ContentPart::Text { text }),
+        Some(Part::Image(image)) => {
+            let url = match (image.data.is_empty(), image.url.is_empty()) {
+                (false, true) => format!(
+                    "data:application/octet-stream;base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(&image.data)
+                ),
+                (true, false) => image.url,
+                _ => {
+                    return Err(Error::invalid_param(
+                        format!("{field}.image"),
+                        "an image needs exactly one of 'data' and 'url'",
+                    ))
+                }
+            };
+            Ok(ContentPart::ImageUrl {
+                image_url: ImageUrl { url, detail: None },
+            })
+        }
+        None => Err(Error::invalid_param(field, "a content part needs 'text' or 'image'")),
+    }
 }
 
 fn tool(tool: proto::Tool, index: usize) -> Result<ToolDefinition> {
@@ -187,6 +232,7 @@ pub fn model_info(status: &ModelStatus) -> proto::ModelInfo {
         memory_bytes: status.memory_bytes.unwrap_or(0),
         active_requests: u32::try_from(status.active_requests).unwrap_or(u32::MAX),
         circuit: serde_name(&status.circuit),
+        input_modalities: status.input_modalities.iter().map(|m| (*m).to_owned()).collect(),
     }
 }
 

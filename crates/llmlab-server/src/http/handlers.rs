@@ -128,6 +128,7 @@ fn model_json(status: &llmlab_core::service::ModelStatus) -> serde_json::Value {
         "created": 0,
         "owned_by": "llmlab",
         "kind": status.kind.as_str(),
+        "input_modalities": status.input_modalities,
         "state": status.state,
         "active_requests": status.active_requests,
         "pinned": status.pinned,
