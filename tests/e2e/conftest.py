@@ -33,7 +33,7 @@ def _free_port() -> int:
 class Server:
     """A running `llmlab serve` on a free loopback port."""
 
-    def __init__(self, *extra_args: str):
+    def __init__(self, *extra_args: str, env: dict | None = None):
         port = _free_port()
         self.proc = subprocess.Popen(
             [_binary(), "--registry", str(ROOT / "models" / "models.yaml"), "serve",
@@ -41,6 +41,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.base = f"http://127.0.0.1:{port}"
 

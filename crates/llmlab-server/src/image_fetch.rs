@@ -52,7 +52,9 @@ fn fetch_blocking(agent: &ureq::Agent, url: &str, max_bytes: u64) -> Result<Vec<
         .read_to_end(&mut bytes)
         .map_err(|e| format!("fetching the image failed: {e}"))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(format!("the image at the URL is more than the {max_bytes} bytes allowed"));
+        return Err(format!(
+            "the image at the URL is more than the {max_bytes} bytes allowed"
+        ));
     }
     Ok(bytes)
 }

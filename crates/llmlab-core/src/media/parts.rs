@@ -6,6 +6,10 @@ use crate::config::ImageLimits;
 use crate::registry::ModelSpec;
 use crate::{ChatMessage, ContentPart, Error, MessageContent, Result};
 
+/// What an image part's URL reads once its image is decoded: the image's
+/// id, never its bytes.
+pub const IMAGE_ID_SCHEME: &str = "llmlab-image:";
+
 /// One `image_url` part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePart<'a> {
@@ -104,6 +108,90 @@ pub(crate) fn decode_images(
     Ok(images)
 }
 
-/// What an image part's URL reads once its image is decoded: the image's
-/// id, never its bytes.
-pub const IMAGE_ID_SCHEME: &str = "llmlab-image:";
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::{ChatRequest, ErrorKind};
+
+    fn model(extra: &str) -> ModelSpec {
+        let text = format!("models:\n  - {{id: m, kind: chat, backend: llama, path: m.gguf{extra}}}\n");
+        let registry = Registry::parse(
+            &text,
+            std::path::Path::new("r.yaml"),
+            std::path::Path::new("/x"),
+            |_| None,
+        )
+        .unwrap();
+        registry.get("m").unwrap().clone()
+    }
+
+    fn request(urls: &[String]) -> ChatRequest {
+        let mut parts = vec![ContentPart::Text { text: "look".into() }];
+        parts.extend(urls.iter().map(|url| ContentPart::ImageUrl {
+            image_url: crate::ImageUrl {
+                url: url.clone(),
+                detail: None,
+            },
+        }));
+        let mut message = ChatMessage::user("");
+        message.content = MessageContent::Parts(parts);
+        ChatRequest {
+            messages: vec![ChatMessage::system("be brief"), message],
+            ..ChatRequest::default()
+        }
+    }
+
+    fn png_url(seed: u8) -> String {
+        use base64::Engine as _;
+        let png = super::super::decode::tests::png(8, 8, seed);
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        )
+    }
+
+    #[test]
+    fn images_resolve_to_pixels_and_ids_in_order() {
+        let resolved = request(&[png_url(1), png_url(2)])
+            .resolve(&model(", mmproj: p.gguf"))
+            .unwrap();
+        assert_eq!(resolved.images.len(), 2);
+        assert_ne!(resolved.images[0].id, resolved.images[1].id);
+        let MessageContent::Parts(parts) = &resolved.messages[1].content else {
+            panic!()
+        };
+        let ContentPart::ImageUrl { image_url } = &parts[2] else {
+            panic!()
+        };
+        assert_eq!(image_url.url, format!("{IMAGE_ID_SCHEME}{}", resolved.images[1].id));
+    }
+
+    #[test]
+    fn a_model_without_a_projector_is_named_and_bad_parts_are_pointed_at() {
+        let err = request(&[png_url(1)]).resolve(&model("")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        assert!(
+            err.message.contains("'m'") && err.message.contains("mmproj"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.param.as_deref(), Some("messages[1].content[1].image_url.url"));
+
+        let vision = model(", mmproj: p.gguf");
+        let err = request(&[png_url(1), "data:image/png;base64,%%%".into()])
+            .resolve(&vision)
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[1].content[2].image_url.url"));
+        assert!(err.message.contains("base64"), "{}", err.message);
+
+        let many: Vec<String> = (0..=crate::config::DEFAULT_MAX_IMAGES as u8).map(png_url).collect();
+        let err = request(&many).resolve(&vision).unwrap_err();
+        assert!(err.message.contains("more than the"), "{}", err.message);
+
+        let remote = request(&["https://example.com/cat.png".into()]);
+        assert_eq!(remote.image_urls_to_fetch(&vision).unwrap().len(), 1);
+        let err = remote.resolve(&vision).unwrap_err();
+        assert!(err.message.contains("--allow-image-urls"), "{}", err.message);
+    }
+}

@@ -311,6 +311,33 @@ mod tests {
     }
 
     #[test]
+    fn a_vision_projector_belongs_to_a_chat_model() {
+        let registry =
+            parse(&CHAT.replace("path: c.gguf}", "path: c.gguf, mmproj: p.gguf, image_max_tokens: 256}")).unwrap();
+        let chat = registry.get("chat").unwrap();
+        let llama = chat.backend.llama().unwrap();
+        assert_eq!(llama.mmproj.as_deref(), Some(Path::new("/models/p.gguf")));
+        assert_eq!(llama.image_max_tokens, Some(256));
+        assert!(chat.accepts_images());
+        assert_eq!(chat.input_modalities(), ["text", "image"]);
+        assert_eq!(parse(CHAT).unwrap().get("chat").unwrap().input_modalities(), ["text"]);
+        for (entry, field) in [
+            (
+                CHAT.replace("path: c.gguf}", "path: c.gguf, image_max_tokens: 64}"),
+                "image_max_tokens",
+            ),
+            (CHAT.replace("path: c.gguf}", "path: c.gguf, mmproj: ''}"), "mmproj"),
+            (
+                "  - {id: e, kind: embedding, backend: llama, path: e.gguf, mmproj: p.gguf}\n".to_owned(),
+                "mmproj",
+            ),
+        ] {
+            let err = parse(&entry).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        }
+    }
+
+    #[test]
     fn a_llama_setting_on_a_candle_model_is_refused_naming_the_field() {
         for (setting, field) in [
             ("context_size: 512", "context_size"),
@@ -323,6 +350,8 @@ mod tests {
             ("reasoning_format: think_tags", "reasoning_format"),
             ("tool_call_format: hermes", "tool_call_format"),
             ("batch_invariant: true", "batch_invariant"),
+            ("mmproj: p.gguf", "mmproj"),
+            ("image_max_tokens: 256", "image_max_tokens"),
         ] {
             let entry = CANDLE.replace("path: mini}", &format!("path: mini, {setting}}}"));
             let err = parse(&entry).unwrap_err();

@@ -8,9 +8,9 @@ use clap::Args;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
+use base64::Engine as _;
 use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::service::Service;
-use base64::Engine as _;
 use llmlab_core::{
     ChatEvent, ChatMessage, ChatRequest, CompletionRequest, ContentPart, GenerationParams, ImageUrl, MessageContent,
     SamplingParams, Timings, Usage,
@@ -167,7 +167,9 @@ fn answer(
         let mut message = ChatMessage::user(prompt);
         if !images.is_empty() {
             let mut parts = std::mem::take(images);
-            parts.push(ContentPart::Text { text: prompt.to_owned() });
+            parts.push(ContentPart::Text {
+                text: prompt.to_owned(),
+            });
             message.content = MessageContent::Parts(parts);
         }
         history.push(message);

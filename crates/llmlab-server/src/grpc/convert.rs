@@ -294,6 +294,58 @@ mod tests {
     }
 
     #[test]
+    fn image_parts_become_data_urls_and_misshapen_ones_are_refused() {
+        use proto::content_part::Part;
+        let image = |data: &[u8], url: &str| proto::ContentPart {
+            part: Some(Part::Image(proto::Image {
+                data: data.to_vec(),
+                url: url.into(),
+            })),
+        };
+        let message = |parts: Vec<proto::ContentPart>, content: &str| proto::ChatRequest {
+            messages: vec![proto::Message {
+                role: "user".into(),
+                content: content.into(),
+                parts,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = proto::ContentPart {
+            part: Some(Part::Text("look".into())),
+        };
+        let core = chat_request(message(vec![image(&[1, 2, 3], ""), text.clone()], "")).unwrap();
+        let MessageContent::Parts(parts) = &core.messages[0].content else {
+            panic!("parts expected")
+        };
+        assert_eq!(
+            parts[0],
+            ContentPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: "data:application/octet-stream;base64,AQID".into(),
+                    detail: None
+                }
+            }
+        );
+        assert_eq!(parts[1], ContentPart::Text { text: "look".into() });
+        for (bad, field) in [
+            (
+                message(vec![image(&[1], "http://x/y.png")], ""),
+                "messages[0].parts[0].image",
+            ),
+            (message(vec![image(&[], "")], ""), "messages[0].parts[0].image"),
+            (
+                message(vec![proto::ContentPart { part: None }], ""),
+                "messages[0].parts[0]",
+            ),
+            (message(vec![text], "also text"), "messages[0].content"),
+        ] {
+            let err = chat_request(bad).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(field), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn errors_name_the_proto_field() {
         let bad_role = proto::ChatRequest {
             messages: vec![proto::Message {
