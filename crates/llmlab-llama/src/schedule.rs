@@ -27,6 +27,11 @@
 //!    matmul, flash attention) pick their code path by the number of rows in
 //!    a call, so equal calls give equal numbers. The cost is one extra
 //!    `llama_decode` per invariant sequence per step.
+//! 5. **Images are evaluated apart.** A prompt's tokens are granted up to
+//!    its next image; the batcher evaluates at most one image per step (the
+//!    oldest sequence's), in calls of its own, before the shared batch. A
+//!    sequence waiting at an image takes nothing until then, and nobody
+//!    else waits for it.
 
 /// What a running sequence asks of the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
