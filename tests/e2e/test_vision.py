@@ -37,12 +37,15 @@ def models_dir() -> pathlib.Path:
     return pathlib.Path(cache) / "llmlab" / "models"
 
 
-def png(width=32, height=24, seed=1) -> bytes:
-    """A small RGB PNG, written by hand (no imaging library needed)."""
-    rows = b"".join(
-        b"\x00" + bytes(((x * seed) % 256, (y * 7 + seed) % 256, seed % 256)[c] for x in range(width) for c in range(3))
-        for y in range(height)
-    )
+def png(width=32, height=24, seed=1, rows=None) -> bytes:
+    """A small RGB PNG, written by hand (no imaging library needed);
+    `rows` replaces the pixel data (to forge a header's size)."""
+    if rows is None:
+        rows = b"".join(
+            b"\x00" + bytes(((x * seed) % 256, (y * 7 + seed) % 256, seed % 256)[c]
+                            for x in range(width) for c in range(3))
+            for y in range(height)
+        )
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -129,6 +132,13 @@ def test_image_errors_name_the_part(client):
     not_an_image[0]["content"][0]["image_url"]["url"] = "data:image/png;base64," + base64.b64encode(b"GIF? no").decode()
     body = bad_request(client, model=MODEL, messages=not_an_image)
     assert "PNG, JPEG, GIF or WebP" in body["message"], body
+
+    # A decompression bomb: a header declaring 100000 x 100000 pixels.
+    bomb_png = png(width=100_000, height=100_000, rows=b"")
+    bomb = image_message()
+    bomb[0]["content"][0]["image_url"]["url"] = "data:image/png;base64," + base64.b64encode(bomb_png).decode()
+    body = bad_request(client, model=MODEL, messages=bomb)
+    assert "100000x100000" in body["message"], body
 
     body = bad_request(client, model=MODEL, messages=image_message(seeds=range(1, MAX_IMAGES + 2)))
     assert body["param"] == f"messages[0].content[{MAX_IMAGES}].image_url.url", body
@@ -242,3 +252,27 @@ def test_llmlab_chat_sends_image_files(vision, tmp_path):
         [_binary(), "--registry", str(ROOT / "models" / "models.yaml"), "chat", "--image", str(broken),
          "--max-tokens", "4", "hi"], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode != 0 and "PNG, JPEG, GIF or WebP" in run.stderr, run.stderr[-1000:]
+
+
+def test_allowed_image_urls_still_never_reach_private_addresses():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.5)
+    running = Server("--no-preload", "--allow-image-urls",
+                     env={"LLMLAB_MODEL__QWEN2_5_CODER_0_5B__MMPROJ": PROJECTOR})
+    try:
+        running.wait_healthy()
+        client = openai.OpenAI(base_url=running.base + "/v1", api_key="unused", max_retries=0)
+        messages = image_message()
+        messages[0]["content"][0]["image_url"]["url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/cat.png"
+        body = bad_request(client, model=MODEL, messages=messages)
+        assert "public addresses" in body["message"], body
+        assert body["param"] == "messages[0].content[0].image_url.url", body
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing connected
+    finally:
+        running.stop()
+        listener.close()

@@ -43,7 +43,10 @@ impl ImageFetcher for HttpImageFetcher {
 fn fetch_blocking(agent: &ureq::Agent, url: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => format!("fetching the image failed: the server answered {code}"),
-        ureq::Error::Transport(t) => format!("fetching the image failed: {}", t.message().unwrap_or("cannot connect")),
+        ureq::Error::Transport(t) if refused_address(&t) => {
+            "image URLs may only name public addresses (this one is loopback, private or link-local)".to_owned()
+        }
+        ureq::Error::Transport(t) => format!("fetching the image failed: {}", t.kind()),
     })?;
     let mut bytes = Vec::new();
     response
@@ -57,6 +60,13 @@ fn fetch_blocking(agent: &ureq::Agent, url: &str, max_bytes: u64) -> Result<Vec<
         ));
     }
     Ok(bytes)
+}
+
+/// The resolver below refused every address of the host.
+fn refused_address(error: &ureq::Transport) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// Resolves a host as the system does, then keeps only public addresses;

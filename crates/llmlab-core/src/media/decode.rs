@@ -113,6 +113,22 @@ pub(crate) mod tests {
         out.into_inner()
     }
 
+    /// PNG's CRC-32 (IEEE, reflected), bit by bit: only for test data.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
     fn limits() -> ImageLimits {
         ImageLimits {
             max_bytes: 1 << 20,
@@ -129,6 +145,33 @@ pub(crate) mod tests {
         assert_eq!(image.id.len(), 64);
         assert_eq!(image.id, decode_image(&png(20, 10, 1), &limits()).unwrap().id);
         assert_ne!(image.id, decode_image(&png(20, 10, 2), &limits()).unwrap().id);
+    }
+
+    #[test]
+    fn jpeg_gif_and_webp_decode_too() {
+        let picture = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 8, |x, y| {
+            image::Rgb([x as u8 * 16, y as u8 * 32, 99])
+        }));
+        for format in [ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP] {
+            let mut encoded = Cursor::new(Vec::new());
+            picture.write_to(&mut encoded, format).unwrap();
+            let image = decode_image(encoded.get_ref(), &limits()).unwrap();
+            assert_eq!((image.width, image.height), (16, 8), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_size_is_refused_before_decoding() {
+        // A PNG header declaring 100000 x 100000 pixels over a few bytes of
+        // data: a decompression bomb if anything tried to allocate it.
+        let mut bomb = png(1, 1, 0);
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // The IHDR chunk's CRC covers its type and data (bytes 12..29).
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_image(&bomb, &limits()).unwrap_err();
+        assert!(err.contains("100000x100000"), "{err}");
     }
 
     #[test]
