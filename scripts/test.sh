@@ -15,9 +15,14 @@ python3 -c 'import openai, pytest, websocket, grpc, grpc_tools, pika' 2>/dev/nul
 "$LLMLAB_BIN" pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
 # Vision tests run real llama.cpp projectors with random weights (no vision
 # weights can be downloaded): written once into the models folder.
+MODELS_DIR="${LLMLAB_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmlab/models}"
 python3 -c 'import gguf, numpy' 2>/dev/null \
   || python3 -m pip install --quiet -r tests/vision-requirements.txt
-python3 scripts/make-vision-fixtures.py "${LLMLAB_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmlab/models}" --with-qwen2vl
+python3 scripts/make-vision-fixtures.py "$MODELS_DIR" --with-qwen2vl
+# Likewise image generation: a tiny random SD-1.5-shaped diffusers folder.
+python3 -c 'import safetensors' 2>/dev/null \
+  || python3 -m pip install --quiet -r tests/diffusion-requirements.txt
+python3 scripts/make-diffusion-fixture.py "$MODELS_DIR"
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.
 cargo test --workspace "$@"

@@ -1,5 +1,7 @@
 //! candle backend of llmlab: BERT-family sentence embeddings from a folder
-//! of safetensors weights, a `config.json` and a `tokenizer.json`, on the CPU.
+//! of safetensors weights, a `config.json` and a `tokenizer.json`, on the
+//! CPU; and Stable Diffusion image generation from a diffusers folder
+//! (`diffusion/`).
 //!
 //! The pipeline tokenises, cuts long inputs into windows the model can read,
 //! runs batches of windows packed without padding through its own encoder
@@ -9,8 +11,10 @@
 
 mod batch;
 mod bert;
+mod diffusion;
 mod encoder;
 mod pooling;
 mod windows;
 
 pub use bert::BertEmbeddingPipeline;
+pub use diffusion::DiffusionPipeline;

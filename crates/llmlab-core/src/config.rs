@@ -246,6 +246,13 @@ pub fn image_limits() -> ImageLimits {
     })
 }
 
+/// Image generation defaults (a request or the registry may set each).
+pub const DEFAULT_IMAGE_STEPS: u32 = 20;
+pub const DEFAULT_GUIDANCE_SCALE: f32 = 7.5;
+pub const DEFAULT_IMAGE_SIDE: u32 = 512;
+/// Image-to-image: how much of the picture is repainted by default.
+pub const DEFAULT_IMAGE_STRENGTH: f32 = 0.8;
+
 /// Image URLs (`http(s)`) are fetched only when the operator allows it:
 /// limits on what one fetch may take.
 pub const IMAGE_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

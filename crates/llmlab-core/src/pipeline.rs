@@ -43,10 +43,27 @@ pub trait EmbeddingPipeline: Send + Sync {
 }
 
 /// A loaded model of any kind, as the service's cache holds it.
+/// A diffusion model: makes images from a prompt, optionally from a
+/// starting picture and a mask.
+pub trait ImagePipeline: Send + Sync {
+    /// Generate `request.n` images (blocking: the service calls it on a
+    /// blocking thread). `progress(step, steps)` is called after each
+    /// denoising step; between steps a fired `cancel` stops the generation
+    /// with [`crate::Error::cancelled`]. One generation runs at a time per
+    /// model; others wait, and past the model's `max_queue` are refused.
+    fn generate(
+        &self,
+        request: &crate::ResolvedImageRequest,
+        cancel: &CancellationToken,
+        progress: &mut dyn FnMut(u32, u32),
+    ) -> Result<Vec<crate::media::RgbImage>>;
+}
+
 #[derive(Clone)]
 pub enum LoadedPipeline {
     Chat(std::sync::Arc<dyn ChatPipeline>),
     Embedding(std::sync::Arc<dyn EmbeddingPipeline>),
+    Image(std::sync::Arc<dyn ImagePipeline>),
 }
 
 impl std::fmt::Debug for LoadedPipeline {
@@ -54,6 +71,7 @@ impl std::fmt::Debug for LoadedPipeline {
         f.write_str(match self {
             Self::Chat(_) => "LoadedPipeline::Chat",
             Self::Embedding(_) => "LoadedPipeline::Embedding",
+            Self::Image(_) => "LoadedPipeline::Image",
         })
     }
 }

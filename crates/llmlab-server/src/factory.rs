@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use llmlab_candle::BertEmbeddingPipeline;
+use llmlab_candle::{BertEmbeddingPipeline, DiffusionPipeline};
 use llmlab_core::guards::LoadAttempt;
 use llmlab_core::pipeline::LoadedPipeline;
 use llmlab_core::registry::{BackendKind, ModelKind, ModelSpec};
@@ -31,6 +31,9 @@ impl PipelineFactory for BackendFactory {
             }
             (ModelKind::Embedding, BackendKind::Candle) => {
                 Ok(LoadedPipeline::Embedding(Arc::new(BertEmbeddingPipeline::load(spec)?)))
+            }
+            (ModelKind::Image, BackendKind::Candle) => {
+                Ok(LoadedPipeline::Image(Arc::new(DiffusionPipeline::load(spec)?)))
             }
             (kind, backend) => Err(Error::unavailable(format!(
                 "model '{}': the {backend:?} backend cannot serve {} models",
@@ -75,13 +78,17 @@ impl PipelineFactory for BackendFactory {
 /// Activations of one batch of a small encoder, with room to spare.
 const CANDLE_MARGIN_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Bytes of the files directly in a model folder (or of the file itself).
+/// Bytes of the files in a model folder and its sub-folders (a diffusers
+/// folder keeps each network in its own), or of the file itself.
 fn folder_bytes(path: &std::path::Path) -> u64 {
     match std::fs::read_dir(path) {
         Ok(entries) => entries
-            .filter_map(|e| e.ok()?.metadata().ok())
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
+            .filter_map(Result::ok)
+            .map(|entry| match entry.file_type() {
+                Ok(kind) if kind.is_dir() => folder_bytes(&entry.path()),
+                Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+                _ => 0,
+            })
             .sum(),
         Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
     }

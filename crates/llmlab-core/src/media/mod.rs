@@ -8,10 +8,12 @@
 //! ffmpeg; untrusted bytes must not reach it).
 
 mod decode;
+mod encode;
 mod parts;
 mod source;
 
 pub use decode::{decode_image, DecodedImage};
+pub use encode::{encode_image, RgbImage};
 pub(crate) use parts::{check_images, decode_images};
 pub use parts::{image_parts, ImagePart, IMAGE_ID_SCHEME};
 pub use source::{parse_image_url, ImageFetcher, ImageSource, RemoteImages};

@@ -95,10 +95,7 @@ fn check_backend_serves_kind(entry: &ModelEntry) -> Result<(), Fault> {
             entry.kind,
             ModelKind::Chat | ModelKind::Embedding | ModelKind::VisionLanguage
         ),
-        BackendKind::Candle => matches!(
-            entry.kind,
-            ModelKind::Embedding | ModelKind::TextToImage | ModelKind::ImageToImage
-        ),
+        BackendKind::Candle => matches!(entry.kind, ModelKind::Embedding | ModelKind::Image),
     };
     if serves {
         return Ok(());

@@ -12,8 +12,10 @@ use crate::SamplingParams;
 pub enum ModelKind {
     Chat,
     Embedding,
-    TextToImage,
-    ImageToImage,
+    /// Diffusion: text-to-image, image-to-image and inpainting (the older
+    /// names of the first two are read as this kind).
+    #[serde(alias = "text-to-image", alias = "image-to-image")]
+    Image,
     VisionLanguage,
 }
 
@@ -22,8 +24,7 @@ impl ModelKind {
         match self {
             Self::Chat => "chat",
             Self::Embedding => "embedding",
-            Self::TextToImage => "text-to-image",
-            Self::ImageToImage => "image-to-image",
+            Self::Image => "image",
             Self::VisionLanguage => "vision-language",
         }
     }

@@ -15,6 +15,7 @@ mod budget;
 mod circuit;
 mod embeddings;
 mod health;
+mod images;
 mod lifecycle;
 mod loading;
 mod purpose;

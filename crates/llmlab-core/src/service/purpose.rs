@@ -7,6 +7,7 @@ use crate::{Error, Result};
 pub(super) enum Purpose {
     Chat,
     Embedding,
+    Image,
     /// Loading by name (admin, preload): any kind will do.
     Any,
 }
@@ -22,6 +23,12 @@ impl Purpose {
                 .find(|m| m.kind == ModelKind::Embedding)
                 .map(|m| m.id.clone())
                 .ok_or_else(|| Error::invalid_param("model", "no embedding model is registered")),
+            Self::Image => registry
+                .models
+                .iter()
+                .find(|m| m.kind == ModelKind::Image)
+                .map(|m| m.id.clone())
+                .ok_or_else(|| Error::invalid_param("model", "no image model is registered")),
         }
     }
 
@@ -30,6 +37,7 @@ impl Purpose {
         let (fits, verb) = match self {
             Self::Chat => (matches!(spec.kind, ModelKind::Chat | ModelKind::VisionLanguage), "chat"),
             Self::Embedding => (spec.kind == ModelKind::Embedding, "make embeddings"),
+            Self::Image => (spec.kind == ModelKind::Image, "make images"),
             Self::Any => (true, ""),
         };
         if fits {

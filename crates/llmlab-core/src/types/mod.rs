@@ -2,6 +2,7 @@
 
 mod chat;
 mod events;
+mod image;
 mod resolved;
 mod response;
 mod schema_limits;
@@ -9,6 +10,7 @@ mod tool_choice;
 
 pub use chat::*;
 pub use events::*;
+pub use image::*;
 pub use resolved::*;
 pub use response::*;
 pub use schema_limits::*;

@@ -6,6 +6,7 @@ mod conn;
 mod embeddings;
 pub mod errors;
 mod handlers;
+mod images;
 /// `GET /metrics`, also served alone by `llmlab worker --metrics-port`.
 pub use handlers::metrics;
 mod middleware;
@@ -102,6 +103,8 @@ pub fn router_with(state: AppState, options: &ServerOptions) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/similarity", post(embeddings::similarity))
+        .route("/v1/images/generations", post(images::generations))
+        .route("/v1/images/edits", post(images::edits))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))

@@ -7,6 +7,7 @@ pub mod chunk_stream;
 pub mod embeddings;
 pub mod errors;
 pub mod generation;
+pub mod images;
 pub mod request;
 pub mod responses;
 

@@ -1,0 +1,200 @@
+//! Stable Diffusion on candle with a tiny random-weight SD-1.5-shaped model
+//! in the diffusers layout (`scripts/make-diffusion-fixture.py`, run by
+//! `scripts/test.sh`), so the real loading code runs. Random weights paint
+//! noise, so these tests check what the pipeline decides: sizes, seeds,
+//! strength, the mask, progress, cancelling, and what an incomplete folder
+//! is told.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
+
+use llmlab_candle::DiffusionPipeline;
+use llmlab_core::media::RgbImage;
+use llmlab_core::pipeline::ImagePipeline;
+use llmlab_core::registry::{ModelSpec, Registry};
+use llmlab_core::{config, ErrorKind, ImageRequest};
+
+const FIXTURE: &str = "test-sd15-tiny";
+static PIPELINE: OnceLock<DiffusionPipeline> = OnceLock::new();
+
+fn spec_at(path: &Path) -> ModelSpec {
+    let text = format!(
+        "models:\n  - {{id: sd-tiny, kind: image, backend: candle, path: '{}'}}\n",
+        path.display()
+    );
+    let registry = Registry::parse(&text, Path::new("t.yaml"), Path::new("/"), |_| None).unwrap();
+    registry.require("sd-tiny").unwrap().clone()
+}
+
+fn fixture() -> Option<PathBuf> {
+    let path = config::models_dir().join(FIXTURE);
+    if path.join("model_index.json").is_file() {
+        return Some(path);
+    }
+    config::skip_test("diffusion fixture missing: run scripts/make-diffusion-fixture.py (scripts/test.sh does)");
+    None
+}
+
+fn pipeline() -> Option<&'static DiffusionPipeline> {
+    let path = fixture()?;
+    Some(PIPELINE.get_or_init(|| DiffusionPipeline::load(&spec_at(&path)).expect("the fixture loads")))
+}
+
+fn request(seed: u64) -> ImageRequest {
+    ImageRequest {
+        prompt: "a red fox in the snow".into(),
+        size: Some("64x64".into()),
+        steps: Some(3),
+        seed: Some(seed),
+        ..ImageRequest::default()
+    }
+}
+
+/// Generate, collecting the progress calls.
+fn run(pipeline: &DiffusionPipeline, request: ImageRequest) -> (llmlab_core::Result<Vec<RgbImage>>, Vec<(u32, u32)>) {
+    let resolved = request
+        .resolve(&spec_at(Path::new("/unused")))
+        .expect("a valid request");
+    let mut seen = Vec::new();
+    let result = pipeline.generate(&resolved, &CancellationToken::new(), &mut |step, steps| {
+        seen.push((step, steps))
+    });
+    (result, seen)
+}
+
+fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let picture = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 4) as u8 ^ seed, (y * 4) as u8, seed])
+    });
+    let mut out = Cursor::new(Vec::new());
+    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn text_to_image_makes_n_images_of_the_size_and_reports_every_step() {
+    let Some(model) = pipeline() else { return };
+    let (images, progress) = run(
+        model,
+        ImageRequest {
+            n: Some(2),
+            ..request(1)
+        },
+    );
+    let images = images.unwrap();
+    assert_eq!(images.len(), 2);
+    assert!(images
+        .iter()
+        .all(|i| (i.width, i.height, i.rgb.len()) == (64, 64, 64 * 64 * 3)));
+    assert_eq!(progress, vec![(1, 3), (2, 3), (3, 3)]);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_pixels_and_another_seed_others() {
+    let Some(model) = pipeline() else { return };
+    let first = run(model, request(42)).0.unwrap();
+    let again = run(model, request(42)).0.unwrap();
+    let other = run(model, request(43)).0.unwrap();
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+    let euler = ImageRequest {
+        scheduler: Some("euler_a".into()),
+        ..request(42)
+    };
+    assert_eq!(run(model, euler).0.unwrap()[0].rgb.len(), 64 * 64 * 3);
+}
+
+#[test]
+fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it() {
+    let Some(model) = pipeline() else { return };
+    let picture = png(64, 64, 9);
+    let untouched = ImageRequest {
+        image: Some(picture.clone()),
+        strength: Some(0.0),
+        size: None,
+        ..request(5)
+    };
+    let (images, progress) = run(model, untouched);
+    assert_eq!(images.unwrap()[0].width, 64);
+    assert!(progress.is_empty(), "{progress:?}");
+
+    // Repaint the left half: its alpha is 0.
+    let mask = image::RgbaImage::from_fn(64, 64, |x, _| image::Rgba([0, 0, 0, if x < 32 { 0 } else { 255 }]));
+    let mut mask_png = Cursor::new(Vec::new());
+    mask.write_to(&mut mask_png, image::ImageFormat::Png).unwrap();
+    let inpaint = ImageRequest {
+        image: Some(picture.clone()),
+        mask: Some(mask_png.into_inner()),
+        strength: Some(1.0),
+        size: None,
+        ..request(6)
+    };
+    let (images, progress) = run(model, inpaint);
+    let out = &images.unwrap()[0];
+    assert_eq!(progress.len(), 3);
+    let original = image::load_from_memory(&picture).unwrap().to_rgb8();
+    let mut changed_inside = 0;
+    for (i, (new, old)) in out.rgb.chunks(3).zip(original.as_raw().chunks(3)).enumerate() {
+        if i % 64 >= 32 {
+            assert_eq!(new, old, "pixel {i} outside the mask changed");
+        } else if new != old {
+            changed_inside += 1;
+        }
+    }
+    assert!(changed_inside > 0, "the masked half was repainted");
+}
+
+#[test]
+fn a_cancel_stops_the_generation_between_steps() {
+    let Some(model) = pipeline() else { return };
+    let resolved = ImageRequest {
+        steps: Some(10),
+        ..request(3)
+    }
+    .resolve(&spec_at(Path::new("/unused")))
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let mut steps = 0;
+    let err = model
+        .generate(&resolved, &cancel, &mut |_, _| {
+            steps += 1;
+            cancel.cancel();
+        })
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+    assert_eq!(steps, 1);
+}
+
+#[test]
+fn an_incomplete_folder_names_the_missing_file() {
+    let Some(path) = fixture() else { return };
+    let copy = std::env::temp_dir().join(format!("sd-incomplete-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&path, &copy);
+    std::fs::remove_file(copy.join("unet/config.json")).unwrap();
+    let err = DiffusionPipeline::load(&spec_at(&copy)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.message.contains("unet/config.json"), "{}", err.message);
+    assert!(
+        !err.message.contains(&copy.display().to_string()),
+        "no server path: {}",
+        err.message
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

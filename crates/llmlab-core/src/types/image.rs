@@ -1,0 +1,404 @@
+//! Image generation requests (text-to-image, image-to-image, inpainting),
+//! their resolved form, and the events a generation streams.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::{self, ImageLimits};
+use crate::keep_alive::KeepAlive;
+use crate::media::{decode_image, DecodedImage};
+use crate::registry::ModelSpec;
+use crate::{Error, Result};
+
+/// The schedulers (samplers) a diffusion model can step with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    Ddim,
+    EulerAncestral,
+}
+
+impl Scheduler {
+    pub const NAMES: &'static str = "ddim, euler_a";
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "ddim" => Some(Self::Ddim),
+            "euler_a" | "euler_ancestral" | "euler-ancestral" => Some(Self::EulerAncestral),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ddim => "ddim",
+            Self::EulerAncestral => "euler_a",
+        }
+    }
+}
+
+/// How generated images are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl OutputFormat {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "png" => Some(Self::Png),
+            "jpeg" | "jpg" => Some(Self::Jpeg),
+            "webp" => Some(Self::Webp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Webp => "webp",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+}
+
+/// An image request as a door decoded it: every setting optional, images
+/// still encoded. The doors name the fields as OpenAI does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageRequest {
+    /// A registry id; empty: the first image model.
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub n: Option<u32>,
+    /// "WxH", e.g. "512x512".
+    pub size: Option<String>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f32>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<String>,
+    /// Image-to-image and inpainting: the starting picture (encoded).
+    pub image: Option<Vec<u8>>,
+    /// Inpainting: transparent pixels mark the area to repaint (OpenAI's
+    /// rule); same size as `image`.
+    pub mask: Option<Vec<u8>>,
+    /// How much of the starting picture is repainted, 0 to 1.
+    pub strength: Option<f32>,
+    pub output_format: Option<String>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// A starting picture, for image-to-image and inpainting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageEdit {
+    pub image: DecodedImage,
+    /// One byte per pixel, 255 where the model repaints, 0 where the
+    /// picture must come back as it went in; `None`: repaint everywhere.
+    pub mask: Option<Arc<[u8]>>,
+    pub strength: f32,
+}
+
+/// An image request with every default filled in and every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedImageRequest {
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub n: u32,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance_scale: f32,
+    /// Drawn at random when the request set none; reported back.
+    pub seed: u64,
+    pub scheduler: Scheduler,
+    pub edit: Option<ImageEdit>,
+    pub output_format: OutputFormat,
+    pub keep_alive: KeepAlive,
+}
+
+/// Most images one request may ask for (they are generated in one batch).
+pub const MAX_IMAGES_PER_REQUEST: u32 = 8;
+/// Most denoising steps.
+pub const MAX_STEPS: u32 = 150;
+/// Largest side of a generated image.
+pub const MAX_IMAGE_SIDE: u32 = 2048;
+
+impl ImageRequest {
+    /// Check every value and fill defaults (from `config`); decode the
+    /// starting picture and mask. Blocking when images are attached.
+    pub fn resolve(self, model: &ModelSpec) -> Result<ResolvedImageRequest> {
+        if self.prompt.trim().is_empty() {
+            return Err(Error::invalid_param("prompt", "'prompt' must not be empty"));
+        }
+        let n = self.n.unwrap_or(1);
+        if !(1..=MAX_IMAGES_PER_REQUEST).contains(&n) {
+            return Err(Error::invalid_param(
+                "n",
+                format!("'n' must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}"),
+            ));
+        }
+        let steps = self.steps.unwrap_or(config::DEFAULT_IMAGE_STEPS);
+        if !(1..=MAX_STEPS).contains(&steps) {
+            return Err(Error::invalid_param(
+                "steps",
+                format!("'steps' must be between 1 and {MAX_STEPS}, got {steps}"),
+            ));
+        }
+        let guidance_scale = self.guidance_scale.unwrap_or(config::DEFAULT_GUIDANCE_SCALE);
+        if !(0.0..=30.0).contains(&guidance_scale) {
+            return Err(Error::invalid_param(
+                "guidance_scale",
+                format!("'guidance_scale' must be between 0 and 30, got {guidance_scale}"),
+            ));
+        }
+        let scheduler = match &self.scheduler {
+            None => Scheduler::Ddim,
+            Some(name) => Scheduler::parse(name).ok_or_else(|| {
+                Error::invalid_param(
+                    "scheduler",
+                    format!(
+                        "unknown scheduler '{}'; one of: {}",
+                        crate::text::echo(name),
+                        Scheduler::NAMES
+                    ),
+                )
+            })?,
+        };
+        let output_format = match &self.output_format {
+            None => OutputFormat::Png,
+            Some(name) => OutputFormat::parse(name)
+                .ok_or_else(|| Error::invalid_param("output_format", "'output_format' must be png, jpeg or webp"))?,
+        };
+        let edit = self.edit(model)?;
+        let (width, height) = match (&self.size, &edit) {
+            (Some(size), _) => parse_size(size)?,
+            // An edit keeps its picture's size.
+            (None, Some(edit)) => (edit.image.width, edit.image.height),
+            (None, None) => (config::DEFAULT_IMAGE_SIDE, config::DEFAULT_IMAGE_SIDE),
+        };
+        if let Some(edit) = &edit {
+            if (edit.image.width, edit.image.height) != (width, height) {
+                return Err(Error::invalid_param(
+                    "size",
+                    format!(
+                        "the image is {}x{} but 'size' asks for {width}x{height}",
+                        edit.image.width, edit.image.height
+                    ),
+                ));
+            }
+            check_side("image", width, height)?;
+        }
+        Ok(ResolvedImageRequest {
+            model: model.id.clone(),
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt.unwrap_or_default(),
+            n,
+            width,
+            height,
+            steps,
+            guidance_scale,
+            seed: self.seed.unwrap_or_else(random_seed),
+            scheduler,
+            edit,
+            output_format,
+            keep_alive: self.keep_alive.unwrap_or(model.keep_alive),
+        })
+    }
+
+    fn edit(&self, model: &ModelSpec) -> Result<Option<ImageEdit>> {
+        let _ = model;
+        let limits = image_input_limits();
+        let Some(bytes) = &self.image else {
+            if self.mask.is_some() {
+                return Err(Error::invalid_param("mask", "a mask needs an 'image' to apply to"));
+            }
+            if self.strength.is_some() {
+                return Err(Error::invalid_param(
+                    "strength",
+                    "'strength' needs an 'image' to start from",
+                ));
+            }
+            return Ok(None);
+        };
+        let strength = self.strength.unwrap_or(config::DEFAULT_IMAGE_STRENGTH);
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(Error::invalid_param(
+                "strength",
+                format!("'strength' must be between 0 and 1, got {strength}"),
+            ));
+        }
+        if bytes.len() as u64 > limits.max_bytes {
+            return Err(Error::invalid_param("image", "the image is larger than allowed"));
+        }
+        let image = decode_image(bytes, &limits).map_err(|m| Error::invalid_param("image", m))?;
+        let mask = match &self.mask {
+            None => None,
+            Some(bytes) => Some(repaint_mask(bytes, &image, &limits)?),
+        };
+        Ok(Some(ImageEdit { image, mask, strength }))
+    }
+}
+
+/// Pictures sent for editing are not scaled: their size is the output's.
+fn image_input_limits() -> ImageLimits {
+    ImageLimits {
+        max_side: MAX_IMAGE_SIDE,
+        ..config::image_limits()
+    }
+}
+
+/// The mask's alpha channel as "repaint here" bytes: transparent pixels
+/// (alpha 0) are repainted, as OpenAI defines it; a mask without alpha
+/// counts white as "repaint", as diffusers does.
+fn repaint_mask(bytes: &[u8], image: &DecodedImage, limits: &ImageLimits) -> Result<Arc<[u8]>> {
+    let decoded = image::load_from_memory(bytes)
+        .map_err(|e| Error::invalid_param("mask", format!("the mask does not decode: {e}")))?;
+    if (decoded.width(), decoded.height()) != (image.width, image.height) {
+        return Err(Error::invalid_param(
+            "mask",
+            format!(
+                "the mask is {}x{} but the image is {}x{}",
+                decoded.width(),
+                decoded.height(),
+                image.width,
+                image.height
+            ),
+        ));
+    }
+    let _ = limits;
+    let mask: Vec<u8> = if decoded.color().has_alpha() {
+        decoded
+            .to_rgba8()
+            .pixels()
+            .map(|p| if p[3] == 0 { 255 } else { 0 })
+            .collect()
+    } else {
+        decoded
+            .to_luma8()
+            .pixels()
+            .map(|p| if p[0] >= 128 { 255 } else { 0 })
+            .collect()
+    };
+    Ok(Arc::from(mask))
+}
+
+fn parse_size(size: &str) -> Result<(u32, u32)> {
+    let parsed = size
+        .trim()
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    let Some((width, height)) = parsed else {
+        return Err(Error::invalid_param(
+            "size",
+            format!(
+                "'size' must be WIDTHxHEIGHT, e.g. 512x512, got '{}'",
+                crate::text::echo(size)
+            ),
+        ));
+    };
+    check_side("size", width, height)?;
+    Ok((width, height))
+}
+
+fn check_side(param: &str, width: u32, height: u32) -> Result<()> {
+    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+        return Err(Error::invalid_param(
+            param,
+            format!("width and height must be positive multiples of 8, got {width}x{height}"),
+        ));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(Error::invalid_param(
+            param,
+            format!("width and height must be at most {MAX_IMAGE_SIDE}, got {width}x{height}"),
+        ));
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// One generated image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedImage {
+    pub bytes: Vec<u8>,
+    pub format: OutputFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What a finished generation answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageResult {
+    pub model: String,
+    pub images: Vec<GeneratedImage>,
+    pub seed: u64,
+    pub steps: u32,
+    pub generation_ms: f64,
+}
+
+/// What a generation streams: progress after each step, then exactly one
+/// `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageEvent {
+    Progress { step: u32, steps: u32 },
+    Done(ImageResult),
+    Error(Error),
+}
+
+/// The receiving end of a generation (holds the model's lease while open).
+#[derive(Debug)]
+pub struct ImageStream {
+    rx: mpsc::UnboundedReceiver<ImageEvent>,
+    _guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+pub type ImageEventSender = mpsc::UnboundedSender<ImageEvent>;
+
+impl ImageStream {
+    pub fn channel() -> (ImageEventSender, ImageStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, ImageStream { rx, _guard: None })
+    }
+
+    /// Keep `guard` alive as long as the stream.
+    pub fn holding(mut self, guard: impl std::any::Any + Send) -> Self {
+        self._guard = Some(Box::new(guard));
+        self
+    }
+
+    pub async fn next(&mut self) -> Option<ImageEvent> {
+        self.rx.recv().await
+    }
+
+    pub fn blocking_next(&mut self) -> Option<ImageEvent> {
+        self.rx.blocking_recv()
+    }
+
+    /// Wait for the end, dropping progress.
+    pub async fn finish(mut self) -> Result<ImageResult> {
+        while let Some(event) = self.next().await {
+            match event {
+                ImageEvent::Progress { .. } => {}
+                ImageEvent::Done(result) => return Ok(result),
+                ImageEvent::Error(error) => return Err(error),
+            }
+        }
+        Err(Error::internal("the generation ended without an answer"))
+    }
+}
