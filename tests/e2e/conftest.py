@@ -33,10 +33,10 @@ def _free_port() -> int:
 class Server:
     """A running `llmlab serve` on a free loopback port."""
 
-    def __init__(self, *extra_args: str, env: dict | None = None):
+    def __init__(self, *extra_args: str, env: dict | None = None, registry: str | None = None):
         port = _free_port()
         self.proc = subprocess.Popen(
-            [_binary(), "--registry", str(ROOT / "models" / "models.yaml"), "serve",
+            [_binary(), "--registry", registry or str(ROOT / "models" / "models.yaml"), "serve",
              "--host", "127.0.0.1", "--port", str(port), *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

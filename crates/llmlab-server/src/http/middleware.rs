@@ -116,7 +116,9 @@ pub async fn guard_body(State(guard): State<BodyGuard>, request: Request, next: 
         let message = format!("request body is larger than {} bytes", guard.max_bytes);
         return close_after(ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, message).into_response());
     }
-    if request.method() == Method::POST {
+    // OpenAI's image edits are the one multipart route.
+    let multipart_route = request.uri().path() == "/v1/images/edits";
+    if request.method() == Method::POST && !multipart_route {
         if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
             if !json_compatible(kind) {
                 let message = "request body must be JSON (Content-Type: application/json)";
