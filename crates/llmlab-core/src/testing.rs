@@ -182,6 +182,36 @@ impl EmbeddingPipeline for FakeEmbeddingPipeline {
     }
 }
 
+/// A fake diffusion model: grey pictures of the requested size whose
+/// shade is the seed's low byte, one progress call per step, a cancel
+/// honoured between steps.
+#[derive(Debug, Default)]
+pub struct FakeImagePipeline;
+
+impl crate::pipeline::ImagePipeline for FakeImagePipeline {
+    fn generate(
+        &self,
+        request: &crate::ResolvedImageRequest,
+        cancel: &CancellationToken,
+        progress: &mut dyn FnMut(u32, u32),
+    ) -> Result<Vec<crate::media::RgbImage>> {
+        for step in 1..=request.steps {
+            if cancel.is_cancelled() {
+                return Err(Error::cancelled());
+            }
+            progress(step, request.steps);
+        }
+        let pixels = (request.width * request.height * 3) as usize;
+        Ok((0..request.n)
+            .map(|_| crate::media::RgbImage {
+                width: request.width,
+                height: request.height,
+                rgb: vec![request.seed as u8; pixels],
+            })
+            .collect())
+    }
+}
+
 /// A factory handing out one shared [`FakeChatPipeline`] for every model,
 /// counting loads. `reject_files` fails the preflight check (a bad file),
 /// `fail_loads` fails every load attempt, `max_context` fails attempts whose
@@ -241,6 +271,7 @@ impl PipelineFactory for FakeFactory {
         }
         Ok(match spec.kind {
             crate::registry::ModelKind::Embedding => LoadedPipeline::Embedding(Arc::clone(&self.embedder) as _),
+            crate::registry::ModelKind::Image => LoadedPipeline::Image(Arc::new(FakeImagePipeline)),
             _ => LoadedPipeline::Chat(Arc::clone(&self.pipeline) as _),
         })
     }

@@ -25,6 +25,7 @@ use llmlab_core::testing::{FakeFactory, Script};
 use llmlab_core::{ChatMessage, Error, FunctionCall, FunctionDefinition, ImageUrl, ToolCall, ToolDefinition};
 use llmlab_server::http::{router, router_with, AppState, ServerOptions, OPENAPI_JSON};
 use llmlab_server::openai::embeddings::{EmbeddingsBody, SimilarityBody};
+use llmlab_server::openai::images::ImagesBody;
 use llmlab_server::openai::{request::StreamOptions, OpenAiRequest};
 
 /// Every route `router_with` in crates/llmlab-server/src/http/mod.rs serves.
@@ -35,6 +36,8 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
     ("POST", "/v1/similarity"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/images/edits"),
     ("GET", "/v1/ws"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"),
@@ -45,11 +48,15 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
 ];
 
+/// An 8x8 RGB PNG, base64: a picture the image routes can edit.
+const PNG_8X8_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR4nGPgEpHDihiGlgQA2BMPAcCS07QAAAAASUVORK5CYII=";
+
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// The fake registry, with a Matryoshka embedding model so that every
 /// documented embeddings field (`dimensions` too) can be sent.
-const REGISTRY: &str = "default_model: fake-a\nmodels:\n  - {id: fake-a, kind: chat, backend: llama, path: a.gguf}\n  - {id: fake-embed, kind: embedding, backend: candle, path: e, matryoshka: true}\n";
+const REGISTRY: &str = "default_model: fake-a\nmodels:\n  - {id: fake-a, kind: chat, backend: llama, path: a.gguf}\n  - {id: fake-embed, kind: embedding, backend: candle, path: e, matryoshka: true}\n  - {id: fake-image, kind: image, backend: candle, path: i}\n";
 
 /// The shared harness's router state, on the registry above.
 fn setup(script: Script, api_key: Option<&str>) -> (Arc<FakeFactory>, AppState) {
@@ -330,7 +337,23 @@ async fn every_documented_request_field_is_accepted() {
         // field may take. The model is the test registry's, which the
         // document cannot know.
         let mut base = example(&doc, schema);
-        base["model"] = json!(["fake-embed", "fake-a"][path.ends_with("completions") as usize]);
+        base["model"] = json!(if path.starts_with("/v1/images") {
+            "fake-image"
+        } else if path.ends_with("completions") {
+            "fake-a"
+        } else {
+            "fake-embed"
+        });
+        if path.starts_with("/v1/images") {
+            // Documented values that only make sense together: a picture
+            // to edit, a size that fits it, and a small fake run.
+            base["image"] = json!(PNG_8X8_BASE64);
+            base["mask"] = json!(PNG_8X8_BASE64);
+            base["size"] = json!("8x8");
+            base["steps"] = json!(2);
+            base["n"] = json!(1);
+            base["stream"] = json!(false);
+        }
         let mut bodies = vec![base.clone()];
         for (name, field) in resolve(&doc, schema)["properties"].as_object().unwrap() {
             let shapes = alternatives(&doc, field).into_iter().skip(1);
@@ -412,6 +435,8 @@ async fn decoders_read_exactly_the_documented_fields() {
         ("DeadlineSettings", fields_of::<DeadlineSettings>(), &[]),
         ("EmbeddingRequest", fields_of::<EmbeddingsBody>(), &[]),
         ("SimilarityRequest", fields_of::<SimilarityBody>(), &[]),
+        ("ImageGenerationRequest", fields_of::<ImagesBody>(), &[]),
+        ("ImageEditRequest", fields_of::<ImagesBody>(), &[]),
     ];
     let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
     let mut errors = Vec::new();

@@ -263,21 +263,29 @@ fn image_input_limits() -> ImageLimits {
 /// (alpha 0) are repainted, as OpenAI defines it; a mask without alpha
 /// counts white as "repaint", as diffusers does.
 fn repaint_mask(bytes: &[u8], image: &DecodedImage, limits: &ImageLimits) -> Result<Arc<[u8]>> {
-    let decoded = image::load_from_memory(bytes)
-        .map_err(|e| Error::invalid_param("mask", format!("the mask does not decode: {e}")))?;
-    if (decoded.width(), decoded.height()) != (image.width, image.height) {
-        return Err(Error::invalid_param(
-            "mask",
-            format!(
-                "the mask is {}x{} but the image is {}x{}",
-                decoded.width(),
-                decoded.height(),
-                image.width,
-                image.height
-            ),
-        ));
+    let bad = |why: String| Error::invalid_param("mask", why);
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(format!("the mask does not read: {e}")))
+    };
+    // The size comes from the header, before any pixel is decoded: a mask
+    // must match its (already bounded) picture.
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| bad(format!("the mask does not decode: {e}")))?;
+    if (width, height) != (image.width, image.height) {
+        return Err(bad(format!(
+            "the mask is {width}x{height} but the image is {}x{}",
+            image.width, image.height
+        )));
     }
-    let _ = limits;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(bad("the mask is larger than allowed".into()));
+    }
+    let decoded = reader()?
+        .decode()
+        .map_err(|e| bad(format!("the mask does not decode: {e}")))?;
     let mask: Vec<u8> = if decoded.color().has_alpha() {
         decoded
             .to_rgba8()
@@ -400,5 +408,216 @@ impl ImageStream {
             }
         }
         Err(Error::internal("the generation ended without an answer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::ErrorKind;
+
+    fn model() -> ModelSpec {
+        let text = "models:\n  - {id: sd, kind: image, backend: candle, path: sd}\n";
+        let registry = Registry::parse(text, std::path::Path::new("r.yaml"), std::path::Path::new("/m"), |_| {
+            None
+        })
+        .unwrap();
+        registry.get("sd").unwrap().clone()
+    }
+
+    fn request() -> ImageRequest {
+        ImageRequest {
+            prompt: "a cat".into(),
+            ..ImageRequest::default()
+        }
+    }
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(width, height)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn defaults_fill_what_the_request_leaves_open() {
+        let resolved = request().resolve(&model()).unwrap();
+        assert_eq!(
+            (resolved.width, resolved.height),
+            (config::DEFAULT_IMAGE_SIDE, config::DEFAULT_IMAGE_SIDE)
+        );
+        assert_eq!((resolved.n, resolved.steps), (1, config::DEFAULT_IMAGE_STEPS));
+        assert_eq!(resolved.scheduler, Scheduler::Ddim);
+        assert_eq!(resolved.output_format, OutputFormat::Png);
+        assert!(resolved.edit.is_none());
+        let seeded = ImageRequest {
+            seed: Some(9),
+            ..request()
+        }
+        .resolve(&model())
+        .unwrap();
+        assert_eq!(seeded.seed, 9);
+        let edit = ImageRequest {
+            image: Some(png(24, 16)),
+            ..request()
+        }
+        .resolve(&model())
+        .unwrap();
+        assert_eq!((edit.width, edit.height), (24, 16), "an edit keeps its picture's size");
+        assert_eq!(edit.edit.unwrap().strength, config::DEFAULT_IMAGE_STRENGTH);
+    }
+
+    #[test]
+    fn every_bad_value_is_refused_naming_its_field() {
+        let cases: Vec<(ImageRequest, &str)> = vec![
+            (
+                ImageRequest {
+                    prompt: " ".into(),
+                    ..request()
+                },
+                "prompt",
+            ),
+            (
+                ImageRequest {
+                    n: Some(0),
+                    ..request()
+                },
+                "n",
+            ),
+            (
+                ImageRequest {
+                    n: Some(MAX_IMAGES_PER_REQUEST + 1),
+                    ..request()
+                },
+                "n",
+            ),
+            (
+                ImageRequest {
+                    size: Some("500x512".into()),
+                    ..request()
+                },
+                "size",
+            ),
+            (
+                ImageRequest {
+                    size: Some("4096x512".into()),
+                    ..request()
+                },
+                "size",
+            ),
+            (
+                ImageRequest {
+                    size: Some("big".into()),
+                    ..request()
+                },
+                "size",
+            ),
+            (
+                ImageRequest {
+                    steps: Some(0),
+                    ..request()
+                },
+                "steps",
+            ),
+            (
+                ImageRequest {
+                    guidance_scale: Some(-1.0),
+                    ..request()
+                },
+                "guidance_scale",
+            ),
+            (
+                ImageRequest {
+                    scheduler: Some("karras".into()),
+                    ..request()
+                },
+                "scheduler",
+            ),
+            (
+                ImageRequest {
+                    output_format: Some("bmp".into()),
+                    ..request()
+                },
+                "output_format",
+            ),
+            (
+                ImageRequest {
+                    strength: Some(0.5),
+                    ..request()
+                },
+                "strength",
+            ),
+            (
+                ImageRequest {
+                    mask: Some(png(8, 8)),
+                    ..request()
+                },
+                "mask",
+            ),
+            (
+                ImageRequest {
+                    image: Some(b"not a picture".to_vec()),
+                    ..request()
+                },
+                "image",
+            ),
+            (
+                ImageRequest {
+                    image: Some(png(16, 16)),
+                    strength: Some(2.0),
+                    ..request()
+                },
+                "strength",
+            ),
+            (
+                ImageRequest {
+                    image: Some(png(12, 16)),
+                    ..request()
+                },
+                "image",
+            ),
+            (
+                ImageRequest {
+                    image: Some(png(16, 16)),
+                    mask: Some(png(8, 8)),
+                    ..request()
+                },
+                "mask",
+            ),
+            (
+                ImageRequest {
+                    image: Some(png(16, 16)),
+                    size: Some("32x32".into()),
+                    ..request()
+                },
+                "size",
+            ),
+        ];
+        for (bad, field) in cases {
+            let err = bad.clone().resolve(&model()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidRequest, "{bad:?}");
+            assert_eq!(err.param.as_deref(), Some(field), "{bad:?}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_mask_repaints_its_transparent_pixels() {
+        let mut mask = image::RgbaImage::new(2, 1);
+        mask.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        mask.put_pixel(1, 0, image::Rgba([0, 0, 0, 255]));
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        mask.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        let edit = ImageRequest {
+            image: Some(png(2, 1)),
+            mask: Some(bytes.into_inner()),
+            size: None,
+            ..request()
+        }
+        .edit(&model())
+        .unwrap()
+        .unwrap();
+        assert_eq!(&edit.mask.unwrap()[..], &[255, 0]);
     }
 }
