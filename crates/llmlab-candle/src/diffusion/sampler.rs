@@ -28,7 +28,7 @@ pub(crate) fn generate(
 ) -> Result<Vec<RgbImage>> {
     let (width, height) = (request.width as usize, request.height as usize);
     let downscale = models.downscale;
-    if width % downscale != 0 || height % downscale != 0 {
+    if !width.is_multiple_of(downscale) || !height.is_multiple_of(downscale) {
         return Err(Error::invalid_param(
             "size",
             format!("this model needs width and height in multiples of {downscale}"),

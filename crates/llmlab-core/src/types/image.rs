@@ -321,7 +321,7 @@ fn parse_size(size: &str) -> Result<(u32, u32)> {
 }
 
 fn check_side(param: &str, width: u32, height: u32) -> Result<()> {
-    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(8) || !height.is_multiple_of(8) {
         return Err(Error::invalid_param(
             param,
             format!("width and height must be positive multiples of 8, got {width}x{height}"),
