@@ -79,15 +79,30 @@ def read_png(data: bytes):
 
 
 @pytest.fixture(scope="module")
-def images_server():
+def registry():
+    """The repo's registry plus the tiny image model."""
     if not (models_dir() / FIXTURE / "model_index.json").is_file():
         if os.environ.get("LLMLAB_REQUIRE_ALL") == "1":
             pytest.fail(f"{FIXTURE} missing: run scripts/make-diffusion-fixture.py")
         pytest.skip(f"{FIXTURE} missing: run scripts/make-diffusion-fixture.py")
-    registry = pathlib.Path(tempfile.mkdtemp(prefix="llmlab-images-")) / "models.yaml"
-    registry.write_text((ROOT / "models" / "models.yaml").read_text()
-                        + f"\n  - {{id: {MODEL}, kind: image, backend: candle, path: {FIXTURE}}}\n")
-    running = Server("--no-preload", registry=str(registry))
+    path = pathlib.Path(tempfile.mkdtemp(prefix="llmlab-images-")) / "models.yaml"
+    path.write_text((ROOT / "models" / "models.yaml").read_text()
+                    + f"\n  - {{id: {MODEL}, kind: image, backend: candle, path: {FIXTURE}}}\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images_server(registry):
+    import uuid
+
+    prefix = f"images-{uuid.uuid4().hex[:8]}"
+    from conftest import _free_port
+
+    grpc_port = _free_port()
+    running = Server("--no-preload", "--amqp", "amqp://guest:guest@127.0.0.1:5672/%2f", "--queue-prefix", prefix,
+                     "--grpc-port", str(grpc_port), registry=registry)
+    running.prefix = prefix
+    running.grpc = f"127.0.0.1:{grpc_port}"
     running.wait_healthy()
     yield running
     running.stop()
@@ -158,3 +173,98 @@ def test_bad_requests_name_the_field(client):
     assert bad_request(client, prompt=" ")["param"] == "prompt"
     body = bad_request(client, model="qwen2.5-coder-0.5b")
     assert "cannot make images" in body["message"], body
+
+
+def test_llmlab_image_writes_files(registry, tmp_path):
+    import subprocess
+
+    from conftest import _binary
+
+    out = tmp_path / "out.png"
+    command = [_binary(), "--registry", registry, "image", "a kite", "-o", str(out), "--size", "64x64",
+               "--steps", "2", "--seed", "5", "--n", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    written = [tmp_path / "out-1.png", tmp_path / "out-2.png"]
+    assert run.stdout.split() == [str(p) for p in written]
+    assert all(read_png(p.read_bytes())[:2] == (64, 64) for p in written)
+    assert "seed 5" in run.stderr
+    edit = tmp_path / "edit.jpg"
+    run = subprocess.run([_binary(), "--registry", registry, "image", "a kite", "-o", str(edit), "--steps", "2",
+                          "--init", str(written[0]), "--strength", "0.5"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert edit.read_bytes()[:3] == b"\xff\xd8\xff"
+    run = subprocess.run([_binary(), "--registry", registry, "image", "a kite", "-o", str(out), "--size", "10x10"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "multiples of 8" in run.stderr, run.stderr[-1000:]
+
+
+def test_an_image_job_replies_progress_then_the_images(images_server):
+    import time
+
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+    channel = connection.channel()
+    replies = channel.queue_declare(queue="", exclusive=True).method.queue
+    picture = base64.b64encode(png(64, 64, lambda x, y: (x, y, 9))).decode()
+    jobs = [
+        ("gen", {"type": "images.generations",
+                 "body": {"model": MODEL, "prompt": "rain", "size": "64x64", "steps": 2, "seed": 1}}),
+        ("edit", {"type": "images.edits",
+                  "body": {"model": MODEL, "prompt": "rain", "image": picture, "steps": 2, "strength": 1.0}}),
+        ("no-image", {"type": "images.edits", "body": {"model": MODEL, "prompt": "rain"}}),
+    ]
+    for name, job in jobs:
+        channel.basic_publish(exchange="", routing_key=f"{images_server.prefix}.jobs", body=json.dumps(job).encode(),
+                              properties=pika.BasicProperties(reply_to=replies, correlation_id=name))
+    seen = {name: [] for name, _ in jobs}
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(r and r[-1]["type"] in ("result", "error") for r in seen.values()):
+        method, properties, body = channel.basic_get(replies, auto_ack=True)
+        if method is None:
+            time.sleep(0.1)
+            continue
+        seen[properties.correlation_id].append(json.loads(body))
+    connection.close()
+    assert [r["type"] for r in seen["gen"]] == ["progress", "progress", "result"], seen["gen"]
+    assert read_png(base64.b64decode(seen["gen"][-1]["data"]["data"][0]["b64_json"]))[:2] == (64, 64)
+    assert seen["edit"][-1]["type"] == "result", seen["edit"]
+    assert seen["no-image"][-1]["type"] == "error" and seen["no-image"][-1]["error"]["param"] == "image"
+
+
+def test_websocket_frames_carry_progress_and_the_result(images_server):
+    import websocket
+
+    ws = websocket.create_connection(images_server.base.replace("http://", "ws://") + "/v1/ws", timeout=60)
+    try:
+        body = {"model": MODEL, "prompt": "snow", "size": "64x64", "steps": 2, "seed": 4}
+        ws.send(json.dumps({"type": "images.generations", "id": "i", "body": body}))
+        frames = []
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads(ws.recv()))
+    finally:
+        ws.close()
+    assert [f["type"] for f in frames] == ["progress", "progress", "result", "done"], frames
+    assert frames[2]["data"]["seed"] == 4
+
+
+def test_grpc_streams_progress_then_the_images(images_server):
+    import grpc
+
+    from test_vision import grpc_stubs
+
+    pb, pb_grpc = grpc_stubs()
+    channel = grpc.insecure_channel(images_server.grpc)
+    stub = pb_grpc.LlmlabStub(channel)
+    events = list(stub.GenerateImage(pb.GenerateImageRequest(model=MODEL, prompt="fog", size="64x64", steps=2,
+                                                             seed=8, n=2), timeout=120))
+    assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
+    result = events[-1].result
+    assert (len(result.images), result.width, result.height, result.seed) == (2, 64, 64, 8)
+    assert read_png(result.images[0])[:2] == (64, 64)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.GenerateImage(pb.GenerateImageRequest(model=MODEL, prompt="fog", size="60x64"), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    channel.close()

@@ -190,12 +190,17 @@ async fn errors_have_precise_codes_and_name_the_field() {
         (Code::InvalidArgument, "temperature")
     );
 
+    // The fake registry has no image model.
     let image = d
         .client
-        .generate_image(pb::GenerateImageRequest::default())
+        .generate_image(pb::GenerateImageRequest {
+            prompt: "a cat".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(image.code(), Code::Unimplemented);
+    assert_eq!(image.code(), Code::InvalidArgument);
+    assert!(image.message().contains("no image model"), "{}", image.message());
 
     let embed_on_chat_model = d
         .client

@@ -586,6 +586,7 @@ async fn websocket_frames_match_the_documented_frames() {
     for frame in [
         json!({"type": "chat.completions", "id": "slow", "body": {"messages": [{"role": "user", "content": "hi"}]}}),
         json!({"type": "completions", "id": "fast", "body": {"prompt": "x", "max_tokens": 2}}),
+        json!({"type": "images.generations", "id": "img", "body": {"model": "fake-image", "prompt": "x", "size": "8x8", "steps": 2}}),
         json!({"type": "cancel", "id": "slow"}),
     ] {
         check(&doc, &frames["client"], &frame, "client frame", &mut errors);
@@ -596,7 +597,7 @@ async fn websocket_frames_match_the_documented_frames() {
         socket.send(Message::text(refused)).await.unwrap();
     }
     let (mut endings, mut seen) = (BTreeSet::new(), BTreeSet::new());
-    while endings.len() < 4 {
+    while endings.len() < 5 {
         let next = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
         let Message::Text(text) = next.expect("a frame within 10 s").unwrap().unwrap() else {
             continue;
@@ -604,12 +605,13 @@ async fn websocket_frames_match_the_documented_frames() {
         let frame: Value = serde_json::from_str(&text).unwrap();
         check(&doc, &frames["server"], &frame, "server frame", &mut errors);
         let kind = frame["type"].as_str().unwrap().to_owned();
-        if kind != "chunk" {
+        // Terminal frames only: chunks, and an image's progress and result, come before one.
+        if !["chunk", "progress", "result"].contains(&kind.as_str()) {
             endings.insert(format!("{}:{kind}", frame["id"].as_str().unwrap_or("")));
         }
         seen.insert(kind);
     }
-    let expected = [":error", "bad:error", "fast:done", "slow:cancelled"];
+    let expected = [":error", "bad:error", "fast:done", "img:done", "slow:cancelled"];
     assert_eq!(endings, expected.map(String::from).into());
     // Every documented server frame type was seen, and no other.
     for variant in resolve(&doc, &frames["server"])["oneOf"].as_array().unwrap() {

@@ -3,11 +3,13 @@
 //! validation, limits and errors are those of every other door.
 //!
 //! A message body: `{"type": "chat.completions" | "completions" |
-//! "embeddings" | "similarity", "body": {…}}`.
+//! "embeddings" | "similarity" | "images.generations" | "images.edits",
+//! "body": {…}}` (an edit's `image` and `mask` are base64 in the body).
 //!
 //! Replies, in order: for a streamed chat or completion (`"stream": true`
 //! in the body) `{"type": "chunk", "data": <the SSE chunk>}` … then
-//! `{"type": "done"}`; otherwise one `{"type": "result", "data": <the HTTP
+//! `{"type": "done"}`; for images `{"type": "progress", "step", "steps"}`
+//! after each step; then one `{"type": "result", "data": <the HTTP
 //! response body>}`. A failure is one `{"type": "error", "status", "error"}`.
 
 use std::sync::Arc;
@@ -19,12 +21,13 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::service::Service;
-use llmlab_core::{Error, ErrorKind, Result};
+use llmlab_core::{Error, ErrorKind, ImageEvent, Result};
 
 use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody, SimilarityBody};
 use crate::openai::errors::{envelope, status_for};
 use crate::openai::generation::Generation;
+use crate::openai::images::{images_json, unix_now, ImagesBody};
 use crate::openai::responses::{full_response, ChunkBuilder, Endpoint};
 use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
 
@@ -34,6 +37,8 @@ pub enum JobKind {
     Completion,
     Embeddings,
     Similarity,
+    ImageGenerations,
+    ImageEdits,
 }
 
 impl JobKind {
@@ -45,6 +50,8 @@ impl JobKind {
             Self::Completion => "completions",
             Self::Embeddings => "embeddings",
             Self::Similarity => "similarity",
+            Self::ImageGenerations => "images.generations",
+            Self::ImageEdits => "images.edits",
         }
     }
 }
@@ -72,10 +79,16 @@ impl Job {
             "completions" => JobKind::Completion,
             "embeddings" => JobKind::Embeddings,
             "similarity" => JobKind::Similarity,
+            "images.generations" => JobKind::ImageGenerations,
+            "images.edits" => JobKind::ImageEdits,
             other => {
                 return Err(Error::invalid_param(
                     "type",
-                    format!("'type' must be chat.completions, completions, embeddings or similarity, got '{other}'"),
+                    format!(
+                        "'type' must be chat.completions, completions, embeddings, similarity, \
+                         images.generations or images.edits, got '{}'",
+                        llmlab_core::text::echo(other)
+                    ),
                 ))
             }
         };
@@ -162,6 +175,12 @@ pub fn run(job: Job, service: Arc<Service>, cancel: CancellationToken) -> impl S
                     yield step;
                 }
             }
+            JobKind::ImageGenerations | JobKind::ImageEdits => {
+                let mut steps = Box::pin(images(job.kind, job.body, service, cancel));
+                while let Some(step) = steps.next().await {
+                    yield step;
+                }
+            }
             JobKind::Embeddings | JobKind::Similarity => {
                 let mut model = String::new();
                 let answer = if job.kind == JobKind::Embeddings {
@@ -226,6 +245,53 @@ fn generate(
             }
         }
         yield Step::Reply(json!({"type": "done"}));
+    }
+}
+
+/// An image job: progress replies after each step, then the result.
+fn images(
+    kind: JobKind,
+    body: Value,
+    service: Arc<Service>,
+    cancel: CancellationToken,
+) -> impl Stream<Item = Step> + Send {
+    async_stream::stream! {
+        let request = match parse_value::<ImagesBody>(body).and_then(|b| b.into_request()) {
+            Ok((request, _)) if kind == JobKind::ImageEdits && request.image.is_none() => {
+                yield failed(&Error::invalid_param("image", "an images.edits job needs an 'image' (base64)"));
+                return;
+            }
+            Ok((request, _)) => request,
+            Err(e) => {
+                yield failed(&e);
+                return;
+            }
+        };
+        yield Step::Model(request.model.clone());
+        let mut events = match service.generate_image(request, cancel).await {
+            Ok(events) => events,
+            Err(e) => {
+                yield failed(&e);
+                return;
+            }
+        };
+        while let Some(event) = events.next().await {
+            match event {
+                ImageEvent::Progress { step, steps } => {
+                    yield Step::Reply(json!({"type": "progress", "step": step, "steps": steps}));
+                }
+                ImageEvent::Done(result) => {
+                    yield Step::Model(result.model.clone());
+                    yield Step::Reply(json!({"type": "result", "data": images_json(&result, unix_now())}));
+                    return;
+                }
+                ImageEvent::Error(e) => {
+                    yield failed(&e);
+                    return;
+                }
+            }
+        }
+        yield failed(&Error::internal("the generation ended without an answer"));
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench_engine;
 mod chat;
 mod embed;
+mod image;
 mod models;
 mod ps;
 mod serve;
@@ -59,12 +60,14 @@ impl CommonArgs {
 pub enum Command {
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
-    /// Take jobs from RabbitMQ queues (chat, completions, embeddings).
+    /// Take jobs from RabbitMQ queues (chat, completions, embeddings, images).
     Worker(worker::WorkerCommandArgs),
     /// Chat with a model in the terminal (interactive when no prompt is given).
     Chat(chat::ChatArgs),
     /// Embed texts, or rank them against a query, and print JSON.
     Embed(embed::EmbedArgs),
+    /// Generate an image (or edit one with --init and --mask) into a file.
+    Image(image::ImageArgs),
     /// Inspect the model registry.
     Models {
         #[command(subcommand)]
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(&cli.common, args),
         Command::Chat(args) => chat::run(&cli.common, args),
         Command::Embed(args) => embed::run(&cli.common, args),
+        Command::Image(args) => image::run(&cli.common, args),
         Command::Models { command } => models::run(&cli.common, command),
         Command::Pull(args) => pull(&cli.common, args),
         Command::Ps(args) => ps::run(&args),

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use llmlab_core::config;
-use llmlab_core::registry::{ModelKind, Registry};
+use llmlab_core::registry::Registry;
 
 use super::service::ServiceArgs;
 use super::CommonArgs;
@@ -21,7 +21,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "LLMLAB_AMQP_PREFIX", default_value = config::DEFAULT_AMQP_PREFIX)]
     pub queue_prefix: String,
     /// Models whose queues this worker consumes, comma-separated [default:
-    /// every chat and embedding model of the registry]
+    /// every model of the registry]
     #[arg(long, env = "LLMLAB_WORKER_MODELS", value_delimiter = ',')]
     pub worker_models: Vec<String>,
     /// Jobs run at once [default: the largest `parallel` of those models]
@@ -58,12 +58,7 @@ impl WorkerArgs {
             return Ok(None);
         };
         let models: Vec<String> = if self.worker_models.is_empty() {
-            registry
-                .models
-                .iter()
-                .filter(|m| matches!(m.kind, ModelKind::Chat | ModelKind::Embedding))
-                .map(|m| m.id.clone())
-                .collect()
+            registry.models.iter().map(|m| m.id.clone()).collect()
         } else {
             for id in &self.worker_models {
                 registry.require(id).context("--worker-models")?;

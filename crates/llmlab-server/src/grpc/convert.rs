@@ -11,7 +11,8 @@ use llmlab_core::keep_alive::KeepAlive;
 use llmlab_core::service::ModelStatus;
 use llmlab_core::{
     ChatMessage, ChatRequest, CompletionRequest, ContentPart, Error, FunctionCall, FunctionDefinition,
-    GenerationParams, ImageUrl, MessageContent, Result, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    GenerationParams, ImageRequest, ImageResult, ImageUrl, MessageContent, Result, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolDefinition,
 };
 
 use super::proto;
@@ -233,6 +234,39 @@ pub fn model_info(status: &ModelStatus) -> proto::ModelInfo {
         active_requests: u32::try_from(status.active_requests).unwrap_or(u32::MAX),
         circuit: serde_name(&status.circuit),
         input_modalities: status.input_modalities.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+pub fn image_request(request: proto::GenerateImageRequest) -> Result<ImageRequest> {
+    let text = |value: String| Some(value).filter(|v| !v.is_empty());
+    let bytes = |value: Vec<u8>| Some(value).filter(|v| !v.is_empty());
+    Ok(ImageRequest {
+        model: request.model,
+        prompt: request.prompt,
+        negative_prompt: text(request.negative_prompt),
+        n: request.n,
+        size: text(request.size),
+        steps: request.steps,
+        guidance_scale: request.guidance_scale,
+        seed: request.seed,
+        scheduler: text(request.scheduler),
+        image: bytes(request.image),
+        mask: bytes(request.mask),
+        strength: request.strength,
+        output_format: text(request.output_format),
+        keep_alive: keep_alive(&request.keep_alive, "keep_alive")?,
+    })
+}
+
+pub fn image_result(result: ImageResult) -> proto::GeneratedImages {
+    let first = result.images.first();
+    proto::GeneratedImages {
+        output_format: first.map_or("png", |i| i.format.as_str()).to_owned(),
+        width: first.map_or(0, |i| i.width),
+        height: first.map_or(0, |i| i.height),
+        seed: result.seed,
+        model: result.model,
+        images: result.images.into_iter().map(|i| i.bytes).collect(),
     }
 }
 

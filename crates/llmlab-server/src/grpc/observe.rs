@@ -75,6 +75,18 @@ pub fn watch(call: Option<Call>, events: EventStream) -> EventStream {
     }))
 }
 
+/// An image call's event stream, ended like [`watch`]'s: by the images or
+/// by a status.
+pub fn watch_images(call: Option<Call>, events: super::service::ImageEventStream) -> super::service::ImageEventStream {
+    use super::proto::image_event::Event as Image;
+    let Some(Call(observed)) = call else { return events };
+    Box::pin(Watched::new(events, observed, 200, |item| match item {
+        Ok(event) if matches!(event.event, Some(Image::Result(_))) => Some(200),
+        Ok(_) => None,
+        Err(status) => Some(http_status(status.code())),
+    }))
+}
+
 /// The HTTP-equivalent status of a gRPC code, so one `status` label reads
 /// the same on every door (the inverse of `status::code_for` where the
 /// core has a kind for it).

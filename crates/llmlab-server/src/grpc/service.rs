@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use llmlab_core::service::Service;
-use llmlab_core::{ChatEvent, ChatStream, Error, ErrorKind, FinishReason};
+use llmlab_core::{ChatEvent, ChatStream, Error, ErrorKind, FinishReason, ImageEvent, ImageStream};
 
 use super::convert;
 use super::deadline::deadline;
@@ -109,6 +109,50 @@ fn proto_events(mut events: ChatStream, until: Option<Instant>, cancel: Cancella
                 }
                 ChatEvent::Error(error) => {
                     yield Err(status(error));
+                    break;
+                }
+            }
+        }
+    })
+}
+
+pub type ImageEventStream = Pin<Box<dyn Stream<Item = Result<proto::ImageEvent, Status>> + Send>>;
+
+/// A generation's progress and images as proto events; dropping the
+/// stream stops the generation between steps.
+fn image_events(mut events: ImageStream, until: Option<Instant>, cancel: CancellationToken) -> ImageEventStream {
+    use proto::image_event::Event as Image;
+    Box::pin(async_stream::stream! {
+        let _cancel_on_drop = cancel.drop_guard();
+        let expiry = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            let next = tokio::select! {
+                next = events.next() => next,
+                () = &mut expiry => {
+                    yield Err(deadline_passed());
+                    break;
+                }
+            };
+            match next {
+                Some(ImageEvent::Progress { step, steps }) => {
+                    yield Ok(proto::ImageEvent { event: Some(Image::Progress(proto::ImageProgress { step, steps })) });
+                }
+                Some(ImageEvent::Done(result)) => {
+                    yield Ok(proto::ImageEvent { event: Some(Image::Result(convert::image_result(result))) });
+                    break;
+                }
+                Some(ImageEvent::Error(error)) => {
+                    yield Err(status(error));
+                    break;
+                }
+                None => {
+                    yield Err(status(Error::internal("the generation ended without an answer")));
                     break;
                 }
             }
@@ -214,10 +258,24 @@ impl proto::llmlab_server::Llmlab for LlmlabDoor {
         Ok(Response::new(proto::UnloadModelResponse { unloaded }))
     }
 
+    type GenerateImageStream = ImageEventStream;
+
     async fn generate_image(
         &self,
-        _request: Request<proto::GenerateImageRequest>,
-    ) -> Result<Response<proto::GenerateImageResponse>, Status> {
-        Err(Status::unimplemented("image generation is not available yet"))
+        request: Request<proto::GenerateImageRequest>,
+    ) -> Result<Response<ImageEventStream>, Status> {
+        let call = Call::of(&request);
+        observe::set_model(&request, &self.service, &request.get_ref().model);
+        let until = deadline(request.metadata()).map_err(status)?;
+        let core = convert::image_request(request.into_inner()).map_err(status)?;
+        let cancel = self.hard_stop.child_token();
+        let events = within(until, async {
+            self.service.generate_image(core, cancel.clone()).await.map_err(status)
+        })
+        .await?;
+        Ok(Response::new(observe::watch_images(
+            call,
+            image_events(events, until, cancel),
+        )))
     }
 }

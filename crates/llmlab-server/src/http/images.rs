@@ -18,7 +18,7 @@ use futures::Stream;
 use llmlab_core::{Error, ImageEvent, ImageRequest, ImageStream};
 
 use crate::openai::errors::{envelope, status_for};
-use crate::openai::images::{completed_events, images_json, progress_event, ImageDelivery, ImagesBody};
+use crate::openai::images::{completed_events, images_json, progress_event, unix_now, ImageDelivery, ImagesBody};
 use crate::openai::parse_json;
 
 use super::errors::ApiError;
@@ -133,10 +133,4 @@ fn sse_events(mut stream: ImageStream) -> impl Stream<Item = Result<Event, Infal
             }
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -4,10 +4,15 @@
 //! Client frames:
 //! - `{"type": "chat.completions" | "completions", "id": "c1", "body": {…}}`
 //!   with the body of the HTTP endpoint of that name (always streamed);
+//! - `{"type": "images.generations" | "images.edits", "id": "i1", "body":
+//!   {…}}` with the JSON body of `/v1/images/generations` (an edit's
+//!   `image` and `mask` as base64);
 //! - `{"type": "cancel", "id": "c1"}`.
 //!
 //! Server frames, per request: `{"id", "type": "chunk", "data": <the SSE
-//! chunk>}` …, then exactly one terminal frame: `{"id", "type": "done"}`,
+//! chunk>}` … (images: `{"id", "type": "progress", "step", "steps"}` …
+//! then `{"id", "type": "result", "data": <the HTTP answer>}`), then
+//! exactly one terminal frame: `{"id", "type": "done"}`,
 //! `{"id", "type": "error", "status", "error": {…}}` (OpenAI's error
 //! object), or `{"id", "type": "cancelled"}` after the client's cancel. An
 //! id names one running request; once its terminal frame is sent the id may
@@ -33,12 +38,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use llmlab_core::{Error, Result};
+use llmlab_core::{Error, ImageEvent, Result};
 
 use crate::observe::{self, Observed, Transport};
 use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::errors::{envelope, status_for};
 use crate::openai::generation::Generation;
+use crate::openai::images::{images_json, unix_now, ImagesBody};
 use crate::openai::responses::{ChunkBuilder, Endpoint};
 use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
 
@@ -84,11 +90,20 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
         .on_upgrade(move |socket| serve_socket(socket, state).instrument(upgrade_span))
 }
 
+/// What a request frame asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Text(Endpoint),
+    Images { edit: bool },
+}
+
 /// The route label of a request on a socket (its frame type).
-fn route(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::Chat => "chat.completions",
-        Endpoint::Completion => "completions",
+fn route(asked: Asked) -> &'static str {
+    match asked {
+        Asked::Text(Endpoint::Chat) => "chat.completions",
+        Asked::Text(Endpoint::Completion) => "completions",
+        Asked::Images { edit: false } => "images.generations",
+        Asked::Images { edit: true } => "images.edits",
     }
 }
 
@@ -204,7 +219,7 @@ async fn handle_frame(
         let _ = outbox.send(error_frame(None, &error)).await;
         return;
     };
-    let endpoint = match frame.kind.as_str() {
+    let asked = match frame.kind.as_str() {
         "cancel" => {
             let running = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(token) = running.get(&id) {
@@ -212,13 +227,16 @@ async fn handle_frame(
             }
             return;
         }
-        "chat.completions" => Endpoint::Chat,
-        "completions" => Endpoint::Completion,
+        "chat.completions" => Asked::Text(Endpoint::Chat),
+        "completions" => Asked::Text(Endpoint::Completion),
+        "images.generations" => Asked::Images { edit: false },
+        "images.edits" => Asked::Images { edit: true },
         other => {
             let error = Error::invalid_param(
                 "type",
                 format!(
-                    "unknown frame type '{}' (expected 'chat.completions', 'completions' or 'cancel')",
+                    "unknown frame type '{}' (expected 'chat.completions', 'completions', \
+                     'images.generations', 'images.edits' or 'cancel')",
                     llmlab_core::text::echo(other)
                 ),
             );
@@ -229,7 +247,7 @@ async fn handle_frame(
     };
     let cancel = socket_gone.child_token();
     if let Err(error) = register(running, &id, &cancel) {
-        refused(route(endpoint), &error);
+        refused(route(asked), &error);
         let _ = outbox.send(error_frame(Some(&id), &error)).await;
         return;
     }
@@ -238,22 +256,30 @@ async fn handle_frame(
     // Each request on the socket has its own id, span and count; the
     // client's frame id (its own name, unique only on this socket) is
     // logged, cut, for matching.
-    let observed = Observed::start(Transport::WebSocket, route(endpoint), None);
+    let observed = Observed::start(Transport::WebSocket, route(asked), None);
     let span = observed.span().clone();
     span.in_scope(|| tracing::debug!(frame_id = %llmlab_core::text::echo(&id), "websocket request"));
     let task = async move {
         // The service gets a child token: a deadline cancels that one, so
         // `cancel` itself is cancelled only by the client (or the socket).
-        let started = run_request(
-            &id,
-            endpoint,
-            frame.body,
-            &state,
-            &outbox,
-            cancel.child_token(),
-            &observed,
-        );
-        let ending = match started.await {
+        let started = match asked {
+            Asked::Text(endpoint) => {
+                run_request(
+                    &id,
+                    endpoint,
+                    frame.body,
+                    &state,
+                    &outbox,
+                    cancel.child_token(),
+                    &observed,
+                )
+                .await
+            }
+            Asked::Images { edit } => {
+                run_images(&id, edit, frame.body, &state, &outbox, cancel.child_token(), &observed).await
+            }
+        };
+        let ending = match started {
             Ok(Ending::Done) => Ending::Done,
             // Cut short while the socket lives: the client cancelled it.
             _ if cancel.is_cancelled() && !socket_gone.is_cancelled() => Ending::Cancelled,
@@ -304,6 +330,47 @@ fn register(running: &Running, id: &str, cancel: &CancellationToken) -> Result<(
     }
     running.insert(id.to_owned(), cancel.clone());
     Ok(())
+}
+
+/// Run one image request: progress frames, then the result frame; the
+/// caller sends the terminal frame.
+async fn run_images(
+    id: &str,
+    edit: bool,
+    body: Option<Value>,
+    state: &AppState,
+    outbox: &mpsc::Sender<Message>,
+    cancel: CancellationToken,
+    observed: &Observed,
+) -> Result<Ending> {
+    let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
+    let (request, _) = parse_value::<ImagesBody>(body)?.into_request()?;
+    if edit && request.image.is_none() {
+        return Err(Error::invalid_param(
+            "image",
+            "an images.edits frame needs an 'image' (base64)",
+        ));
+    }
+    observed.set_model(&observe::model_label(&state.service, &request.model));
+    let mut events = state.service.generate_image(request, cancel).await?;
+    while let Some(event) = events.next().await {
+        let frame = match event {
+            ImageEvent::Progress { step, steps } => json!({"id": id, "type": "progress", "step": step, "steps": steps}),
+            ImageEvent::Done(result) => {
+                observed.set_model(&observe::model_label(&state.service, &result.model));
+                json!({"id": id, "type": "result", "data": images_json(&result, unix_now())})
+            }
+            ImageEvent::Error(error) => return Err(error),
+        };
+        let last = frame["type"] == "result";
+        if outbox.send(Message::Text(frame.to_string().into())).await.is_err() {
+            break;
+        }
+        if last {
+            return Ok(Ending::Done);
+        }
+    }
+    Ok(Ending::Done)
 }
 
 /// Run one request and forward its chunks; the caller sends the terminal

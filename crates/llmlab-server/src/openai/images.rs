@@ -103,6 +103,13 @@ fn base64_field(text: &str, field: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::invalid_param(field, format!("'{field}' is not base64: {e}")))
 }
 
+/// Seconds since the epoch, for `created`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn b64(image: &GeneratedImage) -> String {
     base64::engine::general_purpose::STANDARD.encode(&image.bytes)
 }
