@@ -148,6 +148,20 @@ fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it
 }
 
 #[test]
+fn image_to_image_repeats_under_a_seed() {
+    let Some(model) = pipeline() else { return };
+    let edit = |seed| ImageRequest {
+        image: Some(png(64, 64, 3)),
+        strength: Some(0.6),
+        size: None,
+        ..request(seed)
+    };
+    let first = run(model, edit(21)).0.unwrap();
+    assert_eq!(first, run(model, edit(21)).0.unwrap());
+    assert_ne!(first, run(model, edit(22)).0.unwrap());
+}
+
+#[test]
 fn a_cancel_stops_the_generation_between_steps() {
     let Some(model) = pipeline() else { return };
     let resolved = ImageRequest {

@@ -10,6 +10,7 @@
 
 mod clip_tokenizer;
 mod configs;
+mod latent_encoder;
 mod models;
 mod noise;
 mod sampler;

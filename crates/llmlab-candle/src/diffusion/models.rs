@@ -11,6 +11,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use super::clip_tokenizer::ClipTokenizer;
 use super::configs::{self, read_json, NoiseSchedule};
+use super::latent_encoder::LatentEncoder;
 
 pub(crate) struct Models {
     pub tokenizer: ClipTokenizer,
@@ -20,6 +21,8 @@ pub(crate) struct Models {
     /// read the mask and the masked picture's latents.
     pub unet_in_channels: usize,
     pub vae: AutoEncoderKL,
+    /// The VAE's encoder to its latent mean (image-to-image, inpainting).
+    pub encoder: LatentEncoder,
     pub latent_channels: usize,
     pub scaling_factor: f64,
     pub downscale: usize,
@@ -85,7 +88,10 @@ impl Models {
             unet_shape.config,
         )
         .map_err(|e| format!("unet/diffusion_pytorch_model.safetensors: {e}"))?;
-        let vae = AutoEncoderKL::new(weights("vae", "diffusion_pytorch_model")?, 3, 3, vae_shape.config)
+        let vae_weights = weights("vae", "diffusion_pytorch_model")?;
+        let encoder = LatentEncoder::new(&vae_weights, &vae_shape.config)
+            .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
+        let vae = AutoEncoderKL::new(vae_weights, 3, 3, vae_shape.config)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
         let expected_in = if pipeline == "StableDiffusionInpaintPipeline" {
             2 * latent_channels + 1
@@ -104,6 +110,7 @@ impl Models {
             unet,
             unet_in_channels: unet_shape.in_channels,
             vae,
+            encoder,
             latent_channels,
             scaling_factor: vae_shape.scaling_factor,
             downscale: vae_shape.downscale,

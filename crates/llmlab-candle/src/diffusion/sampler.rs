@@ -182,7 +182,8 @@ fn pixels_to_tensor(rgb: &[u8], width: usize, height: usize, models: &Models) ->
 
 fn encode(models: &Models, image: &DecodedImage) -> Result<Tensor> {
     let pixels = pixels_to_tensor(&image.rgb, image.width as usize, image.height as usize, models)?;
-    let latents = models.vae.encode(&pixels).and_then(|d| d.sample()).map_err(internal)?;
+    // The mean, not a sample: image-to-image repeats under a seed.
+    let latents = models.encoder.mean(&pixels).map_err(internal)?;
     (latents * models.scaling_factor).map_err(internal)
 }
 
