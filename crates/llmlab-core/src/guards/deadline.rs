@@ -58,6 +58,11 @@ impl DeadlineSettings {
         Self::get(self.first_token_secs)
     }
 
+    /// The whole-request deadline, when one is set.
+    pub fn total(&self) -> Option<Duration> {
+        Self::get(self.total_secs)
+    }
+
     fn get(value: Option<f64>) -> Option<Duration> {
         value.filter(|v| *v > 0.0).map(Duration::from_secs_f64)
     }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Purpose, Service};
 use crate::media::encode_image;
 use crate::pipeline::LoadedPipeline;
-use crate::{Error, GeneratedImage, ImageEvent, ImageRequest, ImageResult, ImageStream, Result};
+use crate::{Error, ErrorKind, GeneratedImage, ImageEvent, ImageRequest, ImageResult, ImageStream, Result};
 
 impl Service {
     /// Start a generation; its progress and result come on the stream.
@@ -28,12 +28,20 @@ impl Service {
             )));
         };
         let (events, stream) = ImageStream::channel();
+        // The model's total deadline holds for images as for text; it is
+        // checked between steps, where a generation can stop.
+        let total = spec.guards.deadlines.total();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let progress_events = events.clone();
+            let mut timed_out = false;
             let mut progress = |step, steps| {
                 if progress_events.send(ImageEvent::Progress { step, steps }).is_err() {
                     // Nobody reads the stream any more.
+                    cancel.cancel();
+                }
+                if total.is_some_and(|total| started.elapsed() >= total) {
+                    timed_out = true;
                     cancel.cancel();
                 }
             };
@@ -52,7 +60,24 @@ impl Service {
                         })
                         .collect::<Result<Vec<_>>>()
                 });
-            watch.settle(&outcome);
+            let outcome = match outcome {
+                // A long generation cut by the total limit is nobody's
+                // fault: the breaker hears nothing of it.
+                Err(_) if timed_out => {
+                    drop(watch);
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the generation ran past the model's {:.0} s deadline",
+                            total.unwrap_or_default().as_secs_f64()
+                        ),
+                    ))
+                }
+                outcome => {
+                    watch.settle(&outcome);
+                    outcome
+                }
+            };
             let event = match outcome {
                 Ok(images) => ImageEvent::Done(ImageResult {
                     model: request.model.clone(),
@@ -67,5 +92,83 @@ impl Service {
             drop(lease);
         });
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::registry::Registry;
+    use crate::testing::{FakeFactory, Script};
+
+    fn service(deadline: &str) -> Service {
+        let text = format!(
+            "models:\n  - {{id: chat, kind: chat, backend: llama, path: c.gguf}}\n  \
+             - {{id: sd, kind: image, backend: candle, path: sd, guards: {{deadlines: {{total_secs: {deadline}}}}}}}\n"
+        );
+        let registry = Registry::parse(&text, "r.yaml".as_ref(), "/m".as_ref(), |_| None).unwrap();
+        Service::new(registry, Arc::new(FakeFactory::new(Script::text(&["x"]))))
+    }
+
+    fn request(steps: u32) -> ImageRequest {
+        ImageRequest {
+            prompt: "a cat".into(),
+            size: Some("16x8".into()),
+            steps: Some(steps),
+            seed: Some(3),
+            n: Some(2),
+            ..ImageRequest::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_comes_in_order_then_the_encoded_images() {
+        let svc = service("600");
+        let mut stream = svc.generate_image(request(3), CancellationToken::new()).await.unwrap();
+        let mut steps = Vec::new();
+        let result = loop {
+            match stream.next().await.expect("a terminal event") {
+                ImageEvent::Progress { step, steps: total } => steps.push((step, total)),
+                ImageEvent::Done(result) => break result,
+                ImageEvent::Error(e) => panic!("{}", e.message),
+            }
+        };
+        assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
+        assert_eq!((result.model.as_str(), result.seed, result.images.len()), ("sd", 3, 2));
+        assert_eq!(&result.images[0].bytes[..4], b"\x89PNG");
+        assert_eq!((result.images[0].width, result.images[0].height), (16, 8));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wrong_kind_of_model_is_refused_by_name() {
+        let svc = service("600");
+        let err = svc
+            .generate_image(
+                ImageRequest {
+                    model: "chat".into(),
+                    ..request(1)
+                },
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("cannot make images"), "{}", err.message);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_past_the_total_deadline_times_out() {
+        let svc = service("0.000001");
+        let err = svc
+            .generate_image(request(50), CancellationToken::new())
+            .await
+            .unwrap()
+            .finish()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
+        let status = svc.models().into_iter().find(|m| m.id == "sd").unwrap();
+        assert_eq!(status.consecutive_failures, 0, "a deadline is not the model's fault");
     }
 }
