@@ -7,7 +7,7 @@ that the two sides run one after the other, never at once, interleaved:
 
 Each timed call makes one SIZE image from the same prompt with DDIM and
 classifier-free guidance. llmlab: `POST /v1/images/generations` on a
-kept-alive connection, wall time of the request (the server also reports
+fresh local connection, wall time of the request (the server also reports
 its own generation_ms). diffusers: `pipe(...)` plus the PNG encoding llmlab
 also does. Model loading is outside every timing on both sides.
 
@@ -59,7 +59,6 @@ def log(**fields):
 class Llmlab:
     def __init__(self, args):
         self.args = args
-        self.conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=3600)
 
     def run(self, steps):
         a = self.args
@@ -67,11 +66,15 @@ class Llmlab:
             "model": a.model_id, "prompt": a.prompt, "n": 1, "size": a.size, "steps": steps,
             "guidance_scale": a.guidance, "seed": a.seed, "scheduler": "ddim", "response_format": "b64_json",
         })
+        # A connection per request: the server closes a keep-alive connection
+        # idle for --header-timeout-secs (10 s), shorter than a diffusers turn.
+        conn = http.client.HTTPConnection("127.0.0.1", self.args.port, timeout=3600)
         start = time.perf_counter()
-        self.conn.request("POST", "/v1/images/generations", body, {"content-type": "application/json"})
-        reply = self.conn.getresponse()
+        conn.request("POST", "/v1/images/generations", body, {"content-type": "application/json"})
+        reply = conn.getresponse()
         data = reply.read()
         seconds = time.perf_counter() - start
+        conn.close()
         answer = json.loads(data)
         if reply.status != 200:
             raise SystemExit(f"llmlab answered {reply.status}: {data[:500]!r}")
@@ -91,6 +94,9 @@ class Diffusers:
     def __init__(self, args):
         import torch
         from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
 
         self.torch = torch
         torch.set_num_threads(args.threads)

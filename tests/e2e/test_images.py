@@ -150,13 +150,15 @@ def test_an_edit_keeps_the_pixels_outside_the_mask(client):
 
 
 def test_streaming_sends_progress_then_the_image(images_server):
-    body = json.dumps({"model": MODEL, "prompt": "stars", "size": "64x64", "steps": 3, "stream": True}).encode()
+    body = json.dumps({"model": MODEL, "prompt": "stars", "size": "64x64", "steps": 3, "stream": True,
+                       "partial_images": 1}).encode()
     request = urllib.request.Request(images_server.base + "/v1/images/generations", data=body,
                                      headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line[len("event: "):] for line in r.read().decode().splitlines() if line.startswith("event: ")]
-    assert events == ["image_generation.progress"] * 3 + ["image_generation.completed"], events
+    assert events == ["image_generation.progress", "image_generation.partial_image"] \
+        + ["image_generation.progress"] * 2 + ["image_generation.completed"], events
 
 
 def bad_request(client, **fields):
@@ -259,8 +261,9 @@ def test_grpc_streams_progress_then_the_images(images_server):
     channel = grpc.insecure_channel(images_server.grpc)
     stub = pb_grpc.LlmlabStub(channel)
     events = list(stub.GenerateImage(pb.GenerateImageRequest(model=MODEL, prompt="fog", size="64x64", steps=2,
-                                                             seed=8, n=2), timeout=120))
-    assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
+                                                             seed=8, n=2, partial_images=1), timeout=120))
+    assert [e.WhichOneof("event") for e in events] == ["progress", "preview", "preview", "progress", "result"]
+    assert read_png(events[1].preview.image)[:2] == (64, 64)
     result = events[-1].result
     assert (len(result.images), result.width, result.height, result.seed) == (2, 64, 64, 8)
     assert read_png(result.images[0])[:2] == (64, 64)

@@ -15,7 +15,7 @@ use llmlab_candle::DiffusionPipeline;
 use llmlab_core::media::RgbImage;
 use llmlab_core::pipeline::ImagePipeline;
 use llmlab_core::registry::{ModelSpec, Registry};
-use llmlab_core::{config, ErrorKind, ImageRequest};
+use llmlab_core::{config, ErrorKind, ImageProgress, ImageRequest};
 
 const FIXTURE: &str = "test-sd15-tiny";
 static PIPELINE: OnceLock<DiffusionPipeline> = OnceLock::new();
@@ -59,8 +59,10 @@ fn run(pipeline: &DiffusionPipeline, request: ImageRequest) -> (llmlab_core::Res
         .resolve(&spec_at(Path::new("/unused")))
         .expect("a valid request");
     let mut seen = Vec::new();
-    let result = pipeline.generate(&resolved, &CancellationToken::new(), &mut |step, steps| {
-        seen.push((step, steps))
+    let result = pipeline.generate(&resolved, &CancellationToken::new(), &mut |report| {
+        if let ImageProgress::Step { step, steps } = report {
+            seen.push((step, steps));
+        }
     });
     (result, seen)
 }
@@ -148,6 +150,32 @@ fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it
 }
 
 #[test]
+fn previews_come_between_the_steps_at_full_size() {
+    let Some(model) = pipeline() else { return };
+    let resolved = ImageRequest {
+        steps: Some(4),
+        partial_images: Some(1),
+        n: Some(2),
+        ..request(1)
+    }
+    .resolve(&spec_at(Path::new("/unused")))
+    .unwrap();
+    let mut seen = Vec::new();
+    model
+        .generate(&resolved, &CancellationToken::new(), &mut |report| match report {
+            ImageProgress::Step { step, .. } => seen.push(format!("step {step}")),
+            ImageProgress::Preview { index, images } => {
+                assert!(images
+                    .iter()
+                    .all(|i| (i.width, i.height, i.rgb.len()) == (64, 64, 64 * 64 * 3)));
+                seen.push(format!("preview {index} of {}", images.len()));
+            }
+        })
+        .unwrap();
+    assert_eq!(seen, ["step 1", "step 2", "preview 0 of 2", "step 3", "step 4"]);
+}
+
+#[test]
 fn image_to_image_repeats_under_a_seed() {
     let Some(model) = pipeline() else { return };
     let edit = |seed| ImageRequest {
@@ -173,7 +201,7 @@ fn a_cancel_stops_the_generation_between_steps() {
     let cancel = CancellationToken::new();
     let mut steps = 0;
     let err = model
-        .generate(&resolved, &cancel, &mut |_, _| {
+        .generate(&resolved, &cancel, &mut |_| {
             steps += 1;
             cancel.cancel();
         })

@@ -47,15 +47,16 @@ pub trait EmbeddingPipeline: Send + Sync {
 /// starting picture and a mask.
 pub trait ImagePipeline: Send + Sync {
     /// Generate `request.n` images (blocking: the service calls it on a
-    /// blocking thread). `progress(step, steps)` is called after each
-    /// denoising step; between steps a fired `cancel` stops the generation
+    /// blocking thread). `progress` hears of each finished denoising step,
+    /// and of `request.partial_images` previews spread over the steps;
+    /// between steps a fired `cancel` stops the generation
     /// with [`crate::Error::cancelled`]. One generation runs at a time per
     /// model; others wait, and past the model's `max_queue` are refused.
     fn generate(
         &self,
         request: &crate::ResolvedImageRequest,
         cancel: &CancellationToken,
-        progress: &mut dyn FnMut(u32, u32),
+        progress: &mut dyn FnMut(crate::ImageProgress),
     ) -> Result<Vec<crate::media::RgbImage>>;
 }
 

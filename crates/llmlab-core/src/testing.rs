@@ -188,27 +188,41 @@ impl EmbeddingPipeline for FakeEmbeddingPipeline {
 #[derive(Debug, Default)]
 pub struct FakeImagePipeline;
 
+/// `request.n` flat pictures of one shade.
+fn paint(request: &crate::ResolvedImageRequest, shade: u8) -> Vec<crate::media::RgbImage> {
+    let pixels = (request.width * request.height * 3) as usize;
+    (0..request.n)
+        .map(|_| crate::media::RgbImage {
+            width: request.width,
+            height: request.height,
+            rgb: vec![shade; pixels],
+        })
+        .collect()
+}
+
 impl crate::pipeline::ImagePipeline for FakeImagePipeline {
     fn generate(
         &self,
         request: &crate::ResolvedImageRequest,
         cancel: &CancellationToken,
-        progress: &mut dyn FnMut(u32, u32),
+        progress: &mut dyn FnMut(crate::ImageProgress),
     ) -> Result<Vec<crate::media::RgbImage>> {
         for step in 1..=request.steps {
             if cancel.is_cancelled() {
                 return Err(Error::cancelled());
             }
-            progress(step, request.steps);
+            progress(crate::ImageProgress::Step {
+                step,
+                steps: request.steps,
+            });
+            if step <= request.partial_images {
+                progress(crate::ImageProgress::Preview {
+                    index: step - 1,
+                    images: paint(request, step as u8),
+                });
+            }
         }
-        let pixels = (request.width * request.height * 3) as usize;
-        Ok((0..request.n)
-            .map(|_| crate::media::RgbImage {
-                width: request.width,
-                height: request.height,
-                rgb: vec![request.seed as u8; pixels],
-            })
-            .collect())
+        Ok(paint(request, request.seed as u8))
     }
 }
 

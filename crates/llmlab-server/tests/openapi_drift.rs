@@ -586,7 +586,7 @@ async fn websocket_frames_match_the_documented_frames() {
     for frame in [
         json!({"type": "chat.completions", "id": "slow", "body": {"messages": [{"role": "user", "content": "hi"}]}}),
         json!({"type": "completions", "id": "fast", "body": {"prompt": "x", "max_tokens": 2}}),
-        json!({"type": "images.generations", "id": "img", "body": {"model": "fake-image", "prompt": "x", "size": "8x8", "steps": 2}}),
+        json!({"type": "images.generations", "id": "img", "body": {"model": "fake-image", "prompt": "x", "size": "8x8", "steps": 2, "partial_images": 1}}),
         json!({"type": "cancel", "id": "slow"}),
     ] {
         check(&doc, &frames["client"], &frame, "client frame", &mut errors);
@@ -606,7 +606,7 @@ async fn websocket_frames_match_the_documented_frames() {
         check(&doc, &frames["server"], &frame, "server frame", &mut errors);
         let kind = frame["type"].as_str().unwrap().to_owned();
         // Terminal frames only: chunks, and an image's progress and result, come before one.
-        if !["chunk", "progress", "result"].contains(&kind.as_str()) {
+        if !["chunk", "progress", "partial", "result"].contains(&kind.as_str()) {
             endings.insert(format!("{}:{kind}", frame["id"].as_str().unwrap_or("")));
         }
         seen.insert(kind);

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use llmlab_core::media::RgbImage;
 use llmlab_core::pipeline::ImagePipeline;
 use llmlab_core::registry::ModelSpec;
-use llmlab_core::{Error, ErrorKind, ResolvedImageRequest, Result};
+use llmlab_core::{Error, ErrorKind, ImageProgress, ResolvedImageRequest, Result};
 
 use models::Models;
 
@@ -66,7 +66,7 @@ impl ImagePipeline for DiffusionPipeline {
         &self,
         request: &ResolvedImageRequest,
         cancel: &CancellationToken,
-        progress: &mut dyn FnMut(u32, u32),
+        progress: &mut dyn FnMut(ImageProgress),
     ) -> Result<Vec<RgbImage>> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -11,7 +11,7 @@ use candle_transformers::models::stable_diffusion::schedulers::{Scheduler as Ste
 use tokio_util::sync::CancellationToken;
 
 use llmlab_core::media::{DecodedImage, RgbImage};
-use llmlab_core::{Error, ImageEdit, ResolvedImageRequest, Result, Scheduler};
+use llmlab_core::{Error, ImageEdit, ImageProgress, ResolvedImageRequest, Result, Scheduler};
 
 use super::models::Models;
 use super::noise::SeededNoise;
@@ -24,7 +24,7 @@ pub(crate) fn generate(
     models: &Models,
     request: &ResolvedImageRequest,
     cancel: &CancellationToken,
-    progress: &mut dyn FnMut(u32, u32),
+    progress: &mut dyn FnMut(ImageProgress),
 ) -> Result<Vec<RgbImage>> {
     let (width, height) = (request.width as usize, request.height as usize);
     let downscale = models.downscale;
@@ -94,6 +94,7 @@ pub(crate) fn generate(
     };
 
     let total = (timesteps.len() - start) as u32;
+    let previews = preview_steps(total, request.partial_images);
     for (done, &t) in timesteps[start..].iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(Error::cancelled());
@@ -125,7 +126,14 @@ pub(crate) fn generate(
             };
             latents = blend(&latents, &known, mask).map_err(internal)?;
         }
-        progress(done as u32 + 1, total);
+        let step = done as u32 + 1;
+        progress(ImageProgress::Step { step, steps: total });
+        if let Some(index) = previews.iter().position(|&at| at == step) {
+            progress(ImageProgress::Preview {
+                index: index as u32,
+                images: preview(&latents, downscale)?,
+            });
+        }
     }
     if cancel.is_cancelled() {
         return Err(Error::cancelled());
@@ -137,6 +145,64 @@ pub(crate) fn generate(
         }
     }
     Ok(images)
+}
+
+/// After which steps the `wanted` previews go out: spread evenly, never
+/// after the last step (the image itself follows it).
+fn preview_steps(steps: u32, wanted: u32) -> Vec<u32> {
+    let mut at: Vec<u32> = (1..=wanted)
+        .map(|i| i * steps / (wanted + 1))
+        .filter(|&s| s >= 1 && s < steps)
+        .collect();
+    at.dedup();
+    at
+}
+
+/// How SD 1.x's four latent channels look in RGB, roughly: a linear map
+/// fitted on decoded images (the factors previewers such as ComfyUI use).
+/// A preview costs no VAE pass.
+const LATENT_TO_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// A rough picture of every image of the batch from its latents, at full
+/// size (each latent fills its `downscale` x `downscale` block).
+fn preview(latents: &Tensor, downscale: usize) -> Result<Vec<RgbImage>> {
+    let (n, channels, height, width) = latents.dims4().map_err(internal)?;
+    if channels != LATENT_TO_RGB.len() {
+        return Ok(Vec::new());
+    }
+    let values = latents
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(internal)?;
+    let plane = height * width;
+    Ok((0..n)
+        .map(|image| {
+            let (out_w, out_h) = (width * downscale, height * downscale);
+            let mut rgb = Vec::with_capacity(out_w * out_h * 3);
+            for y in 0..out_h {
+                for x in 0..out_w {
+                    let at = (y / downscale) * width + x / downscale;
+                    for colour in 0..3 {
+                        let value: f32 = (0..channels)
+                            .map(|c| values[(image * channels + c) * plane + at] * LATENT_TO_RGB[c][colour])
+                            .sum();
+                        rgb.push(((value + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
+                    }
+                }
+            }
+            RgbImage {
+                width: out_w as u32,
+                height: out_h as u32,
+                rgb,
+            }
+        })
+        .collect())
 }
 
 /// The first of `steps` steps image-to-image runs: `strength` 1 runs all
@@ -271,7 +337,16 @@ fn keep_outside_mask(image: &mut RgbImage, original: &DecodedImage, mask: &[u8])
 
 #[cfg(test)]
 mod tests {
-    use super::first_step;
+    use super::{first_step, preview_steps};
+
+    #[test]
+    fn previews_spread_over_the_steps_and_never_follow_the_last() {
+        assert_eq!(preview_steps(20, 3), vec![5, 10, 15]);
+        assert_eq!(preview_steps(3, 1), vec![1]);
+        assert_eq!(preview_steps(2, 3), vec![1]);
+        assert_eq!(preview_steps(1, 2), Vec::<u32>::new());
+        assert_eq!(preview_steps(10, 0), Vec::<u32>::new());
+    }
 
     #[test]
     fn strength_picks_how_many_steps_run() {

@@ -7,9 +7,12 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Purpose, Service};
-use crate::media::encode_image;
+use crate::media::{encode_image, RgbImage};
 use crate::pipeline::LoadedPipeline;
-use crate::{Error, ErrorKind, GeneratedImage, ImageEvent, ImageRequest, ImageResult, ImageStream, Result};
+use crate::{
+    Error, ErrorKind, GeneratedImage, ImageEvent, ImageProgress, ImageRequest, ImageResult, ImageStream, OutputFormat,
+    Result,
+};
 
 impl Service {
     /// Start a generation; its progress and result come on the stream.
@@ -35,10 +38,28 @@ impl Service {
             let started = Instant::now();
             let progress_events = events.clone();
             let mut timed_out = false;
-            let mut progress = |step, steps| {
-                if progress_events.send(ImageEvent::Progress { step, steps }).is_err() {
-                    // Nobody reads the stream any more.
-                    cancel.cancel();
+            let format = request.output_format;
+            let mut progress = |report: ImageProgress| {
+                let events: Vec<ImageEvent> = match report {
+                    ImageProgress::Step { step, steps } => vec![ImageEvent::Progress { step, steps }],
+                    ImageProgress::Preview { index, images } => images
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(image_index, picture)| {
+                            let image = generated(picture, format).ok()?;
+                            Some(ImageEvent::Partial {
+                                index: image_index as u32,
+                                partial_index: index,
+                                image,
+                            })
+                        })
+                        .collect(),
+                };
+                for event in events {
+                    if progress_events.send(event).is_err() {
+                        // Nobody reads the stream any more.
+                        cancel.cancel();
+                    }
                 }
                 if total.is_some_and(|total| started.elapsed() >= total) {
                     timed_out = true;
@@ -50,14 +71,7 @@ impl Service {
                 .and_then(|pictures| {
                     pictures
                         .iter()
-                        .map(|picture| {
-                            Ok(GeneratedImage {
-                                bytes: encode_image(picture, request.output_format)?,
-                                format: request.output_format,
-                                width: picture.width,
-                                height: picture.height,
-                            })
-                        })
+                        .map(|p| generated(p, format))
                         .collect::<Result<Vec<_>>>()
                 });
             let outcome = match outcome {
@@ -95,6 +109,15 @@ impl Service {
     }
 }
 
+fn generated(picture: &RgbImage, format: OutputFormat) -> Result<GeneratedImage> {
+    Ok(GeneratedImage {
+        bytes: encode_image(picture, format)?,
+        format,
+        width: picture.width,
+        height: picture.height,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -119,6 +142,7 @@ mod tests {
             steps: Some(steps),
             seed: Some(3),
             n: Some(2),
+            partial_images: Some(1),
             ..ImageRequest::default()
         }
     }
@@ -128,14 +152,24 @@ mod tests {
         let svc = service("600");
         let mut stream = svc.generate_image(request(3), CancellationToken::new()).await.unwrap();
         let mut steps = Vec::new();
+        let mut partials = Vec::new();
         let result = loop {
             match stream.next().await.expect("a terminal event") {
                 ImageEvent::Progress { step, steps: total } => steps.push((step, total)),
+                ImageEvent::Partial {
+                    index,
+                    partial_index,
+                    image,
+                } => {
+                    assert_eq!(&image.bytes[..4], b"\x89PNG");
+                    partials.push((index, partial_index));
+                }
                 ImageEvent::Done(result) => break result,
                 ImageEvent::Error(e) => panic!("{}", e.message),
             }
         };
         assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
+        assert_eq!(partials, vec![(0, 0), (1, 0)], "one preview of each image");
         assert_eq!((result.model.as_str(), result.seed, result.images.len()), ("sd", 3, 2));
         assert_eq!(&result.images[0].bytes[..4], b"\x89PNG");
         assert_eq!((result.images[0].width, result.images[0].height), (16, 8));

@@ -96,7 +96,21 @@ pub struct ImageRequest {
     /// How much of the starting picture is repainted, 0 to 1.
     pub strength: Option<f32>,
     pub output_format: Option<String>,
+    /// Previews streamed while the image forms (OpenAI's 0 to 3).
+    pub partial_images: Option<u32>,
     pub keep_alive: Option<KeepAlive>,
+}
+
+/// What a pipeline reports while it works.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageProgress {
+    /// A denoising step is done.
+    Step { step: u32, steps: u32 },
+    /// A rough look at every image of the batch as it is now.
+    Preview {
+        index: u32,
+        images: Vec<crate::media::RgbImage>,
+    },
 }
 
 /// A starting picture, for image-to-image and inpainting.
@@ -125,8 +139,13 @@ pub struct ResolvedImageRequest {
     pub scheduler: Scheduler,
     pub edit: Option<ImageEdit>,
     pub output_format: OutputFormat,
+    /// Previews to stream, spread over the steps.
+    pub partial_images: u32,
     pub keep_alive: KeepAlive,
 }
+
+/// Most previews one request may ask for (as OpenAI).
+pub const MAX_PARTIAL_IMAGES: u32 = 3;
 
 /// Most images one request may ask for (they are generated in one batch).
 pub const MAX_IMAGES_PER_REQUEST: u32 = 8;
@@ -181,6 +200,13 @@ impl ImageRequest {
             Some(name) => OutputFormat::parse(name)
                 .ok_or_else(|| Error::invalid_param("output_format", "'output_format' must be png, jpeg or webp"))?,
         };
+        let partial_images = self.partial_images.unwrap_or(0);
+        if partial_images > MAX_PARTIAL_IMAGES {
+            return Err(Error::invalid_param(
+                "partial_images",
+                format!("'partial_images' must be between 0 and {MAX_PARTIAL_IMAGES}, got {partial_images}"),
+            ));
+        }
         let edit = self.edit(model)?;
         let (width, height) = match (&self.size, &edit) {
             (Some(size), _) => parse_size(size)?,
@@ -213,6 +239,7 @@ impl ImageRequest {
             scheduler,
             edit,
             output_format,
+            partial_images,
             keep_alive: self.keep_alive.unwrap_or(model.keep_alive),
         })
     }
@@ -364,7 +391,16 @@ pub struct ImageResult {
 /// `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageEvent {
-    Progress { step: u32, steps: u32 },
+    Progress {
+        step: u32,
+        steps: u32,
+    },
+    /// Preview number `partial_index` of image `index` (streams only).
+    Partial {
+        index: u32,
+        partial_index: u32,
+        image: GeneratedImage,
+    },
     Done(ImageResult),
     Error(Error),
 }
@@ -402,7 +438,7 @@ impl ImageStream {
     pub async fn finish(mut self) -> Result<ImageResult> {
         while let Some(event) = self.next().await {
             match event {
-                ImageEvent::Progress { .. } => {}
+                ImageEvent::Progress { .. } | ImageEvent::Partial { .. } => {}
                 ImageEvent::Done(result) => return Ok(result),
                 ImageEvent::Error(error) => return Err(error),
             }
@@ -541,6 +577,13 @@ mod tests {
                     ..request()
                 },
                 "output_format",
+            ),
+            (
+                ImageRequest {
+                    partial_images: Some(4),
+                    ..request()
+                },
+                "partial_images",
             ),
             (
                 ImageRequest {

@@ -9,7 +9,8 @@
 //! Replies, in order: for a streamed chat or completion (`"stream": true`
 //! in the body) `{"type": "chunk", "data": <the SSE chunk>}` … then
 //! `{"type": "done"}`; for images `{"type": "progress", "step", "steps"}`
-//! after each step; then one `{"type": "result", "data": <the HTTP
+//! after each step (and `{"type": "partial", "data"}` previews when the
+//! body asks for `partial_images`); then one `{"type": "result", "data": <the HTTP
 //! response body>}`. A failure is one `{"type": "error", "status", "error"}`.
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::embeddings::{embeddings_json, similarity_json, EmbeddingsBody, SimilarityBody};
 use crate::openai::errors::{envelope, status_for};
 use crate::openai::generation::Generation;
-use crate::openai::images::{images_json, unix_now, ImagesBody};
+use crate::openai::images::{images_json, partial_event, unix_now, ImagesBody};
 use crate::openai::responses::{full_response, ChunkBuilder, Endpoint};
 use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
 
@@ -279,6 +280,9 @@ fn images(
             match event {
                 ImageEvent::Progress { step, steps } => {
                     yield Step::Reply(json!({"type": "progress", "step": step, "steps": steps}));
+                }
+                ImageEvent::Partial { index, partial_index, image } => {
+                    yield Step::Reply(json!({"type": "partial", "data": partial_event(index, partial_index, &image, unix_now())}));
                 }
                 ImageEvent::Done(result) => {
                     yield Step::Model(result.model.clone());

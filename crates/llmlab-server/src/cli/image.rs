@@ -83,6 +83,7 @@ pub fn run(common: &CommonArgs, args: ImageArgs) -> anyhow::Result<()> {
         mask: read(&args.mask)?,
         strength: args.strength,
         output_format: Some(format.as_str().to_owned()),
+        partial_images: None,
         keep_alive: None,
     };
     let service = Service::new(common.registry()?, Arc::new(BackendFactory));
@@ -103,6 +104,7 @@ pub fn run(common: &CommonArgs, args: ImageArgs) -> anyhow::Result<()> {
                         bar.set_position(u64::from(step));
                     }
                 }
+                ImageEvent::Partial { .. } => {}
                 ImageEvent::Done(result) => {
                     if let Some(bar) = &bar {
                         bar.finish_and_clear();

@@ -254,6 +254,7 @@ pub fn image_request(request: proto::GenerateImageRequest) -> Result<ImageReques
         mask: bytes(request.mask),
         strength: request.strength,
         output_format: text(request.output_format),
+        partial_images: request.partial_images,
         keep_alive: keep_alive(&request.keep_alive, "keep_alive")?,
     })
 }

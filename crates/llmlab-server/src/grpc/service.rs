@@ -143,6 +143,10 @@ fn image_events(mut events: ImageStream, until: Option<Instant>, cancel: Cancell
                 Some(ImageEvent::Progress { step, steps }) => {
                     yield Ok(proto::ImageEvent { event: Some(Image::Progress(proto::ImageProgress { step, steps })) });
                 }
+                Some(ImageEvent::Partial { index, partial_index, image }) => {
+                    let preview = proto::ImagePreview { index, partial_index, image: image.bytes };
+                    yield Ok(proto::ImageEvent { event: Some(Image::Preview(preview)) });
+                }
                 Some(ImageEvent::Done(result)) => {
                     yield Ok(proto::ImageEvent { event: Some(Image::Result(convert::image_result(result))) });
                     break;

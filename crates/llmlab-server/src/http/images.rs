@@ -1,7 +1,8 @@
 //! `/v1/images/generations` (JSON) and `/v1/images/edits` (multipart, as
 //! OpenAI defines them): decode, call the core service, answer in one
 //! piece or as server-sent events (`image_generation.progress` after each
-//! step, `image_generation.completed` per image). Shapes live in
+//! step, `image_generation.partial_image` for the previews asked for,
+//! `image_generation.completed` per image). Shapes live in
 //! [`crate::openai::images`].
 
 use std::convert::Infallible;
@@ -18,7 +19,9 @@ use futures::Stream;
 use llmlab_core::{Error, ImageEvent, ImageRequest, ImageStream};
 
 use crate::openai::errors::{envelope, status_for};
-use crate::openai::images::{completed_events, images_json, progress_event, unix_now, ImageDelivery, ImagesBody};
+use crate::openai::images::{
+    completed_events, images_json, partial_event, progress_event, unix_now, ImageDelivery, ImagesBody,
+};
 use crate::openai::parse_json;
 
 use super::errors::ApiError;
@@ -118,6 +121,10 @@ fn sse_events(mut stream: ImageStream) -> impl Stream<Item = Result<Event, Infal
             match event {
                 ImageEvent::Progress { step, steps } => {
                     yield Ok(Event::default().event("image_generation.progress").data(progress_event(step, steps).to_string()));
+                }
+                ImageEvent::Partial { index, partial_index, image } => {
+                    let partial = partial_event(index, partial_index, &image, unix_now());
+                    yield Ok(Event::default().event("image_generation.partial_image").data(partial.to_string()));
                 }
                 ImageEvent::Done(result) => {
                     for completed in completed_events(&result, unix_now()) {

@@ -10,7 +10,8 @@
 //! - `{"type": "cancel", "id": "c1"}`.
 //!
 //! Server frames, per request: `{"id", "type": "chunk", "data": <the SSE
-//! chunk>}` … (images: `{"id", "type": "progress", "step", "steps"}` …
+//! chunk>}` … (images: `{"id", "type": "progress", "step", "steps"}` and
+//! `{"id", "type": "partial", "data": <the SSE partial_image event>}` …
 //! then `{"id", "type": "result", "data": <the HTTP answer>}`), then
 //! exactly one terminal frame: `{"id", "type": "done"}`,
 //! `{"id", "type": "error", "status", "error": {…}}` (OpenAI's error
@@ -44,7 +45,7 @@ use crate::observe::{self, Observed, Transport};
 use crate::openai::chunk_stream::{chunk_stream, StreamItem};
 use crate::openai::errors::{envelope, status_for};
 use crate::openai::generation::Generation;
-use crate::openai::images::{images_json, unix_now, ImagesBody};
+use crate::openai::images::{images_json, partial_event, unix_now, ImagesBody};
 use crate::openai::responses::{ChunkBuilder, Endpoint};
 use crate::openai::{parse_json, parse_value, OpenAiRequest, ResponseMeta};
 
@@ -356,6 +357,13 @@ async fn run_images(
     while let Some(event) = events.next().await {
         let frame = match event {
             ImageEvent::Progress { step, steps } => json!({"id": id, "type": "progress", "step": step, "steps": steps}),
+            ImageEvent::Partial {
+                index,
+                partial_index,
+                image,
+            } => {
+                json!({"id": id, "type": "partial", "data": partial_event(index, partial_index, &image, unix_now())})
+            }
             ImageEvent::Done(result) => {
                 observed.set_model(&observe::model_label(&state.service, &result.model));
                 json!({"id": id, "type": "result", "data": images_json(&result, unix_now())})

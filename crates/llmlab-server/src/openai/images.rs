@@ -25,6 +25,8 @@ pub struct ImagesBody {
     pub output_format: Option<String>,
     #[serde(default)]
     pub stream: bool,
+    /// With `stream`: previews (0 to 3) sent while the images form.
+    pub partial_images: Option<u32>,
     pub negative_prompt: Option<String>,
     pub seed: Option<u64>,
     pub steps: Option<u32>,
@@ -86,6 +88,7 @@ impl ImagesBody {
             mask,
             strength: self.strength,
             output_format: self.output_format,
+            partial_images: self.partial_images,
             keep_alive: self.keep_alive.as_ref().map(KeepAlive::from_json).transpose()?,
         };
         Ok((request, ImageDelivery { stream: self.stream }))
@@ -139,6 +142,19 @@ pub fn images_json(result: &ImageResult, created: u64) -> Value {
 /// streams only partial pictures).
 pub fn progress_event(step: u32, steps: u32) -> Value {
     json!({"type": "image_generation.progress", "step": step, "steps": steps})
+}
+
+/// A preview of a streamed generation (OpenAI's `partial_image` event).
+pub fn partial_event(index: u32, partial_index: u32, image: &GeneratedImage, created: u64) -> Value {
+    json!({
+        "type": "image_generation.partial_image",
+        "b64_json": b64(image),
+        "partial_image_index": partial_index,
+        "index": index,
+        "created_at": created,
+        "size": format!("{}x{}", image.width, image.height),
+        "output_format": image.format.as_str(),
+    })
 }
 
 /// The final events of a streamed generation: one `completed` per image.
