@@ -124,6 +124,24 @@ class Diffusers:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_s():
+    """CPU seconds the whole machine has been busy."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def ours_s(server_pid):
+    """CPU seconds of the two measured processes: the server and this one."""
+    with open(f"/proc/{server_pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    t = os.times()
+    return (int(fields[11]) + int(fields[12])) / TICK + t.user + t.system
+
+
 def cpu_name():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -143,13 +161,19 @@ def main():
         seconds, extra = side.run(args.steps)
         log(side=name, warmup_steps=args.steps, seconds=round(seconds, 3), **extra)
     times = {(name, steps): [] for name in sides for steps in step_counts}
+    # CPU seconds that other processes took while a timed call ran: should
+    # stay near 0; a busy machine shows here (and in the figures).
+    others = []
     for round_no in range(1, args.rounds + 1):
         for steps in step_counts:
             for name, side in sides.items():
+                busy0, ours0 = busy_s(), ours_s(args.server_pid)
                 seconds, extra = side.run(steps)
+                other = (busy_s() - busy0) - (ours_s(args.server_pid) - ours0)
+                others.append(other)
                 times[(name, steps)].append(seconds)
                 log(round=round_no, side=name, steps=steps, seconds=round(seconds, 3),
-                    **{k: round(v, 3) for k, v in extra.items()})
+                    others_cpu_s=round(other, 2), **{k: round(v, 3) for k, v in extra.items()})
 
     import diffusers
     import torch
@@ -178,6 +202,8 @@ def main():
         + f"; median of {args.rounds} interleaved rounds after one warm-up each; fp32.",
         f"- Peer: diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
         f"torch {torch.__version__} (CPU).",
+        f"- Other processes' CPU time during the timed calls: at most {max(others):.1f} s per call "
+        f"(machine quiet if near 0).",
         "",
     ]
     header = ["", "s / image", "s / step (image / steps)"]

@@ -228,6 +228,30 @@ fn an_incomplete_folder_names_the_missing_file() {
     std::fs::remove_dir_all(&copy).unwrap();
 }
 
+#[test]
+fn a_text_encoder_saved_without_its_text_model_prefix_loads_too() {
+    let Some(path) = fixture() else { return };
+    let copy = std::env::temp_dir().join(format!("sd-unprefixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&path, &copy);
+    // Newer transformers save CLIPTextModel's weights without `text_model.`.
+    let file = copy.join("text_encoder/model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| (name.strip_prefix("text_model.").unwrap_or(&name).to_owned(), t))
+        .collect();
+    candle_core::safetensors::save(&renamed, &file).unwrap();
+    let model = DiffusionPipeline::load(&spec_at(&copy)).expect("loads without the prefix");
+    let (images, _) = run(&model, request(1));
+    assert_eq!(
+        images.unwrap(),
+        run(pipeline().unwrap(), request(1)).0.unwrap(),
+        "the same weights, the same image"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

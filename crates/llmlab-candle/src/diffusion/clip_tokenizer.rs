@@ -30,6 +30,9 @@ pub(crate) struct ClipTokenizer {
 
 impl ClipTokenizer {
     pub fn load(folder: &Path) -> ConfigResult<Self> {
+        if !(folder.join("vocab.json").is_file() && folder.join("merges.txt").is_file()) {
+            return Self::from_tokenizer_json(folder);
+        }
         let config = read_json(&folder.join("tokenizer_config.json")).unwrap_or(Value::Null);
         let token = |key: &str, default: &str| -> String {
             match config.get(key) {
@@ -107,6 +110,38 @@ impl ClipTokenizer {
             pad_id,
             pad_type_id: 0,
             pad_token: pad,
+        }));
+        Ok(Self { tokenizer })
+    }
+
+    /// A folder that newer transformers wrote: only `tokenizer.json`
+    /// (the whole pipeline), cut and padded here to the window.
+    fn from_tokenizer_json(folder: &Path) -> ConfigResult<Self> {
+        let path = folder.join("tokenizer.json");
+        if !path.is_file() {
+            return Err("the diffusers folder lacks tokenizer/vocab.json and merges.txt (or tokenizer.json)".into());
+        }
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| format!("tokenizer.json does not read: {e}"))?;
+        let length = 77;
+        let pad = ["<|endoftext|>", "!"]
+            .into_iter()
+            .find_map(|text| tokenizer.token_to_id(text).map(|id| (text, id)))
+            .ok_or("tokenizer.json has no <|endoftext|> token")?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| e.to_string())?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(length),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id: pad.1,
+            pad_type_id: 0,
+            pad_token: pad.0.to_owned(),
         }));
         Ok(Self { tokenizer })
     }

@@ -30,12 +30,12 @@ pub(crate) struct Models {
     pub device: Device,
 }
 
-/// The files a folder must hold, in the order they are checked.
-const REQUIRED: [&str; 8] = [
+/// The files a folder must hold, in the order they are checked (the
+/// tokenizer's are checked by `ClipTokenizer::load`: `vocab.json` and
+/// `merges.txt`, or a `tokenizer.json`).
+const REQUIRED: [&str; 6] = [
     "model_index.json",
     "scheduler/scheduler_config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
     "text_encoder/config.json",
     "unet/config.json",
     "vae/config.json",
@@ -77,7 +77,15 @@ impl Models {
                 candle_core::safetensors::load(&path, &device).map_err(|e| format!("{component}/{file}: {e}"))?;
             Ok(VarBuilder::from_tensors(tensors, DType::F32, &device))
         };
-        let text_encoder = ClipTextTransformer::new(weights("text_encoder", "model")?.pp("text_model"), &text_config)
+        // Older transformers save the encoder under `text_model.`, newer
+        // ones without it; read either.
+        let text_weights = weights("text_encoder", "model")?;
+        let text_weights = if text_weights.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            text_weights.pp("text_model")
+        } else {
+            text_weights
+        };
+        let text_encoder = ClipTextTransformer::new(text_weights, &text_config)
             .map_err(|e| format!("text_encoder/model.safetensors: {e}"))?;
         let latent_channels = vae_shape.config.latent_channels;
         let unet = UNet2DConditionModel::new(
