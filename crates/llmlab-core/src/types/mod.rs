@@ -3,6 +3,7 @@
 mod chat;
 mod events;
 mod image;
+mod image_events;
 mod resolved;
 mod response;
 mod schema_limits;
@@ -11,6 +12,7 @@ mod tool_choice;
 pub use chat::*;
 pub use events::*;
 pub use image::*;
+pub use image_events::*;
 pub use resolved::*;
 pub use response::*;
 pub use schema_limits::*;
