@@ -95,22 +95,7 @@ impl ClipTokenizer {
             .build()
             .map_err(|e| e.to_string())?;
         tokenizer.with_post_processor(Some(around));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| e.to_string())?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(length),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: pad,
-        }));
+        fit_to_window(&mut tokenizer, length, pad_id, pad)?;
         Ok(Self { tokenizer })
     }
 
@@ -127,22 +112,7 @@ impl ClipTokenizer {
             .into_iter()
             .find_map(|text| tokenizer.token_to_id(text).map(|id| (text, id)))
             .ok_or("tokenizer.json has no <|endoftext|> token")?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| e.to_string())?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(length),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id: pad.1,
-            pad_type_id: 0,
-            pad_token: pad.0.to_owned(),
-        }));
+        fit_to_window(&mut tokenizer, length, pad.1, pad.0.to_owned())?;
         Ok(Self { tokenizer })
     }
 
@@ -153,4 +123,26 @@ impl ClipTokenizer {
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|e| format!("the prompt does not tokenize: {e}"))
     }
+}
+
+/// Cut and pad every encoding to exactly `length` tokens: the text
+/// encoder reads a fixed window.
+fn fit_to_window(tokenizer: &mut Tokenizer, length: usize, pad_id: u32, pad_token: String) -> ConfigResult<()> {
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }))
+        .map_err(|e| e.to_string())?;
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::Fixed(length),
+        direction: PaddingDirection::Right,
+        pad_to_multiple_of: None,
+        pad_id,
+        pad_type_id: 0,
+        pad_token,
+    }));
+    Ok(())
 }

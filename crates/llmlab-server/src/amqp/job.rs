@@ -257,11 +257,10 @@ fn images(
     cancel: CancellationToken,
 ) -> impl Stream<Item = Step> + Send {
     async_stream::stream! {
-        let request = match parse_value::<ImagesBody>(body).and_then(|b| b.into_request()) {
-            Ok((request, _)) if kind == JobKind::ImageEdits && request.image.is_none() => {
-                yield failed(&Error::invalid_param("image", "an images.edits job needs an 'image' (base64)"));
-                return;
-            }
+        let decoded = parse_value::<ImagesBody>(body).and_then(|body| {
+            if kind == JobKind::ImageEdits { body.into_edit_request() } else { body.into_request() }
+        });
+        let request = match decoded {
             Ok((request, _)) => request,
             Err(e) => {
                 yield failed(&e);

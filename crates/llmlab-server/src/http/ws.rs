@@ -345,13 +345,12 @@ async fn run_images(
     observed: &Observed,
 ) -> Result<Ending> {
     let body = body.ok_or_else(|| Error::invalid_param("body", "'body' is required"))?;
-    let (request, _) = parse_value::<ImagesBody>(body)?.into_request()?;
-    if edit && request.image.is_none() {
-        return Err(Error::invalid_param(
-            "image",
-            "an images.edits frame needs an 'image' (base64)",
-        ));
-    }
+    let body = parse_value::<ImagesBody>(body)?;
+    let (request, _) = if edit {
+        body.into_edit_request()?
+    } else {
+        body.into_request()?
+    };
     observed.set_model(&observe::model_label(&state.service, &request.model));
     let mut events = state.service.generate_image(request, cancel).await?;
     while let Some(event) = events.next().await {

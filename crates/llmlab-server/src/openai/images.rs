@@ -95,6 +95,18 @@ impl ImagesBody {
     }
 }
 
+impl ImagesBody {
+    /// An `images.edits` request (WebSocket frame, job): as
+    /// [`Self::into_request`], and the picture is required.
+    pub fn into_edit_request(self) -> Result<(ImageRequest, ImageDelivery)> {
+        let (request, delivery) = self.into_request()?;
+        if request.image.is_none() {
+            return Err(Error::invalid_param("image", "an edit needs an 'image' (base64)"));
+        }
+        Ok((request, delivery))
+    }
+}
+
 /// A picture sent as base64 text, bare or as a data URL.
 fn base64_field(text: &str, field: &str) -> Result<Vec<u8>> {
     let payload = match text.split_once(";base64,") {
