@@ -26,6 +26,8 @@ const WORDS: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|
 
 pub(crate) struct ClipTokenizer {
     tokenizer: Tokenizer,
+    /// The end token: where a text encoder reads its pooled state.
+    end_id: u32,
 }
 
 impl ClipTokenizer {
@@ -96,7 +98,7 @@ impl ClipTokenizer {
             .map_err(|e| e.to_string())?;
         tokenizer.with_post_processor(Some(around));
         fit_to_window(&mut tokenizer, length, pad_id, pad)?;
-        Ok(Self { tokenizer })
+        Ok(Self { tokenizer, end_id })
     }
 
     /// A folder that newer transformers wrote: only `tokenizer.json`
@@ -108,12 +110,15 @@ impl ClipTokenizer {
         }
         let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| format!("tokenizer.json does not read: {e}"))?;
         let length = 77;
-        let pad = ["<|endoftext|>", "!"]
-            .into_iter()
-            .find_map(|text| tokenizer.token_to_id(text).map(|id| (text, id)))
+        let end_id = tokenizer
+            .token_to_id("<|endoftext|>")
             .ok_or("tokenizer.json has no <|endoftext|> token")?;
-        fit_to_window(&mut tokenizer, length, pad.1, pad.0.to_owned())?;
-        Ok(Self { tokenizer })
+        fit_to_window(&mut tokenizer, length, end_id, "<|endoftext|>".to_owned())?;
+        Ok(Self { tokenizer, end_id })
+    }
+
+    pub fn end_id(&self) -> u32 {
+        self.end_id
     }
 
     /// Token ids of `text`, exactly the model's window long.

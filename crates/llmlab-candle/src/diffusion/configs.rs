@@ -1,4 +1,6 @@
-//! A diffusers folder's JSON configs read into candle's model configs.
+//! A diffusers folder's JSON configs read into candle's model configs
+//! (the UNet's and the text encoder's, for our own networks, are in
+//! `unet/config.rs` and `text_encoder.rs`).
 //! candle builds its Stable Diffusion models from Rust presets; reading the
 //! folder's own configs instead lets any SD-1.x/2.x-shaped model load,
 //! including the tiny random ones the tests make. What candle cannot build
@@ -6,11 +8,9 @@
 
 use std::path::Path;
 
-use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::stable_diffusion::ddim::DDIMSchedulerConfig;
 use candle_transformers::models::stable_diffusion::euler_ancestral_discrete::EulerAncestralDiscreteSchedulerConfig;
 use candle_transformers::models::stable_diffusion::schedulers::{BetaSchedule, PredictionType, TimestepSpacing};
-use candle_transformers::models::stable_diffusion::unet_2d::{BlockConfig, UNet2DConditionModelConfig};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde_json::Value;
 
@@ -24,14 +24,14 @@ pub(crate) fn read_json(path: &Path) -> ConfigResult<Value> {
 
 /// Typed reads of one JSON object; a wrong type is an error, a missing key
 /// the default when there is one.
-struct Fields<'a>(&'a Value);
+pub(crate) struct Fields<'a>(pub &'a Value);
 
 impl Fields<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
     }
 
-    fn usize(&self, key: &str, default: Option<usize>) -> ConfigResult<usize> {
+    pub fn usize(&self, key: &str, default: Option<usize>) -> ConfigResult<usize> {
         match self.get(key) {
             Some(v) => v
                 .as_u64()
@@ -41,25 +41,25 @@ impl Fields<'_> {
         }
     }
 
-    fn f64(&self, key: &str, default: f64) -> ConfigResult<f64> {
+    pub fn f64(&self, key: &str, default: f64) -> ConfigResult<f64> {
         self.get(key).map_or(Ok(default), |v| {
             v.as_f64().ok_or_else(|| format!("{key} is not a number"))
         })
     }
 
-    fn bool(&self, key: &str, default: bool) -> ConfigResult<bool> {
+    pub fn bool(&self, key: &str, default: bool) -> ConfigResult<bool> {
         self.get(key).map_or(Ok(default), |v| {
             v.as_bool().ok_or_else(|| format!("{key} is not true or false"))
         })
     }
 
-    fn str<'b>(&'b self, key: &str, default: &'b str) -> ConfigResult<&'b str> {
+    pub fn str<'b>(&'b self, key: &str, default: &'b str) -> ConfigResult<&'b str> {
         self.get(key).map_or(Ok(default), |v| {
             v.as_str().ok_or_else(|| format!("{key} is not a string"))
         })
     }
 
-    fn list<T>(&self, key: &str, item: impl Fn(&Value) -> Option<T>) -> ConfigResult<Vec<T>> {
+    pub fn list<T>(&self, key: &str, item: impl Fn(&Value) -> Option<T>) -> ConfigResult<Vec<T>> {
         let items = self
             .get(key)
             .and_then(Value::as_array)
@@ -71,7 +71,7 @@ impl Fields<'_> {
     }
 
     /// One number for every block, or a list with one per block.
-    fn per_block(&self, key: &str, blocks: usize, default: usize) -> ConfigResult<Vec<usize>> {
+    pub fn per_block(&self, key: &str, blocks: usize, default: usize) -> ConfigResult<Vec<usize>> {
         match self.get(key) {
             None => Ok(vec![default; blocks]),
             Some(Value::Array(_)) => {
@@ -85,111 +85,6 @@ impl Fields<'_> {
             Some(_) => Ok(vec![self.usize(key, None)?; blocks]),
         }
     }
-}
-
-/// The UNet's config, and its input channels (4, or 9 for inpainting
-/// models) and output channels.
-pub(crate) struct UnetShape {
-    pub config: UNet2DConditionModelConfig,
-    pub in_channels: usize,
-    pub out_channels: usize,
-}
-
-pub(crate) fn unet(json: &Value) -> ConfigResult<UnetShape> {
-    let c = Fields(json);
-    let channels = c.list("block_out_channels", |v| v.as_u64().map(|n| n as usize))?;
-    let blocks = channels.len();
-    if blocks == 0 {
-        return Err("block_out_channels is empty".into());
-    }
-    let down = c.list("down_block_types", |v| v.as_str().map(str::to_owned))?;
-    let up = c.list("up_block_types", |v| v.as_str().map(str::to_owned))?;
-    if down.len() != blocks || up.len() != blocks {
-        return Err(format!(
-            "{blocks} block_out_channels but {} down and {} up block types",
-            down.len(),
-            up.len()
-        ));
-    }
-    // diffusers' `attention_head_dim` is, despite its name, the number of
-    // heads (newer configs say `num_attention_heads`); candle's
-    // `BlockConfig::attention_head_dim` means the same.
-    let heads_key = if c.get("num_attention_heads").is_some() {
-        "num_attention_heads"
-    } else {
-        "attention_head_dim"
-    };
-    let heads = c.per_block(heads_key, blocks, 8)?;
-    if heads.contains(&0) {
-        return Err(format!("{heads_key} must be at least 1"));
-    }
-    let layers = c.per_block("transformer_layers_per_block", blocks, 1)?;
-    let mut configs = Vec::with_capacity(blocks);
-    for (i, kind) in down.iter().enumerate() {
-        let cross = match kind.as_str() {
-            "CrossAttnDownBlock2D" => true,
-            "DownBlock2D" => false,
-            other => return Err(format!("down block type {other} is not supported")),
-        };
-        // candle mirrors the down path on the way up.
-        let mirror = if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
-        if up[blocks - 1 - i] != mirror {
-            return Err(format!(
-                "up_block_types[{}] must be {mirror} to mirror the down path",
-                blocks - 1 - i
-            ));
-        }
-        configs.push(BlockConfig {
-            out_channels: channels[i],
-            use_cross_attn: cross.then_some(layers[i]),
-            attention_head_dim: heads[i],
-        });
-    }
-    for (key, only) in [
-        ("mid_block_type", "UNetMidBlock2DCrossAttn"),
-        ("act_fn", "silu"),
-        ("resnet_time_scale_shift", "default"),
-        ("time_embedding_type", "positional"),
-    ] {
-        let value = c.str(key, only)?;
-        if value != only {
-            return Err(format!("{key} {value} is not supported (only {only})"));
-        }
-    }
-    for key in [
-        "class_embed_type",
-        "addition_embed_type",
-        "encoder_hid_dim",
-        "time_cond_proj_dim",
-    ] {
-        if c.get(key).is_some() {
-            return Err(format!("{key} is set: SDXL-style conditioning is not supported yet"));
-        }
-    }
-    let groups = c.usize("norm_num_groups", Some(32))?;
-    if groups != 32 {
-        // candle's plain down and up blocks always use 32 groups: another
-        // count would load and compute the wrong thing.
-        return Err(format!("norm_num_groups {groups} is not supported (candle builds 32)"));
-    }
-    Ok(UnetShape {
-        config: UNet2DConditionModelConfig {
-            center_input_sample: c.bool("center_input_sample", false)?,
-            flip_sin_to_cos: c.bool("flip_sin_to_cos", true)?,
-            freq_shift: c.f64("freq_shift", 0.0)?,
-            blocks: configs,
-            layers_per_block: c.usize("layers_per_block", Some(2))?,
-            downsample_padding: c.usize("downsample_padding", Some(1))?,
-            mid_block_scale_factor: c.f64("mid_block_scale_factor", 1.0)?,
-            norm_num_groups: groups,
-            norm_eps: c.f64("norm_eps", 1e-5)?,
-            cross_attention_dim: c.usize("cross_attention_dim", Some(1280))?,
-            sliced_attention_size: None,
-            use_linear_projection: c.bool("use_linear_projection", false)?,
-        },
-        in_channels: c.usize("in_channels", Some(4))?,
-        out_channels: c.usize("out_channels", Some(4))?,
-    })
 }
 
 /// The VAE's config, latent scaling and how many pixels one latent covers.
@@ -233,29 +128,6 @@ pub(crate) fn vae(json: &Value) -> ConfigResult<VaeShape> {
             use_post_quant_conv: c.bool("use_post_quant_conv", true)?,
         },
         scaling_factor: c.f64("scaling_factor", 0.18215)?,
-    })
-}
-
-pub(crate) fn text_encoder(json: &Value) -> ConfigResult<ClipTextConfig> {
-    let c = Fields(json);
-    let activation = c.str("hidden_act", "quick_gelu")?;
-    if activation != "quick_gelu" {
-        // SD 2.x's OpenCLIP encoder (gelu) is not supported yet.
-        return Err(format!(
-            "hidden_act {activation} is not supported (only quick_gelu, as SD 1.x)"
-        ));
-    }
-    let hidden = c.usize("hidden_size", None)?;
-    Ok(ClipTextConfig {
-        vocab_size: c.usize("vocab_size", None)?,
-        embed_dim: hidden,
-        activation: Activation::QuickGelu,
-        intermediate_size: c.usize("intermediate_size", None)?,
-        max_position_embeddings: c.usize("max_position_embeddings", Some(77))?,
-        pad_with: None,
-        num_hidden_layers: c.usize("num_hidden_layers", None)?,
-        num_attention_heads: c.usize("num_attention_heads", None)?,
-        projection_dim: c.usize("projection_dim", Some(hidden))?,
     })
 }
 

@@ -3,17 +3,24 @@
 //! inpainting behind core's `ImagePipeline`.
 //!
 //! `models.rs` loads a folder (its configs through `configs.rs`, its CLIP
-//! tokenizer through `clip_tokenizer.rs`); `sampler.rs` runs one
-//! generation; `noise.rs` makes the seeded starting noise. One generation
+//! tokenizer through `clip_tokenizer.rs`, its text encoder, UNet and VAE
+//! decoder as our own `text_encoder.rs`, `unet/` and `vae_decoder.rs`,
+//! built from the fast CPU `layers/`);
+//! `sampler.rs` runs one generation; `noise.rs` makes the seeded starting
+//! noise. One generation
 //! runs at a time per model (a lock); callers past `max_queue` waiting
 //! are refused.
 
 mod clip_tokenizer;
 mod configs;
 mod latent_encoder;
+mod layers;
 mod models;
 mod noise;
 mod sampler;
+mod text_encoder;
+mod unet;
+mod vae_decoder;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

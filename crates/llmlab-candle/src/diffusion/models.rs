@@ -1,26 +1,41 @@
-//! The networks of a Stable Diffusion 1.x/2.x diffusers folder, loaded:
-//! text encoder and its tokenizer, UNet, VAE and noise schedule.
+//! The networks of a Stable Diffusion 1.x/2.x or SDXL diffusers folder,
+//! loaded: text encoder(s) and tokenizer(s), UNet, VAE and noise schedule.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::ClipTextTransformer;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
-use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+use serde_json::Value;
 
 use super::clip_tokenizer::ClipTokenizer;
 use super::configs::{self, read_json, NoiseSchedule};
 use super::latent_encoder::LatentEncoder;
+use super::text_encoder::{TextEncoder, TextEncoderConfig};
+use super::unet::{Unet, UnetConfig};
+use super::vae_decoder::VaeDecoder;
+
+/// A tokenizer and the text encoder it feeds.
+pub(crate) struct TextTower {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: TextEncoder,
+    pub width: usize,
+    /// Width of the pooled (projected) embedding.
+    pub pooled_width: usize,
+}
 
 pub(crate) struct Models {
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextTransformer,
-    pub unet: UNet2DConditionModel,
+    pub text: TextTower,
+    /// SDXL's second encoder (OpenCLIP): its second-to-last states sit
+    /// beside the first's, and its pooled embedding conditions the UNet.
+    pub text_2: Option<TextTower>,
+    /// SDXL: an empty negative prompt conditions with zeros, not with the
+    /// encoded empty text (`force_zeros_for_empty_prompt`).
+    pub zeros_for_empty_negative: bool,
+    pub unet: Unet,
     /// 4 for text-to-image models; 9 for inpainting models, which also
     /// read the mask and the masked picture's latents.
     pub unet_in_channels: usize,
-    pub vae: AutoEncoderKL,
+    pub vae: VaeDecoder,
     /// The VAE's encoder to its latent mean (image-to-image, inpainting).
     pub encoder: LatentEncoder,
     pub latent_channels: usize,
@@ -42,81 +57,97 @@ const REQUIRED: [&str; 6] = [
     "text_encoder/model.safetensors",
 ];
 
-/// Pipelines whose folder layout and networks this loader reads.
-const PIPELINES: [&str; 2] = ["StableDiffusionPipeline", "StableDiffusionInpaintPipeline"];
+/// SDXL folders hold these too.
+const REQUIRED_XL: [&str; 2] = ["text_encoder_2/config.json", "text_encoder_2/model.safetensors"];
+
+/// Pipelines whose folder layout and networks this loader reads, and
+/// whether each is SDXL.
+const PIPELINES: [(&str, bool); 5] = [
+    ("StableDiffusionPipeline", false),
+    ("StableDiffusionInpaintPipeline", false),
+    ("StableDiffusionXLPipeline", true),
+    ("StableDiffusionXLImg2ImgPipeline", true),
+    ("StableDiffusionXLInpaintPipeline", true),
+];
 
 impl Models {
     /// Load a folder; the error names the file at fault (relative to the
     /// folder, never the server's path).
     pub fn load(folder: &Path) -> Result<Self, String> {
-        for name in REQUIRED {
-            if !folder.join(name).is_file() {
-                return Err(format!("the diffusers folder lacks {name}"));
-            }
-        }
+        require(folder, &REQUIRED)?;
         let index = read_json(&folder.join("model_index.json")).map_err(|e| format!("model_index.json: {e}"))?;
-        let pipeline = index.get("_class_name").and_then(|v| v.as_str()).unwrap_or("");
-        if !PIPELINES.contains(&pipeline) {
+        let pipeline = index.get("_class_name").and_then(Value::as_str).unwrap_or("");
+        let Some(&(_, xl)) = PIPELINES.iter().find(|(name, _)| *name == pipeline) else {
+            let names: Vec<&str> = PIPELINES.iter().map(|(name, _)| *name).collect();
             return Err(format!(
                 "model_index.json: {pipeline:?} is not supported yet (supported: {})",
-                PIPELINES.join(", ")
+                names.join(", ")
             ));
+        };
+        if xl {
+            require(folder, &REQUIRED_XL)?;
         }
         let config = |name: &str| read_json(&folder.join(name)).map_err(|e| format!("{name}: {e}"));
         let device = Device::Cpu;
-        let unet_shape = configs::unet(&config("unet/config.json")?).map_err(|e| format!("unet/config.json: {e}"))?;
+        let unet_config =
+            UnetConfig::from_json(&config("unet/config.json")?).map_err(|e| format!("unet/config.json: {e}"))?;
         let vae_shape = configs::vae(&config("vae/config.json")?).map_err(|e| format!("vae/config.json: {e}"))?;
-        let text_config = configs::text_encoder(&config("text_encoder/config.json")?)
-            .map_err(|e| format!("text_encoder/config.json: {e}"))?;
         let schedule = configs::noise_schedule(&config("scheduler/scheduler_config.json")?)
             .map_err(|e| format!("scheduler/scheduler_config.json: {e}"))?;
-        let tokenizer = ClipTokenizer::load(&folder.join("tokenizer")).map_err(|e| format!("tokenizer: {e}"))?;
         let weights = |component: &str, file: &str| -> Result<VarBuilder<'static>, String> {
             let path = weights_file(folder, component, file)?;
             let tensors =
                 candle_core::safetensors::load(&path, &device).map_err(|e| format!("{component}/{file}: {e}"))?;
             Ok(VarBuilder::from_tensors(tensors, DType::F32, &device))
         };
-        // Older transformers save the encoder under `text_model.`, newer
-        // ones without it; read either.
-        let text_weights = weights("text_encoder", "model")?;
-        let text_weights = if text_weights.contains_tensor("text_model.embeddings.token_embedding.weight") {
-            text_weights.pp("text_model")
-        } else {
-            text_weights
+        let tower = |suffix: &str| -> Result<TextTower, String> {
+            let component = format!("text_encoder{suffix}");
+            let encoder_config = TextEncoderConfig::from_json(&config(&format!("{component}/config.json"))?)
+                .map_err(|e| format!("{component}/config.json: {e}"))?;
+            let tokenizer = ClipTokenizer::load(&folder.join(format!("tokenizer{suffix}")))
+                .map_err(|e| format!("tokenizer{suffix}: {e}"))?;
+            let encoder = TextEncoder::load(weights(&component, "model")?, &encoder_config)
+                .map_err(|e| format!("{component}/model.safetensors: {e}"))?;
+            Ok(TextTower {
+                tokenizer,
+                width: encoder_config.width(),
+                pooled_width: encoder.pooled_width(),
+                encoder,
+            })
         };
-        let text_encoder = ClipTextTransformer::new(text_weights, &text_config)
-            .map_err(|e| format!("text_encoder/model.safetensors: {e}"))?;
-        let latent_channels = vae_shape.config.latent_channels;
-        let unet = UNet2DConditionModel::new(
-            weights("unet", "diffusion_pytorch_model")?,
-            unet_shape.in_channels,
-            unet_shape.out_channels,
-            false,
-            unet_shape.config,
-        )
-        .map_err(|e| format!("unet/diffusion_pytorch_model.safetensors: {e}"))?;
+        let text = tower("")?;
+        let text_2 = if xl { Some(tower("_2")?) } else { None };
+        check_conditioning(&unet_config, &text, text_2.as_ref())?;
+
+        let unet = Unet::load(weights("unet", "diffusion_pytorch_model")?, &unet_config)
+            .map_err(|e| format!("unet/diffusion_pytorch_model.safetensors: {e}"))?;
         let vae_weights = weights("vae", "diffusion_pytorch_model")?;
         let encoder = LatentEncoder::new(&vae_weights, &vae_shape.config)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
-        let vae = AutoEncoderKL::new(vae_weights, 3, 3, vae_shape.config)
+        let vae = VaeDecoder::load(&vae_weights, &vae_shape)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
-        let expected_in = if pipeline == "StableDiffusionInpaintPipeline" {
+        let latent_channels = vae_shape.config.latent_channels;
+        let expected_in = if pipeline.contains("Inpaint") {
             2 * latent_channels + 1
         } else {
             latent_channels
         };
-        if unet_shape.in_channels != expected_in {
+        if unet_config.in_channels != expected_in {
             return Err(format!(
                 "unet/config.json: in_channels {} does not fit a {pipeline} (expected {expected_in})",
-                unet_shape.in_channels
+                unet_config.in_channels
             ));
         }
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            text,
+            text_2,
+            zeros_for_empty_negative: xl
+                && index
+                    .get("force_zeros_for_empty_prompt")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
             unet,
-            unet_in_channels: unet_shape.in_channels,
+            unet_in_channels: unet_config.in_channels,
             vae,
             encoder,
             latent_channels,
@@ -125,6 +156,36 @@ impl Models {
             schedule,
             device,
         })
+    }
+}
+
+fn require(folder: &Path, names: &[&str]) -> Result<(), String> {
+    match names.iter().find(|name| !folder.join(name).is_file()) {
+        Some(name) => Err(format!("the diffusers folder lacks {name}")),
+        None => Ok(()),
+    }
+}
+
+/// The text encoders' widths must be what the UNet reads: a mismatch would
+/// only show as a shape error in the first generation.
+fn check_conditioning(unet: &UnetConfig, text: &TextTower, text_2: Option<&TextTower>) -> Result<(), String> {
+    let context = text.width + text_2.map_or(0, |t| t.width);
+    if unet.cross_attention_dim != context {
+        return Err(format!(
+            "unet/config.json: cross_attention_dim {} but the text encoders give {context}",
+            unet.cross_attention_dim
+        ));
+    }
+    match (&unet.addition, text_2) {
+        (Some(addition), Some(text_2)) if addition.text_width() != text_2.pooled_width => Err(format!(
+            "unet/config.json: projection_class_embeddings_input_dim {} expects a pooled text of {}, text_encoder_2 gives {}",
+            addition.input_width,
+            addition.text_width(),
+            text_2.pooled_width
+        )),
+        (Some(_), Some(_)) | (None, None) => Ok(()),
+        (Some(_), None) => Err("unet/config.json: addition_embed_type needs an SDXL pipeline (text_encoder_2)".into()),
+        (None, Some(_)) => Err("unet/config.json: an SDXL pipeline needs addition_embed_type text_time".into()),
     }
 }
 

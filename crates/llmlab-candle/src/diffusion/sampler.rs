@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use llmlab_core::media::{DecodedImage, RgbImage};
 use llmlab_core::{Error, ImageEdit, ImageProgress, ResolvedImageRequest, Result, Scheduler};
 
-use super::models::Models;
+use super::models::{Models, TextTower};
 use super::noise::SeededNoise;
+use super::unet::AddedConditions;
 
 fn internal(e: candle_core::Error) -> Error {
     Error::internal(format!("image generation failed: {e}"))
@@ -108,7 +109,10 @@ pub(crate) fn generate(
         if let Some(extra) = &inpaint_inputs {
             input = Tensor::cat(&[&input, extra], 1).map_err(internal)?;
         }
-        let predicted = models.unet.forward(&input, t as f64, &text).map_err(internal)?;
+        let predicted = models
+            .unet
+            .forward(&input, t as f64, &text.states, text.added.as_ref())
+            .map_err(internal)?;
         let predicted = if guided {
             let halves = predicted.chunk(2, 0).map_err(internal)?;
             let pull =
@@ -188,12 +192,12 @@ fn preview(latents: &Tensor, downscale: usize) -> Result<Vec<RgbImage>> {
             for y in 0..out_h {
                 for x in 0..out_w {
                     let at = (y / downscale) * width + x / downscale;
-                    for colour in 0..3 {
+                    rgb.extend((0..3).map(|colour| {
                         let value: f32 = (0..channels)
                             .map(|c| values[(image * channels + c) * plane + at] * LATENT_TO_RGB[c][colour])
                             .sum();
-                        rgb.push(((value + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
-                    }
+                        ((value + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
+                    }));
                 }
             }
             RgbImage {
@@ -213,27 +217,72 @@ fn first_step(steps: usize, strength: f32) -> usize {
 }
 
 /// Text conditioning for every image: `[negative..., prompt...]` with
-/// guidance, the prompt's alone without.
-fn conditioning(models: &Models, request: &ResolvedImageRequest, guided: bool) -> Result<Tensor> {
-    let embed = |text: &str| -> Result<Tensor> {
-        let ids = models
+/// guidance, the prompt's alone without; SDXL's pooled text and size
+/// conditions beside it.
+fn conditioning(models: &Models, request: &ResolvedImageRequest, guided: bool) -> Result<Conditioning> {
+    let n = request.n as usize;
+    let tokens = |tower: &TextTower, text: &str| -> Result<Tensor> {
+        let ids = tower
             .tokenizer
             .ids(text)
             .map_err(|m| Error::invalid_param("prompt", m))?;
-        let ids = Tensor::new(ids.as_slice(), &models.device)
+        Tensor::new(ids.as_slice(), &models.device)
             .and_then(|t| t.unsqueeze(0))
-            .map_err(internal)?;
-        models
-            .text_encoder
-            .forward_with_mask(&ids, usize::MAX)
-            .and_then(|t| t.repeat((request.n as usize, 1, 1)))
             .map_err(internal)
     };
-    let prompt = embed(&request.prompt)?;
-    if !guided {
-        return Ok(prompt);
+    // (states, pooled) of one text, `n` times.
+    let embed = |text: &str| -> Result<(Tensor, Option<Tensor>)> {
+        let first = models
+            .text
+            .encoder
+            .encode(&tokens(&models.text, text)?, models.text.tokenizer.end_id())
+            .map_err(internal)?;
+        let (states, pooled) = match &models.text_2 {
+            None => (first.last, None),
+            Some(tower) => {
+                let second = tower
+                    .encoder
+                    .encode(&tokens(tower, text)?, tower.tokenizer.end_id())
+                    .map_err(internal)?;
+                let states = Tensor::cat(&[&first.penultimate, &second.penultimate], 2).map_err(internal)?;
+                (states, Some(second.pooled))
+            }
+        };
+        let states = states.repeat((n, 1, 1)).map_err(internal)?;
+        let pooled = pooled.map(|p| p.repeat((n, 1))).transpose().map_err(internal)?;
+        Ok((states, pooled))
+    };
+    let (mut states, mut pooled) = embed(&request.prompt)?;
+    if guided {
+        let (negative_states, negative_pooled) =
+            if models.zeros_for_empty_negative && request.negative_prompt.is_empty() {
+                let zeros = |t: &Tensor| t.zeros_like().map_err(internal);
+                (zeros(&states)?, pooled.as_ref().map(zeros).transpose()?)
+            } else {
+                embed(&request.negative_prompt)?
+            };
+        states = Tensor::cat(&[&negative_states, &states], 0).map_err(internal)?;
+        pooled = match (negative_pooled, pooled) {
+            (Some(negative), Some(positive)) => Some(Tensor::cat(&[&negative, &positive], 0).map_err(internal)?),
+            _ => None,
+        };
     }
-    Tensor::cat(&[&embed(&request.negative_prompt)?, &prompt], 0).map_err(internal)
+    let (height, width) = (f64::from(request.height), f64::from(request.width));
+    Ok(Conditioning {
+        states,
+        added: pooled.map(|pooled_text| AddedConditions {
+            pooled_text,
+            // No crop, and the picture's own size as both the original's
+            // and the target's (what diffusers sends by default).
+            size_ids: [height, width, 0.0, 0.0, height, width],
+        }),
+    })
+}
+
+/// What the UNet attends to and, for SDXL, its added conditions.
+struct Conditioning {
+    states: Tensor,
+    added: Option<AddedConditions>,
 }
 
 /// Pixels (0..255) to the VAE's input range (-1..1), shape (1, 3, H, W).
