@@ -54,7 +54,8 @@ impl DiffusionPipeline {
     /// Load the diffusers folder at `spec.path` (blocking).
     pub fn load(spec: &ModelSpec) -> Result<Self> {
         let started = std::time::Instant::now();
-        let models = Models::load(&spec.path).map_err(|why| {
+        let architecture = spec.backend.candle().and_then(|settings| settings.architecture);
+        let models = Models::load(&spec.path, architecture).map_err(|why| {
             tracing::warn!(model = %spec.id, path = %spec.path.display(), %why, "image model does not load");
             Error::unavailable(format!("model '{}' does not load: {why}", spec.id))
         })?;

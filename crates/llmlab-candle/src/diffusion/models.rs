@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use llmlab_core::registry::ImageArchitecture;
 use serde_json::Value;
 
 use super::clip_tokenizer::ClipTokenizer;
@@ -47,7 +48,8 @@ pub(crate) struct Models {
 
 /// The files a folder must hold, in the order they are checked (the
 /// tokenizer's are checked by `ClipTokenizer::load`: `vocab.json` and
-/// `merges.txt`, or a `tokenizer.json`).
+/// `merges.txt`, or a `tokenizer.json`); `model_index.json`, first, only
+/// where the registry names no architecture.
 const REQUIRED: [&str; 6] = [
     "model_index.json",
     "scheduler/scheduler_config.json",
@@ -71,18 +73,30 @@ const PIPELINES: [(&str, bool); 5] = [
 ];
 
 impl Models {
-    /// Load a folder; the error names the file at fault (relative to the
-    /// folder, never the server's path).
-    pub fn load(folder: &Path) -> Result<Self, String> {
-        require(folder, &REQUIRED)?;
-        let index = read_json(&folder.join("model_index.json")).map_err(|e| format!("model_index.json: {e}"))?;
+    /// Load a folder, read as `architecture` where the registry names one,
+    /// else as its `model_index.json` says; the error names the file at
+    /// fault (relative to the folder, never the server's path).
+    pub fn load(folder: &Path, architecture: Option<ImageArchitecture>) -> Result<Self, String> {
+        let required = if architecture.is_some() { &REQUIRED[1..] } else { &REQUIRED[..] };
+        require(folder, required)?;
+        let index = match architecture {
+            Some(_) => read_json(&folder.join("model_index.json")).unwrap_or(Value::Null),
+            None => read_json(&folder.join("model_index.json")).map_err(|e| format!("model_index.json: {e}"))?,
+        };
         let pipeline = index.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let Some(&(_, xl)) = PIPELINES.iter().find(|(name, _)| *name == pipeline) else {
-            let names: Vec<&str> = PIPELINES.iter().map(|(name, _)| *name).collect();
-            return Err(format!(
-                "model_index.json: {pipeline:?} is not supported yet (supported: {})",
-                names.join(", ")
-            ));
+        let xl = match architecture {
+            Some(architecture) => architecture == ImageArchitecture::StableDiffusionXl,
+            None => match PIPELINES.iter().find(|(name, _)| *name == pipeline) {
+                Some(&(_, xl)) => xl,
+                None => {
+                    let names: Vec<&str> = PIPELINES.iter().map(|(name, _)| *name).collect();
+                    return Err(format!(
+                        "model_index.json: {pipeline:?} is not supported yet (supported: {}; \
+                         or name the registry's architecture)",
+                        names.join(", ")
+                    ));
+                }
+            },
         };
         if xl {
             require(folder, &REQUIRED_XL)?;
@@ -127,14 +141,22 @@ impl Models {
         let vae = VaeDecoder::load(&vae_weights, &vae_shape)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
         let latent_channels = vae_shape.config.latent_channels;
-        let expected_in = if pipeline.contains("Inpaint") {
-            2 * latent_channels + 1
-        } else {
-            latent_channels
+        // Inpainting UNets also read the mask and the masked picture's
+        // latents. The registry's architecture leaves it to the UNet; a
+        // model_index.json says which it is.
+        let plain_or_inpainting = [latent_channels, 2 * latent_channels + 1];
+        let expected_in = match architecture {
+            Some(_) => plain_or_inpainting.into_iter().find(|&n| n == unet_config.in_channels),
+            None => Some(plain_or_inpainting[usize::from(pipeline.contains("Inpaint"))]),
         };
-        if unet_config.in_channels != expected_in {
+        if expected_in != Some(unet_config.in_channels) {
+            let expected = expected_in.map_or_else(
+                || format!("{} or {}", plain_or_inpainting[0], plain_or_inpainting[1]),
+                |n| n.to_string(),
+            );
+            let model = if pipeline.is_empty() { "this model" } else { pipeline };
             return Err(format!(
-                "unet/config.json: in_channels {} does not fit a {pipeline} (expected {expected_in})",
+                "unet/config.json: in_channels {} does not fit {model} (expected {expected})",
                 unet_config.in_channels
             ));
         }

@@ -5,7 +5,7 @@
 //! The registry file keeps writing them flat beside `backend:`;
 //! `build.rs` checks that each belongs to the model's backend.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::spec::BackendKind;
 use crate::config;
@@ -108,11 +108,27 @@ impl Default for LlamaSettings {
     }
 }
 
-/// How candle runs a safetensors model. None yet: the BERT encoder reads
-/// everything it needs from the model folder. Settings of the coming image
-/// models (steps, resolution, scheduler) go here.
+/// How candle runs a safetensors model. The BERT encoder reads everything
+/// it needs from the model folder; an image model may name its pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CandleSettings {}
+pub struct CandleSettings {
+    /// Image models: the pipeline to build, where it is not (or not
+    /// rightly) the one the folder's `model_index.json` names; with it, a
+    /// folder needs no `model_index.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<ImageArchitecture>,
+}
+
+/// The image pipelines a diffusers folder can be read as. Inpainting
+/// follows from the UNet's input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageArchitecture {
+    /// SD 1.x and 2.x: one CLIP text encoder.
+    StableDiffusion,
+    /// SDXL (and Turbo): two text encoders, pooled text and size conditions.
+    StableDiffusionXl,
+}
 
 #[cfg(test)]
 mod tests {

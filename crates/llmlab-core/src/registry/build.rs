@@ -43,7 +43,9 @@ fn spec_of(
     let path = in_models_dir(models_dir, &entry.path)?;
     let backend = match entry.backend {
         BackendKind::Llama => BackendSettings::Llama(llama_settings(&entry, file, models_dir, env)?),
-        BackendKind::Candle => BackendSettings::Candle(CandleSettings {}),
+        BackendKind::Candle => BackendSettings::Candle(CandleSettings {
+            architecture: entry.architecture,
+        }),
     };
     entry
         .guards
@@ -153,6 +155,12 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
                 "applies to chat models only, and this model's kind is embedding",
             ));
         }
+    }
+    if entry.architecture.is_some() && entry.kind != ModelKind::Image {
+        return Err(fault(
+            "architecture",
+            format!("applies to image models only, and this model's kind is {}", entry.kind.as_str()),
+        ));
     }
     if entry.image_max_tokens.is_some() && entry.mmproj.is_none() {
         return Err(fault(
@@ -381,5 +389,18 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn an_image_model_may_name_its_architecture_and_no_other_kind_may() {
+        let image = "models:\n  - {id: xl, kind: image, backend: candle, path: xl, architecture: stable-diffusion-xl}\n";
+        let registry = Registry::parse(image, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap();
+        let candle = registry.require("xl").unwrap().backend.candle().unwrap().clone();
+        assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::StableDiffusionXl));
+        let text = "models:\n  - {id: mini, kind: embedding, backend: candle, path: mini, architecture: stable-diffusion}\n";
+        let err = Registry::parse(text, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap_err().to_string();
+        assert!(err.contains("architecture") && err.contains("image models only"), "{err}");
+        let unknown = image.replace("stable-diffusion-xl", "flux");
+        assert!(Registry::parse(&unknown, Path::new("t.yaml"), Path::new("/m"), |_| None).is_err());
     }
 }

@@ -33,6 +33,9 @@ pub(super) struct ModelEntry {
     /// Vision: the most tokens one image may become (dynamic-resolution
     /// projectors; `None`: the projector's own limit).
     pub image_max_tokens: Option<u32>,
+    /// Image models: read the folder as this pipeline (see
+    /// [`super::ImageArchitecture`]).
+    pub architecture: Option<super::ImageArchitecture>,
     /// Ollama-style duration: "5m", "0" (unload after each request), "-1" (never).
     pub keep_alive: Option<String>,
     #[serde(default)]

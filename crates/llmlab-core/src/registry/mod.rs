@@ -10,7 +10,7 @@ mod scan;
 mod source;
 mod spec;
 
-pub use backend_settings::{BackendSettings, CandleSettings, LlamaSettings};
+pub use backend_settings::{BackendSettings, CandleSettings, ImageArchitecture, LlamaSettings};
 pub use file::{Registry, RegistryError};
 pub use scan::discover_gguf_models;
 pub use spec::{BackendKind, EmbeddingSettings, ModelKind, ModelSource, ModelSpec, PypiPart, SourceFile};
