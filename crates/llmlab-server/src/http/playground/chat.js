@@ -125,6 +125,11 @@ function tools() {
   return parsed.length ? parsed : undefined;
 }
 
+/** Plain completion: the message alone is the prompt, with no template and no history. */
+function rawBody(model, prompt) {
+  return { model, prompt, stream: true, stream_options: { include_usage: true }, ...sampling() };
+}
+
 function requestBody(model) {
   const system = $('chat-system').value.trim();
   const messages = system ? [{ role: 'system', content: system }, ...history] : [...history];
@@ -162,11 +167,12 @@ async function send() {
   const content = attachment
     ? [{ type: 'text', text }, { type: 'image_url', image_url: { url: attachment } }]
     : text;
+  const raw = $('chat-raw').checked;
   const userMessage = { role: 'user', content };
   history.push(userMessage);
   let body;
   try {
-    body = requestBody(model);
+    body = raw ? rawBody(model, text) : requestBody(model);
   } catch (error) {
     history.pop();
     toast(error.message);
@@ -186,7 +192,8 @@ async function send() {
   let usage = null;
   let finish = null;
   try {
-    const response = await api('/v1/chat/completions', { method: 'POST', body, signal: running.signal });
+    const path = raw ? '/v1/completions' : '/v1/chat/completions';
+    const response = await api(path, { method: 'POST', body, signal: running.signal });
     view.state('streaming');
     for await (const { data } of sseEvents(response)) {
       if (data === '[DONE]') break;
@@ -196,7 +203,8 @@ async function send() {
       if (chunk.usage) usage = chunk.usage;
       const choice = chunk.choices?.[0];
       if (!choice) continue;
-      const delta = choice.delta || {};
+      // A completion chunk carries `text` where a chat chunk has a delta.
+      const delta = choice.delta || { content: choice.text };
       if (delta.reasoning_content || delta.content || delta.tool_calls) firstTokenAt ??= performance.now();
       if (delta.reasoning_content) view.addReasoning(delta.reasoning_content);
       if (delta.content) view.addContent(delta.content);
@@ -219,7 +227,10 @@ async function send() {
     if (stats) view.note(stats);
     // The playground runs no tools, so a call stays on screen only: the
     // next turn carries the answer's text, which every template accepts.
-    if (view.content || view.toolCalls.length) {
+    if (raw) {
+      // A raw prompt is no turn of the conversation.
+      history.splice(history.indexOf(userMessage), 1);
+    } else if (view.content || view.toolCalls.length) {
       history.push({ role: 'assistant', content: view.content });
     } else {
       // Nothing came back: the question leaves the conversation so that
