@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages llmlab needs to build (llama.cpp is compiled
-# from source by llama-cpp-sys-2): a C/C++ toolchain, cmake and libclang.
+# from source by llama-cpp-sys-2): a C/C++ toolchain, cmake and libclang;
+# with `--browser`, also Chromium for the playground's browser tests.
 # Safe to run repeatedly; does nothing when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9][0-9.]*)?\.so' \
   || ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
   || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+# `--browser` (scripts/test.sh): the headless Chromium the playground's
+# browser tests drive; Debian's package, so no browser download at test time.
+if [ "${1:-}" = --browser ] && ! [ -x /usr/bin/chromium ]; then
+  missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

@@ -32,6 +32,7 @@ use llmlab_server::openai::{request::StreamOptions, OpenAiRequest};
 /// UPDATE THIS LIST WHENEVER YOU CHANGE THE ROUTER. An axum router cannot
 /// list its routes, so this is what the document's paths are compared with.
 const SERVED: &[(&str, &str)] = &[
+    ("GET", "/"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),

@@ -47,7 +47,8 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
 }
 
 /// Who must present the API key: everyone, on every path but the probes'
-/// (`/health`, `/openapi.json`, and `/metrics` unless asked otherwise).
+/// (`/health`, `/openapi.json`, and `/metrics` unless asked otherwise) and
+/// the playground's static files (`/` and the exact paths of its assets).
 /// Unknown routes and wrong methods are behind the key too: without it, a
 /// client gets 401 and learns nothing about which routes exist.
 #[derive(Clone)]
@@ -68,7 +69,7 @@ impl KeyGate {
         match path {
             "/health" | "/openapi.json" => true,
             "/metrics" => !self.metrics_require_key,
-            _ => false,
+            _ => super::playground::is_public(path),
         }
     }
 }

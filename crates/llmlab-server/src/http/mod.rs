@@ -11,6 +11,7 @@ mod images;
 pub use handlers::metrics;
 mod middleware;
 mod model_label;
+mod playground;
 pub mod prometheus;
 mod server;
 mod sse;
@@ -116,6 +117,8 @@ pub fn router_with(state: AppState, options: &ServerOptions) -> Router {
             "/openapi.json",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
         )
+        // The web playground: `/` and its files, open without the key.
+        .merge(playground::routes())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
