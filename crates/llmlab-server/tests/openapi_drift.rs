@@ -31,6 +31,8 @@ use llmlab_server::openai::{request::StreamOptions, OpenAiRequest};
 /// Every route `router_with` in crates/llmlab-server/src/http/mod.rs serves.
 /// UPDATE THIS LIST WHENEVER YOU CHANGE THE ROUTER. An axum router cannot
 /// list its routes, so this is what the document's paths are compared with.
+/// Ollama's routes (`/api/*`, http/ollama.rs) are not here: the document
+/// describes the OpenAI-compatible API, and those follow Ollama's own.
 const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
