@@ -120,7 +120,11 @@ async fn lifecycle(
     let id = resolve_name(state.service.registry(), name)?;
     let id = state.service.model_id(&id).to_owned();
     let reason = if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
-        let busy = state.service.models().iter().any(|m| m.id == id && m.active_requests > 0);
+        let busy = state
+            .service
+            .models()
+            .iter()
+            .any(|m| m.id == id && m.active_requests > 0);
         if busy {
             // Unloading now would fail the requests queued on the model:
             // its keep-alive becomes 0 instead, so it goes once they end.

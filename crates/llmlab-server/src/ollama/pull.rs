@@ -85,6 +85,7 @@ fn in_flight() -> &'static Mutex<HashSet<String>> {
 }
 
 /// Held while a pull runs.
+#[derive(Debug)]
 struct Claim(String);
 
 impl Claim {
