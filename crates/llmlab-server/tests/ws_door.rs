@@ -99,7 +99,7 @@ async fn cancel_stops_one_request_and_leaves_the_other() {
     send(&mut socket, json!({"type": "cancel", "id": "slow"})).await;
     let mut other_done = false;
     let mut slow_endings = Vec::new();
-    while !(other_done && !slow_endings.is_empty()) {
+    while !other_done || slow_endings.is_empty() {
         let frame = next(&mut socket).await;
         match (frame["id"].as_str().unwrap(), frame["type"].as_str().unwrap()) {
             ("other", "done") => other_done = true,

@@ -77,7 +77,11 @@ impl Models {
     /// else as its `model_index.json` says; the error names the file at
     /// fault (relative to the folder, never the server's path).
     pub fn load(folder: &Path, architecture: Option<ImageArchitecture>) -> Result<Self, String> {
-        let required = if architecture.is_some() { &REQUIRED[1..] } else { &REQUIRED[..] };
+        let required = if architecture.is_some() {
+            &REQUIRED[1..]
+        } else {
+            &REQUIRED[..]
+        };
         require(folder, required)?;
         let index = match architecture {
             Some(_) => read_json(&folder.join("model_index.json")).unwrap_or(Value::Null),

@@ -159,7 +159,10 @@ fn check_settings_apply(entry: &ModelEntry) -> Result<(), Fault> {
     if entry.architecture.is_some() && entry.kind != ModelKind::Image {
         return Err(fault(
             "architecture",
-            format!("applies to image models only, and this model's kind is {}", entry.kind.as_str()),
+            format!(
+                "applies to image models only, and this model's kind is {}",
+                entry.kind.as_str()
+            ),
         ));
     }
     if entry.image_max_tokens.is_some() && entry.mmproj.is_none() {
@@ -393,13 +396,23 @@ mod tests {
 
     #[test]
     fn an_image_model_may_name_its_architecture_and_no_other_kind_may() {
-        let image = "models:\n  - {id: xl, kind: image, backend: candle, path: xl, architecture: stable-diffusion-xl}\n";
+        let image =
+            "models:\n  - {id: xl, kind: image, backend: candle, path: xl, architecture: stable-diffusion-xl}\n";
         let registry = Registry::parse(image, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap();
         let candle = registry.require("xl").unwrap().backend.candle().unwrap().clone();
-        assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::StableDiffusionXl));
-        let text = "models:\n  - {id: mini, kind: embedding, backend: candle, path: mini, architecture: stable-diffusion}\n";
-        let err = Registry::parse(text, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap_err().to_string();
-        assert!(err.contains("architecture") && err.contains("image models only"), "{err}");
+        assert_eq!(
+            candle.architecture,
+            Some(crate::registry::ImageArchitecture::StableDiffusionXl)
+        );
+        let text =
+            "models:\n  - {id: mini, kind: embedding, backend: candle, path: mini, architecture: stable-diffusion}\n";
+        let err = Registry::parse(text, Path::new("t.yaml"), Path::new("/m"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("architecture") && err.contains("image models only"),
+            "{err}"
+        );
         let unknown = image.replace("stable-diffusion-xl", "flux");
         assert!(Registry::parse(&unknown, Path::new("t.yaml"), Path::new("/m"), |_| None).is_err());
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 mod budget;
 mod circuit;
 mod embeddings;
+mod facts;
 mod health;
 mod images;
 mod lifecycle;
@@ -23,6 +24,7 @@ mod records;
 
 use budget::MemoryBudget;
 pub use budget::MemoryEstimate;
+pub use facts::ModelFacts;
 pub use health::{FailedModel, Health};
 use loading::{load_pipeline, LoadNote};
 use purpose::Purpose;
@@ -67,6 +69,14 @@ pub trait PipelineFactory: Send + Sync + 'static {
     fn degrade(&self, configured: &ModelSpec, step: usize) -> Option<crate::guards::LoadAttempt> {
         let _ = step;
         Some(crate::guards::LoadAttempt::as_configured(configured))
+    }
+
+    /// What the model's files say of themselves (architecture, size,
+    /// quantization, chat template), read cheaply and without loading it.
+    /// Blocking, like `load`. The default knows nothing.
+    fn describe(&self, spec: &ModelSpec) -> ModelFacts {
+        let _ = spec;
+        ModelFacts::default()
     }
 }
 

@@ -11,6 +11,7 @@ mod images;
 pub use handlers::metrics;
 mod middleware;
 mod model_label;
+mod ollama;
 mod playground;
 pub mod prometheus;
 mod server;
@@ -119,12 +120,14 @@ pub fn router_with(state: AppState, options: &ServerOptions) -> Router {
         )
         // The web playground: `/` and its files, open without the key.
         .merge(playground::routes())
+        .merge(ollama::routes())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(body, middleware::guard_body))
         .layer(axum::middleware::from_fn_with_state(gate, middleware::require_api_key))
         .layer(axum::middleware::from_fn(middleware::envelope_errors))
+        .layer(axum::middleware::from_fn(ollama::ollama_error_shape))
         .layer(axum::middleware::from_fn(middleware::observe_request))
         .with_state(state)
 }
