@@ -9,6 +9,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -35,11 +36,15 @@ class Server:
 
     def __init__(self, *extra_args: str, env: dict | None = None, registry: str | None = None):
         port = _free_port()
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [_binary(), "--registry", registry or str(ROOT / "models" / "models.yaml"), "serve",
              "--host", "127.0.0.1", "--port", str(port), *extra_args],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: nobody reads a pipe while the tests run,
+            # and once its 64 KiB fill, the server's next log line blocks
+            # the thread writing it (the whole door stalls).
+            stderr=self.log,
             text=True,
             env={**os.environ, **(env or {})},
         )
@@ -49,7 +54,7 @@ class Server:
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llmlab serve exited early: {self.proc.stderr.read()}")
+                raise RuntimeError(f"llmlab serve exited early: {self.logged()}")
             try:
                 with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -61,6 +66,11 @@ class Server:
                 raise RuntimeError(f"llmlab serve did not become healthy in {timeout} s")
             time.sleep(0.25)
 
+    def logged(self) -> str:
+        """What the server has written to stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -68,6 +78,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        self.log.close()
 
 
 @pytest.fixture(scope="session")
