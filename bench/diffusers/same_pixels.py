@@ -1,0 +1,76 @@
+"""Check that llmlab paints the very pixels diffusers paints: the tiny SD 1.5
+and SDXL test fixtures, the same prompt, DDIM (eta 0, no sample clipping, no
+final alpha of one: candle's DDIM), and llmlab's seeded starting noise
+rebuilt here and handed to diffusers as `latents`. Prints the largest and the
+mean per-channel difference of the two 8-bit pictures (0 = identical).
+
+Usage (the bench venv of bench/compare-diffusers):
+  ~/.cache/llmlab-ci/diffusers-venv/bin/python bench/diffusers/same_pixels.py \
+      <llmlab binary> <models folder>
+"""
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+PROMPT, SEED, STEPS, SIZE, GUIDANCE = "a red fox in the snow", 5, 3, 64, 7.5
+MASK = 2**64 - 1
+
+
+def seeded_noise(seed: int, count: int) -> np.ndarray:
+    """llmlab's SeededNoise (diffusion/noise.rs): splitmix64, Box-Muller."""
+    state, out = seed, []
+
+    def next_u64():
+        nonlocal state
+        state = (state + 0x9E3779B97F4A7C15) & MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    def uniform():
+        return ((next_u64() >> 11) + 0.5) / float(1 << 53)
+
+    for _ in range(count):
+        u1, u2 = uniform(), uniform()
+        out.append(math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2))
+    return np.array(out, dtype=np.float32)
+
+
+def main() -> int:
+    binary, models = sys.argv[1], Path(sys.argv[2])
+    work = Path(tempfile.mkdtemp())
+    worst = 0.0
+    for folder, pipeline in (("test-sd15-tiny", StableDiffusionPipeline),
+                             ("test-sdxl-tiny", StableDiffusionXLPipeline)):
+        registry = work / "models.yaml"
+        registry.write_text(f"models:\n  - {{id: m, kind: image, backend: candle, path: '{models / folder}'}}\n")
+        ours_path = work / f"{folder}.png"
+        subprocess.run([binary, "--registry", str(registry), "image", "-m", "m", PROMPT, "-o", str(ours_path),
+                        "--size", f"{SIZE}x{SIZE}", "--steps", str(STEPS), "--seed", str(SEED),
+                        "--guidance", str(GUIDANCE), "--scheduler", "ddim"], check=True, capture_output=True)
+        pipe = pipeline.from_pretrained(models / folder, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+        side = SIZE // 8
+        latents = torch.from_numpy(seeded_noise(SEED, 4 * side * side).reshape(1, 4, side, side))
+        theirs = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                      latents=latents, output_type="np").images[0]
+        theirs = np.round(np.clip(theirs, 0, 1) * 255)
+        ours = np.asarray(Image.open(ours_path).convert("RGB")).astype(np.float32)
+        difference = np.abs(ours - theirs)
+        worst = max(worst, float(difference.max()))
+        print(f"{folder}: largest difference {difference.max():.0f}, mean {difference.mean():.3f} "
+              f"(pixel std {theirs.std():.1f})")
+    return 0 if worst <= 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
