@@ -504,35 +504,43 @@ def current_version(d: Path):
         return None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="write llmlab's tiny random-weight SD 1.5 pipeline")
-    ap.add_argument("models_dir", type=Path)
-    ap.add_argument("--force", action="store_true", help="rewrite even when up to date")
-    args = ap.parse_args()
-    out = args.models_dir / NAME
-    if not args.force and current_version(out) == FIXTURE_VERSION:
-        print(f"{out}: up to date (fixture version {FIXTURE_VERSION})")
+def write_fixture(models_dir: Path, name: str, version: int, make_into, force: bool) -> int:
+    """Write <models_dir>/<name> with `make_into(folder)` unless it holds
+    `version` already: built under a temporary name and renamed into place,
+    so a reader never sees a half-written fixture (make-sdxl-fixture.py uses
+    it too)."""
+    out = models_dir / name
+    if not force and current_version(out) == version:
+        print(f"{out}: up to date (fixture version {version})")
         return 0
-    args.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = args.models_dir / f".{NAME}.tmp-{os.getpid()}"
-    old = args.models_dir / f".{NAME}.old-{os.getpid()}"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".{name}.tmp-{os.getpid()}"
+    old = models_dir / f".{name}.old-{os.getpid()}"
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
-    print(f"writing {out} (fixture version {FIXTURE_VERSION})")
+    print(f"writing {out} (fixture version {version})")
     try:
-        make(tmp)
+        make_into(tmp)
         if out.exists():
             os.rename(out, old)
         try:
             os.rename(tmp, out)
         except OSError:
             # another run put a folder there in between: keep it if it is current
-            if current_version(out) != FIXTURE_VERSION:
+            if current_version(out) != version:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="write llmlab's tiny random-weight SD 1.5 pipeline")
+    ap.add_argument("models_dir", type=Path)
+    ap.add_argument("--force", action="store_true", help="rewrite even when up to date")
+    args = ap.parse_args()
+    return write_fixture(args.models_dir, NAME, FIXTURE_VERSION, make, args.force)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ Shapes:
 """
 import argparse
 import importlib.util
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -206,29 +204,7 @@ def main() -> int:
     ap.add_argument("models_dir", type=Path)
     ap.add_argument("--force", action="store_true", help="rewrite even when up to date")
     args = ap.parse_args()
-    out = args.models_dir / NAME
-    if not args.force and sd.current_version(out) == FIXTURE_VERSION:
-        print(f"{out}: up to date (fixture version {FIXTURE_VERSION})")
-        return 0
-    args.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = args.models_dir / f".{NAME}.tmp-{os.getpid()}"
-    old = args.models_dir / f".{NAME}.old-{os.getpid()}"
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    print(f"writing {out} (fixture version {FIXTURE_VERSION})")
-    try:
-        make(tmp)
-        if out.exists():
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if sd.current_version(out) != FIXTURE_VERSION:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return 0
+    return sd.write_fixture(args.models_dir, NAME, FIXTURE_VERSION, make, args.force)
 
 
 if __name__ == "__main__":

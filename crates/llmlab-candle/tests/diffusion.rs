@@ -5,6 +5,8 @@
 //! strength, the mask, progress, cancelling, and what an incomplete folder
 //! is told.
 
+mod diffusion_support;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,28 +16,18 @@ use tokio_util::sync::CancellationToken;
 use llmlab_candle::DiffusionPipeline;
 use llmlab_core::media::RgbImage;
 use llmlab_core::pipeline::ImagePipeline;
-use llmlab_core::registry::{ModelSpec, Registry};
-use llmlab_core::{config, ErrorKind, ImageProgress, ImageRequest};
+use llmlab_core::registry::ModelSpec;
+use llmlab_core::{ErrorKind, ImageProgress, ImageRequest};
 
 const FIXTURE: &str = "test-sd15-tiny";
 static PIPELINE: OnceLock<DiffusionPipeline> = OnceLock::new();
 
-fn spec_at(path: &Path) -> ModelSpec {
-    let text = format!(
-        "models:\n  - {{id: sd-tiny, kind: image, backend: candle, path: '{}'}}\n",
-        path.display()
-    );
-    let registry = Registry::parse(&text, Path::new("t.yaml"), Path::new("/"), |_| None).unwrap();
-    registry.require("sd-tiny").unwrap().clone()
+fn fixture() -> Option<PathBuf> {
+    diffusion_support::fixture(FIXTURE, "scripts/make-diffusion-fixture.py")
 }
 
-fn fixture() -> Option<PathBuf> {
-    let path = config::models_dir().join(FIXTURE);
-    if path.join("model_index.json").is_file() {
-        return Some(path);
-    }
-    config::skip_test("diffusion fixture missing: run scripts/make-diffusion-fixture.py (scripts/test.sh does)");
-    None
+fn spec_at(path: &Path) -> ModelSpec {
+    diffusion_support::spec_at("sd-tiny", path)
 }
 
 fn pipeline() -> Option<&'static DiffusionPipeline> {
@@ -215,7 +207,7 @@ fn an_incomplete_folder_names_the_missing_file() {
     let Some(path) = fixture() else { return };
     let copy = std::env::temp_dir().join(format!("sd-incomplete-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
-    copy_dir(&path, &copy);
+    diffusion_support::copy_dir(&path, &copy);
     std::fs::remove_file(copy.join("unet/config.json")).unwrap();
     let err = DiffusionPipeline::load(&spec_at(&copy)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable);
@@ -233,7 +225,7 @@ fn a_text_encoder_saved_without_its_text_model_prefix_loads_too() {
     let Some(path) = fixture() else { return };
     let copy = std::env::temp_dir().join(format!("sd-unprefixed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
-    copy_dir(&path, &copy);
+    diffusion_support::copy_dir(&path, &copy);
     // Newer transformers save CLIPTextModel's weights without `text_model.`.
     let file = copy.join("text_encoder/model.safetensors");
     let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
@@ -250,17 +242,4 @@ fn a_text_encoder_saved_without_its_text_model_prefix_loads_too() {
         "the same weights, the same image"
     );
     std::fs::remove_dir_all(&copy).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

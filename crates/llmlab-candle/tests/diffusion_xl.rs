@@ -4,6 +4,8 @@
 //! conditions, several transformer blocks per level. Random weights paint
 //! noise, so these tests check what the pipeline decides.
 
+mod diffusion_support;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -12,28 +14,18 @@ use tokio_util::sync::CancellationToken;
 use llmlab_candle::DiffusionPipeline;
 use llmlab_core::media::RgbImage;
 use llmlab_core::pipeline::ImagePipeline;
-use llmlab_core::registry::{ModelSpec, Registry};
-use llmlab_core::{config, ErrorKind, ImageRequest};
+use llmlab_core::registry::ModelSpec;
+use llmlab_core::{ErrorKind, ImageRequest};
 
 const FIXTURE: &str = "test-sdxl-tiny";
 static PIPELINE: OnceLock<DiffusionPipeline> = OnceLock::new();
 
-fn spec_at(path: &Path) -> ModelSpec {
-    let text = format!(
-        "models:\n  - {{id: sdxl-tiny, kind: image, backend: candle, path: '{}'}}\n",
-        path.display()
-    );
-    let registry = Registry::parse(&text, Path::new("t.yaml"), Path::new("/"), |_| None).unwrap();
-    registry.require("sdxl-tiny").unwrap().clone()
+fn fixture() -> Option<PathBuf> {
+    diffusion_support::fixture(FIXTURE, "scripts/make-sdxl-fixture.py")
 }
 
-fn fixture() -> Option<PathBuf> {
-    let path = config::models_dir().join(FIXTURE);
-    if path.join("model_index.json").is_file() {
-        return Some(path);
-    }
-    config::skip_test("SDXL fixture missing: run scripts/make-sdxl-fixture.py (scripts/test.sh does)");
-    None
+fn spec_at(path: &Path) -> ModelSpec {
+    diffusion_support::spec_at("sdxl-tiny", path)
 }
 
 fn pipeline() -> Option<&'static DiffusionPipeline> {
@@ -92,7 +84,7 @@ fn an_sdxl_unet_that_reads_another_width_than_the_encoders_give_is_refused_at_lo
     let Some(path) = fixture() else { return };
     let copy = std::env::temp_dir().join(format!("sdxl-mismatch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
-    copy_dir(&path, &copy);
+    diffusion_support::copy_dir(&path, &copy);
     let config_path = copy.join("unet/config.json");
     let mut unet: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     unet["projection_class_embeddings_input_dim"] = serde_json::json!(90);
@@ -108,17 +100,4 @@ fn an_sdxl_unet_that_reads_another_width_than_the_encoders_give_is_refused_at_lo
     let err = DiffusionPipeline::load(&spec_at(&copy)).unwrap_err();
     assert!(err.message.contains("text_encoder_2/config.json"), "{}", err.message);
     std::fs::remove_dir_all(&copy).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

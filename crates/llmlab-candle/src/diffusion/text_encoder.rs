@@ -228,6 +228,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::diffusion::layers::largest_difference;
 
     #[test]
     fn encodes_what_candles_clip_encodes_from_the_same_weights() {
@@ -262,27 +263,13 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 7, 9, 49, 3, 3, 3, 3, 3]], &device).unwrap();
         let expected = theirs.forward_with_mask(&ids, usize::MAX).unwrap();
         let encoded = ours.encode(&ids, 3).unwrap();
-        let worst: f32 = (encoded.last.clone() - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = largest_difference(&encoded.last, &expected);
         assert!(worst < 1e-4, "{worst}");
         // Without a projection, the pooled state is the final-normed state
         // at the first end token (position 4).
         let at_end = encoded.last.get(0).unwrap().get(4).unwrap();
         let pooled = encoded.pooled.get(0).unwrap();
-        let worst: f32 = (pooled - at_end)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = largest_difference(&pooled, &at_end);
         assert_eq!(worst, 0.0);
         assert_eq!(encoded.penultimate.dims(), [1, 9, 16]);
     }

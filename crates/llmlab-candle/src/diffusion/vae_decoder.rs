@@ -179,6 +179,7 @@ mod tests {
     use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
     use super::*;
+    use crate::diffusion::layers::largest_difference;
 
     #[test]
     fn decodes_what_candles_vae_decodes_from_the_same_weights() {
@@ -221,14 +222,7 @@ mod tests {
         let got = ours.decode(&latents).unwrap();
         assert_eq!(got.dims(), expected.dims());
         let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        let worst: f32 = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = largest_difference(&got, &expected);
         assert!(worst <= 1e-4 * scale.max(1.0), "{worst} of {scale}");
     }
 
@@ -268,14 +262,7 @@ mod tests {
         let mixed = candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&v).unwrap();
         let out = linear("to_out.0").forward(&mixed).unwrap();
         let expected = (out.transpose(1, 2).unwrap().reshape((2, 32, 6, 5)).unwrap() + &xs).unwrap();
-        let worst: f32 = (ours.forward(&xs).unwrap() - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = largest_difference(&ours.forward(&xs).unwrap(), &expected);
         assert!(worst < 1e-5, "{worst}");
     }
 }

@@ -123,6 +123,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
+    use crate::diffusion::layers::largest_difference;
 
     fn layer(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> (Conv2d, Tensor, Tensor) {
         let device = Device::Cpu;
@@ -138,10 +139,6 @@ mod tests {
             weight,
             bias,
         )
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
     }
 
     #[test]
@@ -161,7 +158,10 @@ mod tests {
                 .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims());
-            assert!(max_difference(&ours, &theirs) < 1e-4, "kernel {kernel} stride {stride}");
+            assert!(
+                largest_difference(&ours, &theirs) < 1e-4,
+                "kernel {kernel} stride {stride}"
+            );
         }
     }
 
@@ -177,6 +177,6 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias.reshape((1, 2, 1, 1)).unwrap())
             .unwrap();
-        assert!(max_difference(&ours, &theirs) < 1e-4);
+        assert!(largest_difference(&ours, &theirs) < 1e-4);
     }
 }

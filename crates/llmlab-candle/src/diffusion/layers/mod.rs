@@ -11,3 +11,9 @@ mod group_norm;
 pub(crate) use attention::{attention, causal_attention};
 pub(crate) use conv::Conv2d;
 pub(crate) use group_norm::GroupNorm;
+
+/// Tests: the largest absolute difference between two tensors of one shape.
+#[cfg(test)]
+pub(crate) fn largest_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}

@@ -304,6 +304,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::diffusion::layers::largest_difference;
 
     /// candle's UNet for the same config: the reference ours must match.
     fn candles_config(config: &UnetConfig) -> UNet2DConditionModelConfig {
@@ -360,14 +361,7 @@ mod tests {
             let got = ours.forward(&latents, 321.0, &context, None).unwrap();
             assert_eq!(got.dims(), expected.dims());
             let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let worst: f32 = (got - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let worst = largest_difference(&got, &expected);
             assert!(
                 worst <= 1e-4 * scale.max(1.0),
                 "linear {linear_projection}: {worst} of {scale}"
