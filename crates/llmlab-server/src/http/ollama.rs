@@ -164,9 +164,8 @@ pub async fn chat(State(state): State<AppState>, body: RawBody) -> Response {
             }
             Ask::Generate(request) => request,
         };
-        let name = std::mem::take(&mut request.model);
-        request.model = resolve_name(state.service.registry(), &name)?;
-        label = ModelLabel::for_request(&state, &request.model);
+        let name;
+        (name, label) = rename_to_registry_id(&state, &mut request.model)?;
         let events = state.service.chat(request, state.shutdown.child_token()).await?;
         let answer_to = Answer {
             endpoint: Endpoint::Chat,
@@ -179,6 +178,15 @@ pub async fn chat(State(state): State<AppState>, body: RawBody) -> Response {
     }
     .await;
     labelled(reply, &label)
+}
+
+/// Swap the model name a client sent (`qwen:latest`) for the registry id
+/// the service knows; returns the name as sent, to echo back, and the
+/// metrics label of the model.
+fn rename_to_registry_id(state: &AppState, model: &mut String) -> Result<(String, ModelLabel), OllamaError> {
+    let sent = std::mem::take(model);
+    *model = resolve_name(state.service.registry(), &sent)?;
+    Ok((sent, ModelLabel::for_request(state, model)))
 }
 
 pub async fn generate(State(state): State<AppState>, body: RawBody) -> Response {
@@ -194,18 +202,15 @@ pub async fn generate(State(state): State<AppState>, body: RawBody) -> Response 
             Ask::Generate(request) => request,
         };
         let cancel = state.shutdown.child_token();
-        let registry = state.service.registry();
         let (name, events) = match request {
             GenerateRequest::Templated(mut r) => {
-                let name = std::mem::take(&mut r.model);
-                r.model = resolve_name(registry, &name)?;
-                label = ModelLabel::for_request(&state, &r.model);
+                let name;
+                (name, label) = rename_to_registry_id(&state, &mut r.model)?;
                 (name, state.service.chat(r, cancel).await?)
             }
             GenerateRequest::Raw(mut r) => {
-                let name = std::mem::take(&mut r.model);
-                r.model = resolve_name(registry, &name)?;
-                label = ModelLabel::for_request(&state, &r.model);
+                let name;
+                (name, label) = rename_to_registry_id(&state, &mut r.model)?;
                 (name, state.service.complete(r, cancel).await?)
             }
         };
@@ -228,9 +233,8 @@ pub async fn embed(State(state): State<AppState>, body: RawBody) -> Response {
     let reply = async {
         let body = read_body(&state, body)?;
         let mut request = parse_json::<EmbedBody>(&body)?.into_request()?;
-        let name = std::mem::take(&mut request.model);
-        request.model = resolve_name(state.service.registry(), &name)?;
-        label = ModelLabel::for_request(&state, &request.model);
+        let name;
+        (name, label) = rename_to_registry_id(&state, &mut request.model)?;
         let answer = state.service.embed(request).await?;
         let total = started.elapsed().as_nanos() as u64;
         Ok(Json(embed_json(&echoed(&name, &answer.model), &answer, total)).into_response())
