@@ -49,6 +49,9 @@ def parse_args():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
     p.add_argument("--json-out")
+    # bench/gpu: diffusers on a GPU in half precision.
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     return p.parse_args()
 
 
@@ -102,8 +105,9 @@ class Diffusers:
         torch.set_num_threads(args.threads)
         self.args = args
         start = time.perf_counter()
-        self.pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, dtype=torch.float32,
+        self.pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype),
                                                             safety_checker=None, local_files_only=True)
+        self.pipe.to(args.device)
         assert isinstance(self.pipe.scheduler, DDIMScheduler), type(self.pipe.scheduler)
         self.pipe.set_progress_bar_config(disable=True)
         log(side="diffusers", load_s=round(time.perf_counter() - start, 2),

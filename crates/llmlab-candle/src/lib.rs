@@ -1,7 +1,7 @@
 //! candle backend of llmlab: BERT-family sentence embeddings from a folder
 //! of safetensors weights, a `config.json` and a `tokenizer.json`, on the
 //! CPU; and Stable Diffusion image generation from a diffusers folder
-//! (`diffusion/`).
+//! (`diffusion/`), on the CPU or, built with `cuda`, a GPU (`device.rs`).
 //!
 //! The pipeline tokenises, cuts long inputs into windows the model can read,
 //! runs batches of windows packed without padding through its own encoder
@@ -11,10 +11,12 @@
 
 mod batch;
 mod bert;
+mod device;
 mod diffusion;
 mod encoder;
 mod pooling;
 mod windows;
 
 pub use bert::BertEmbeddingPipeline;
+pub use device::{images_on_gpu, DEVICE_ENV};
 pub use diffusion::DiffusionPipeline;

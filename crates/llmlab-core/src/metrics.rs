@@ -24,6 +24,7 @@ pub const MODEL_LOAD_FAILURES: &str = "llmlab_model_load_failures_total";
 pub const MODEL_EVICTIONS: &str = "llmlab_model_evictions_total";
 pub const MODEL_LOAD_DURATION: &str = "llmlab_model_load_duration_seconds";
 pub const MODEL_MEMORY: &str = "llmlab_model_memory_bytes";
+pub const MODEL_GPU_MEMORY: &str = "llmlab_model_gpu_memory_bytes";
 pub const GUARD_TRIPS: &str = "llmlab_guard_trips_total";
 pub const CIRCUIT_STATE: &str = "llmlab_circuit_breaker_state";
 
@@ -99,6 +100,11 @@ pub fn describe() {
     );
     describe_histogram!(MODEL_LOAD_DURATION, Unit::Seconds, "Time to load a model.");
     describe_gauge!(MODEL_MEMORY, Unit::Bytes, "Memory held by a loaded model.");
+    describe_gauge!(
+        MODEL_GPU_MEMORY,
+        Unit::Bytes,
+        "GPU memory reserved for a model while it loads or is loaded (its estimate; 0 once unloaded)."
+    );
     describe_counter!(GUARD_TRIPS, "Generations stopped by a guard, by guard kind.");
     describe_gauge!(
         CIRCUIT_STATE,
@@ -201,6 +207,10 @@ pub fn model_load_failed(model: &str) {
 
 pub fn model_memory(model: &str, bytes: u64) {
     gauge!(MODEL_MEMORY, "model" => model.to_owned()).set(bytes as f64);
+}
+
+pub fn model_gpu_memory(model: &str, bytes: u64) {
+    gauge!(MODEL_GPU_MEMORY, "model" => model.to_owned()).set(bytes as f64);
 }
 
 pub fn model_evicted(model: &str) {

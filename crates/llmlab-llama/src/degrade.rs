@@ -29,7 +29,10 @@ impl Rung {
     fn apply(self, settings: &mut LlamaSettings, min_context_size: u32) -> bool {
         let (value, floor) = match self {
             Self::Context => (&mut settings.context_size, min_context_size),
-            Self::GpuLayers => (&mut settings.gpu_layers, 0),
+            Self::GpuLayers => match settings.gpu_layers.as_mut() {
+                Some(layers) => (layers, 0),
+                None => return false,
+            },
             Self::Batch => {
                 let floor = min_batch(settings);
                 (&mut settings.batch_size, floor)
@@ -74,7 +77,14 @@ impl Ladder {
 /// Each call replays the ladder from the configuration, so the answer
 /// depends on `step` alone.
 pub fn degrade(configured: &ModelSpec, step: usize) -> Option<LoadAttempt> {
-    let was = configured.backend.llama()?;
+    let mut was = configured.backend.llama()?.clone();
+    if was.gpu_layers.is_none() {
+        // "All that fit": the ladder halves the count that fits now.
+        was.gpu_layers = crate::memory::with_gpu_plan(configured, &was)
+            .ok()
+            .and_then(|planned| planned.gpu_layers)
+            .filter(|layers| *layers > 0);
+    }
     let mut ladder = Ladder {
         settings: was.clone(),
         min_context_size: configured.load_retry.min_context_size,
@@ -85,7 +95,7 @@ pub fn degrade(configured: &ModelSpec, step: usize) -> Option<LoadAttempt> {
             return None;
         }
     }
-    let degraded = describe(was, &ladder.settings);
+    let degraded = describe(&was, &ladder.settings);
     let mut spec = configured.clone();
     *spec.backend.llama_mut()? = ladder.settings;
     Some(LoadAttempt { spec, degraded })
@@ -96,7 +106,7 @@ pub fn degrade(configured: &ModelSpec, step: usize) -> Option<LoadAttempt> {
 fn describe(was: &LlamaSettings, now: &LlamaSettings) -> Option<String> {
     let changes: Vec<String> = [
         ("context", was.context_size, now.context_size),
-        ("gpu layers", was.gpu_layers, now.gpu_layers),
+        ("gpu layers", was.gpu_layers.unwrap_or(0), now.gpu_layers.unwrap_or(0)),
         ("batch", was.batch_size, now.batch_size),
     ]
     .into_iter()
@@ -128,7 +138,7 @@ mod tests {
             .map(|attempt| {
                 let llama = attempt.spec.backend.llama().unwrap().clone();
                 let said = attempt.degraded.expect("every step gives something up");
-                (llama.context_size, llama.gpu_layers, llama.batch_size, said)
+                (llama.context_size, llama.gpu_layers.unwrap_or(0), llama.batch_size, said)
             })
             .collect()
     }

@@ -133,6 +133,13 @@ fn encoder_main(
     jobs: &Receiver<EmbedJob>,
     ready: &SyncSender<Result<EncoderInfo>>,
 ) {
+    let settings = &match crate::memory::with_gpu_plan(spec, settings) {
+        Ok(planned) => planned,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let model = match crate::engine::load_model(spec, settings) {
         Ok(model) => model,
         Err(e) => {

@@ -111,6 +111,13 @@ fn engine_main(
     commands: &Receiver<Command>,
     ready: &mpsc::SyncSender<Result<ModelInfo>>,
 ) {
+    let settings = &match crate::memory::with_gpu_plan(spec, settings) {
+        Ok(planned) => planned,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     // The context borrows the model; both are locals of this thread, so the
     // context is dropped first and neither ever leaves the thread.
     let model = match load_model(spec, settings) {
@@ -195,7 +202,15 @@ fn engine_main(
 
 pub(crate) fn load_model(spec: &ModelSpec, settings: &LlamaSettings) -> Result<LlamaModel> {
     let started = Instant::now();
-    let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
+    // `settings` went through `memory::with_gpu_plan`: the count is decided.
+    let mut params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers.unwrap_or(0));
+    if let Some(gpu) = settings.main_gpu {
+        // One GPU holds it all; otherwise llama.cpp splits the layers over
+        // every GPU in proportion to their free memory.
+        params = params
+            .with_split_mode(llama_cpp_2::model::params::LlamaSplitMode::None)
+            .with_main_gpu(i32::try_from(gpu).unwrap_or(i32::MAX));
+    }
     let model = LlamaModel::load_from_file(backend()?, &spec.path, &params).map_err(|e| {
         tracing::warn!(model = %spec.id, path = %spec.path.display(), error = %e, "llama.cpp could not load the model");
         Error::unavailable(format!("cannot load model '{}': {e}", spec.id))

@@ -3,65 +3,74 @@
 //! context of every parallel sequence (f16 keys and values for every layer),
 //! and a margin for llama.cpp's compute buffers. When layers are offloaded
 //! to a GPU, their share of weights and KV cache (and a compute buffer) is
-//! GPU memory instead of RAM.
+//! GPU memory instead of RAM (`gpu.rs` plans and splits).
 
 use llama_cpp_2::gguf::GgufContext;
-use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 
-use llmlab_core::registry::ModelSpec;
+use llmlab_core::registry::{LlamaSettings, ModelSpec};
 use llmlab_core::service::MemoryEstimate;
 use llmlab_core::{Error, Result};
 
-/// Compute buffers and logits: a fixed floor plus a share of the weights.
-const MARGIN_FIXED_BYTES: u64 = 256 * 1024 * 1024;
-const MARGIN_WEIGHT_FRACTION: f64 = 0.10;
+use crate::gpu::{self, ModelBytes, MARGIN_FIXED_BYTES};
+
 const F16_BYTES: u64 = 2;
 
 pub fn estimate_memory(spec: &ModelSpec) -> Result<MemoryEstimate> {
+    let settings = crate::settings::llama_settings(spec)?;
+    let model = model_bytes(spec, settings)?;
+    let gpus = gpu::gpus();
+    let (ram, vram) = gpu::split(&model, gpu::plan_layers(settings, &model, &gpus)?);
+    Ok(MemoryEstimate { ram, vram })
+}
+
+/// `settings` with the GPU layers decided: the count the registry gave, or
+/// all that fit in the GPUs' free memory now (see [`gpu::plan_layers`]).
+/// Called where a load starts; on a machine without a GPU nothing is read.
+pub(crate) fn with_gpu_plan(spec: &ModelSpec, settings: &LlamaSettings) -> Result<LlamaSettings> {
+    let gpus = gpu::gpus();
+    let layers = if gpus.is_empty() {
+        0
+    } else {
+        gpu::plan_layers(settings, &model_bytes(spec, settings)?, &gpus)?
+    };
+    if settings.gpu_layers.is_none() && !gpus.is_empty() {
+        tracing::info!(model = %spec.id, gpu_layers = layers, gpus = gpus.len(), "GPU layers planned from free GPU memory");
+    }
+    Ok(LlamaSettings {
+        gpu_layers: Some(layers),
+        ..settings.clone()
+    })
+}
+
+/// Weights (the projector's too), KV cache and layer count of `spec`.
+fn model_bytes(spec: &ModelSpec, settings: &LlamaSettings) -> Result<ModelBytes> {
     let weights = std::fs::metadata(&spec.path)
         .map_err(|e| {
             tracing::warn!(model = %spec.id, path = %spec.path.display(), error = %e, "cannot read the model file");
             Error::unavailable(format!("cannot read the model file of '{}': {}", spec.id, e.kind()))
         })?
         .len();
-    let settings = crate::settings::llama_settings(spec)?;
     // The projector's weights, and room for its compute graph.
     let projector = settings
         .mmproj
         .as_ref()
         .and_then(|path| std::fs::metadata(path).ok())
         .map_or(0, |m| m.len() + MARGIN_FIXED_BYTES);
-    let weights = weights + projector;
     let shape = GgufContext::from_file(&spec.path).and_then(|gguf| Shape::read(&gguf));
-    let kv = shape.map_or(0, |s| {
-        s.kv_cache_bytes(settings.context_size.saturating_mul(settings.parallel))
-    });
-    let margin = MARGIN_FIXED_BYTES + (weights as f64 * MARGIN_WEIGHT_FRACTION) as u64;
-    let offloaded = match shape {
-        Some(shape) if settings.gpu_layers > 0 && gpu_memory_total().is_some() => {
-            f64::from(settings.gpu_layers.min(shape.layers as u32)) / shape.layers.max(1) as f64
-        }
-        _ => 0.0,
-    };
-    if offloaded == 0.0 {
-        return Ok(MemoryEstimate::ram(weights + kv + margin));
-    }
-    let on_gpu = ((weights + kv) as f64 * offloaded) as u64;
-    Ok(MemoryEstimate {
-        ram: weights + kv - on_gpu + margin,
-        vram: on_gpu + MARGIN_FIXED_BYTES,
+    Ok(ModelBytes {
+        weights: weights + projector,
+        kv: shape.map_or(0, |s| {
+            s.kv_cache_bytes(settings.context_size.saturating_mul(settings.parallel))
+        }),
+        layers: shape.and_then(|s| u32::try_from(s.layers).ok()),
     })
 }
 
-/// Total memory of the GPUs llama.cpp can use; `None` on a CPU-only build
-/// or machine.
-pub fn gpu_memory_total() -> Option<u64> {
-    let total: u64 = list_llama_ggml_backend_devices()
-        .iter()
-        .filter(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu))
-        .map(|d| d.memory_total as u64)
-        .sum();
-    (total > 0).then_some(total)
+/// Free memory of the GPUs llama.cpp can use, now (other processes' use
+/// already taken off); `None` on a CPU-only build or machine.
+pub fn gpu_memory_free() -> Option<u64> {
+    let gpus = gpu::gpus();
+    (!gpus.is_empty()).then(|| gpus.iter().map(|g| g.free).sum())
 }
 
 /// What the KV cache size depends on.

@@ -41,7 +41,7 @@ impl Vision {
         let refuse = |why: String| Error::unavailable(format!("model '{}': {why}", spec.id));
         let marker = format!("<__llmlab_media_{}__>", crate::control_text::process_key());
         let params = MtmdContextParams {
-            use_gpu: settings.gpu_layers > 0,
+            use_gpu: settings.gpu_layers.is_some_and(|n| n > 0),
             print_timings: false,
             n_threads: i32::try_from(settings.threads).unwrap_or(i32::MAX),
             media_marker: CString::new(marker.clone()).map_err(|e| Error::internal(e.to_string()))?,

@@ -16,9 +16,10 @@ use llmlab_llama::{LlamaChatPipeline, LlamaEmbeddingPipeline};
 pub struct BackendFactory;
 
 impl BackendFactory {
-    /// Bytes of memory on the GPUs the backends can use (`None`: no GPU).
-    pub fn gpu_memory_total() -> Option<u64> {
-        llmlab_llama::gpu_memory_total()
+    /// Bytes of memory free now on the GPUs the backends can use (`None`:
+    /// no GPU): what other processes hold is not ours to budget.
+    pub fn gpu_memory_free() -> Option<u64> {
+        llmlab_llama::gpu_memory_free()
     }
 }
 
@@ -60,7 +61,14 @@ impl PipelineFactory for BackendFactory {
     fn estimate_memory(&self, spec: &ModelSpec) -> Result<MemoryEstimate> {
         match spec.backend.kind() {
             BackendKind::Llama => llmlab_llama::estimate_memory(spec),
-            // Weights are read into memory once, plus activations for a batch.
+            // Weights are read into memory once, plus activations for a
+            // batch; an image model's on the GPU when candle has one.
+            BackendKind::Candle if spec.kind == ModelKind::Image && llmlab_candle::images_on_gpu() => {
+                Ok(MemoryEstimate {
+                    ram: CANDLE_MARGIN_BYTES,
+                    vram: folder_bytes(&spec.path) + IMAGE_ACTIVATION_BYTES,
+                })
+            }
             BackendKind::Candle => Ok(MemoryEstimate::ram(folder_bytes(&spec.path) + CANDLE_MARGIN_BYTES)),
         }
     }
@@ -84,6 +92,9 @@ impl PipelineFactory for BackendFactory {
 
 /// Activations of one batch of a small encoder, with room to spare.
 const CANDLE_MARGIN_BYTES: u64 = 256 * 1024 * 1024;
+/// A diffusion network's activations on a GPU at 1024x1024 (attention runs
+/// in bands of at most 64 MiB of scores), with room to spare.
+const IMAGE_ACTIVATION_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Bytes of the files in a model folder and its sub-folders (a diffusers
 /// folder keeps each network in its own), or of the file itself.

@@ -106,18 +106,22 @@ impl Models {
             require(folder, &REQUIRED_XL)?;
         }
         let config = |name: &str| read_json(&folder.join(name)).map_err(|e| format!("{name}: {e}"));
-        let device = Device::Cpu;
+        let device = crate::device::compute_device();
         let unet_config =
             UnetConfig::from_json(&config("unet/config.json")?).map_err(|e| format!("unet/config.json: {e}"))?;
         let vae_shape = configs::vae(&config("vae/config.json")?).map_err(|e| format!("vae/config.json: {e}"))?;
         let schedule = configs::noise_schedule(&config("scheduler/scheduler_config.json")?)
             .map_err(|e| format!("scheduler/scheduler_config.json: {e}"))?;
-        let weights = |component: &str, file: &str| -> Result<VarBuilder<'static>, String> {
+        // The UNet, nearly all of an image's work, in half precision on a
+        // GPU (tensor cores; as diffusers is run there); the rest in F32.
+        let unet_dtype = if device.is_cpu() { DType::F32 } else { DType::F16 };
+        let weights_as = |component: &str, file: &str, dtype: DType| -> Result<VarBuilder<'static>, String> {
             let path = weights_file(folder, component, file)?;
             let tensors =
                 candle_core::safetensors::load(&path, &device).map_err(|e| format!("{component}/{file}: {e}"))?;
-            Ok(VarBuilder::from_tensors(tensors, DType::F32, &device))
+            Ok(VarBuilder::from_tensors(tensors, dtype, &device))
         };
+        let weights = |component: &str, file: &str| weights_as(component, file, DType::F32);
         let tower = |suffix: &str| -> Result<TextTower, String> {
             let component = format!("text_encoder{suffix}");
             let encoder_config = TextEncoderConfig::from_json(&config(&format!("{component}/config.json"))?)
@@ -137,7 +141,7 @@ impl Models {
         let text_2 = if xl { Some(tower("_2")?) } else { None };
         check_conditioning(&unet_config, &text, text_2.as_ref())?;
 
-        let unet = Unet::load(weights("unet", "diffusion_pytorch_model")?, &unet_config)
+        let unet = Unet::load(weights_as("unet", "diffusion_pytorch_model", unet_dtype)?, &unet_config)
             .map_err(|e| format!("unet/diffusion_pytorch_model.safetensors: {e}"))?;
         let vae_weights = weights("vae", "diffusion_pytorch_model")?;
         let encoder = LatentEncoder::new(&vae_weights, &vae_shape.config)

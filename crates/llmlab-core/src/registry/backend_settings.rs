@@ -69,8 +69,13 @@ pub struct LlamaSettings {
     pub batch_size: u32,
     /// Sequences decoded together; each may use the whole `context_size`.
     pub parallel: u32,
-    /// Layers offloaded to the GPU (0: the CPU runs the whole model).
-    pub gpu_layers: u32,
+    /// Layers offloaded to the GPU (0: the CPU runs the whole model;
+    /// `None`: all that fit in the GPUs' free memory when the model loads,
+    /// none on a machine or build without a GPU).
+    pub gpu_layers: Option<u32>,
+    /// The GPU that holds the whole model (`None`: layers split over every
+    /// GPU in proportion to their free memory, llama.cpp's rule).
+    pub main_gpu: Option<u32>,
     /// Jinja chat template that replaces the one in the model file.
     pub chat_template: Option<String>,
     /// How the model marks reasoning; `None` = detect from the chat template.
@@ -97,7 +102,8 @@ impl Default for LlamaSettings {
             threads: config::default_threads(),
             batch_size: config::DEFAULT_BATCH_SIZE,
             parallel: config::DEFAULT_PARALLEL,
-            gpu_layers: 0,
+            gpu_layers: None,
+            main_gpu: None,
             chat_template: None,
             reasoning_format: None,
             tool_call_format: None,

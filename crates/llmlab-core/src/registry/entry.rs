@@ -23,6 +23,9 @@ pub(super) struct ModelEntry {
     pub batch_size: Option<u32>,
     pub parallel: Option<u32>,
     pub gpu_layers: Option<u32>,
+    /// The one GPU (by index among the GPUs) that holds the whole model;
+    /// absent: layers spread over every GPU.
+    pub main_gpu: Option<u32>,
     pub chat_template: Option<String>,
     pub chat_template_file: Option<String>,
     pub reasoning_format: Option<crate::stream::ReasoningFormat>,

@@ -69,6 +69,9 @@ pub(super) fn apply_env_overrides(
     if let Some(n) = llama_number("gpu_layers")? {
         entry.gpu_layers = Some(n);
     }
+    if let Some(n) = llama_number("main_gpu")? {
+        entry.main_gpu = Some(n);
+    }
     if let Some((key, value)) = llama_only("batch_invariant")? {
         entry.batch_invariant = Some(match value.trim() {
             "1" | "true" | "on" | "yes" => true,
@@ -81,6 +84,13 @@ pub(super) fn apply_env_overrides(
     }
     if let Some(n) = llama_number("image_max_tokens")? {
         entry.image_max_tokens = Some(n);
+    }
+    if let Some((key, value)) = get("architecture") {
+        // Whether the model is an image model is the registry check's to say.
+        entry.architecture = Some(
+            serde_yaml::from_str(value.trim())
+                .map_err(|_| (key, format!("expected stable-diffusion or stable-diffusion-xl, got '{value}'")))?,
+        );
     }
     if let Some((_, file)) = llama_only("chat_template_file")? {
         entry.chat_template_file = Some(file);

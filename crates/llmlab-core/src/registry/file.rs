@@ -194,6 +194,23 @@ models:
     }
 
     #[test]
+    fn env_names_an_image_models_architecture_and_a_llama_models_gpu() {
+        let text = "models:\n  - {id: pic, kind: image, backend: candle, path: pic}\n";
+        let r = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "stable-diffusion-xl")]).unwrap();
+        let candle = r.get("pic").unwrap().backend.candle().unwrap();
+        assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::StableDiffusionXl));
+        let err = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "flux")]).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__PIC__ARCHITECTURE"));
+        assert!(err.to_string().contains("got 'flux'"), "{err}");
+        // Not on a chat model, whoever writes it.
+        assert!(parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__ARCHITECTURE", "stable-diffusion")]).is_err());
+
+        let r = parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__MAIN_GPU", "1")]).unwrap();
+        assert_eq!(llama(&r, "small").main_gpu, Some(1));
+        assert_eq!(llama(&r, "small").gpu_layers, None, "all that fit unless set");
+    }
+
+    #[test]
     fn env_overrides_a_model_field() {
         let r = parse_env(
             GOOD,

@@ -49,7 +49,7 @@ impl Service {
                     let model = records
                         .entry(spec.id.clone())
                         .or_insert_with(super::records::ModelRecord::new);
-                    model.footprint = Some(needed);
+                    model.set_footprint(&spec.id, Some(needed));
                 }
                 shortfall
             });
@@ -99,7 +99,7 @@ impl Service {
         // Its memory counts as free only once the engine has let go of it.
         self.models.with(id, |model| {
             model.note = None;
-            model.footprint = None;
+            model.set_footprint(id, None);
         });
         Ok(was_loaded)
     }
@@ -127,7 +127,7 @@ impl Service {
             if let Some(pipeline) = slot.get().cloned() {
                 let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
                 metrics::model_evicted(&id);
-                self.models.with(&id, |model| model.footprint = None);
+                self.models.with(&id, |model| model.set_footprint(&id, None));
                 tracing::info!(model = %id, "model unloaded after its keep-alive");
             }
         }

@@ -433,7 +433,7 @@ impl Service {
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?;
         if loaded.is_err() && !slot.initialized() {
             // A failed load holds no memory.
-            self.models.with(&id, |model| model.footprint = None);
+            self.models.with(&id, |model| model.set_footprint(&id, None));
         }
         loaded
     }

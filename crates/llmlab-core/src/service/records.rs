@@ -56,6 +56,16 @@ impl ModelRecord {
         }
     }
 
+    /// Reserve (or, with `None`, release) the model's memory; the GPU
+    /// share is published as a gauge, since only the estimate knows it.
+    pub fn set_footprint(&mut self, id: &str, footprint: Option<MemoryEstimate>) {
+        let gpu = footprint.map_or(0, |f| f.vram);
+        if gpu > 0 || self.footprint.is_some_and(|f| f.vram > 0) {
+            crate::metrics::model_gpu_memory(id, gpu);
+        }
+        self.footprint = footprint;
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.slot.initialized()
     }

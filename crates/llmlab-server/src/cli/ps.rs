@@ -34,28 +34,31 @@ pub fn run(args: &PsArgs) -> anyhow::Result<()> {
         Ok(response.json().await?)
     })?;
     println!(
-        "{:<32} {:<9} {:>6} {:>10} {:>8}  ERROR",
-        "ID", "STATE", "ACTIVE", "MEMORY", "EXPIRES"
+        "{:<32} {:<9} {:>6} {:>10} {:>10} {:>8}  ERROR",
+        "ID", "STATE", "ACTIVE", "MEMORY", "GPU", "EXPIRES"
     );
     for model in body["data"].as_array().into_iter().flatten() {
         let state = model["state"].as_str().unwrap_or("?");
         if state == "unloaded" && !args.all {
             continue;
         }
-        let memory = model["memory_bytes"]
-            .as_u64()
-            .map_or_else(|| "-".to_owned(), |b| format!("{} MiB", b >> 20));
+        let mib = |key: &str| {
+            model[key]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |b| format!("{} MiB", b >> 20))
+        };
         let expires = match (model["pinned"].as_bool(), model["expires_in_secs"].as_u64()) {
             (Some(true), _) => "pinned".to_owned(),
             (_, Some(secs)) => format!("{secs}s"),
             _ => "-".to_owned(),
         };
         println!(
-            "{:<32} {:<9} {:>6} {:>10} {:>8}  {}",
+            "{:<32} {:<9} {:>6} {:>10} {:>10} {:>8}  {}",
             model["id"].as_str().unwrap_or("?"),
             state,
             model["active_requests"].as_u64().unwrap_or(0),
-            memory,
+            mib("memory_bytes"),
+            mib("gpu_memory_bytes"),
             expires,
             model["error"].as_str().unwrap_or("")
         );

@@ -19,7 +19,8 @@ pub struct ServiceArgs {
     #[arg(long, env = "LLMLAB_MEMORY_BUDGET", value_parser = config::parse_bytes)]
     pub memory_budget: Option<u64>,
     /// GPU memory the offloaded layers of all loaded models may hold
-    /// together [default: 90% of the GPUs' memory; none without a GPU]
+    /// together [default: 90% of the GPUs' memory free at start; none
+    /// without a GPU]
     #[arg(long, env = "LLMLAB_GPU_MEMORY_BUDGET", value_parser = config::parse_bytes)]
     pub gpu_memory_budget: Option<u64>,
     /// Fetch http(s) image URLs in chat messages (public addresses only,
@@ -37,8 +38,9 @@ impl ServiceArgs {
         if let Some(budget) = self.memory_budget.or_else(config::default_memory_budget) {
             service = service.with_memory_budget(budget);
         }
-        let gpu_default = || BackendFactory::gpu_memory_total().map(config::budget_share);
+        let gpu_default = || BackendFactory::gpu_memory_free().map(config::budget_share);
         if let Some(budget) = self.gpu_memory_budget.or_else(gpu_default) {
+            tracing::info!(gpu_memory_budget_mib = budget >> 20, "GPU memory budget");
             service = service.with_gpu_memory_budget(budget);
         }
         if self.allow_image_urls {

@@ -18,8 +18,9 @@ const MAX_BAND_ELEMENTS: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Conv2d {
-    /// (c_out, kernel * kernel * c_in); for strided layers, the kernel as
-    /// stored, (c_out, c_in, kernel, kernel), for candle's own convolution.
+    /// (c_out, kernel * kernel * c_in); for strided layers and on devices
+    /// other than the CPU, the kernel as stored, (c_out, c_in, kernel,
+    /// kernel), for candle's own convolution.
     weight: Tensor,
     /// (1, c_out, 1, 1)
     bias: Option<Tensor>,
@@ -41,7 +42,9 @@ impl Conv2d {
     ) -> Result<Self> {
         let stored = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?;
-        let weight = if stride == 1 {
+        // Packed for the CPU's im2col path; other devices have convolutions
+        // of their own (candle's CUDA im2col kernel and cuBLAS).
+        let weight = if stride == 1 && stored.device().is_cpu() {
             stored
                 .permute((0, 2, 3, 1))?
                 .contiguous()?
@@ -106,7 +109,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = if self.stride == 1 {
+        let out = if self.weight.rank() == 2 {
             self.im2col_product(xs)?
         } else {
             xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?

@@ -26,8 +26,8 @@ impl GroupNorm {
     pub fn load(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         let weight = vb.get(channels, "weight")?;
         let bias = vb.get(channels, "bias")?;
-        let scale = weight.to_vec1::<f32>()?;
-        let shift = bias.to_vec1::<f32>()?;
+        let scale = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let shift = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let fallback = candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?;
         Ok(Self {
             groups,

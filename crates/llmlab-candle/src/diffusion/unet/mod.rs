@@ -58,6 +58,9 @@ pub(crate) struct Unet {
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// The weights' type: F32 on the CPU, F16 on a GPU. Inputs are cast to
+    /// it and the prediction back to F32, so the sampler never sees it.
+    dtype: DType,
 }
 
 impl Unet {
@@ -167,6 +170,7 @@ impl Unet {
             None => None,
         };
         Ok(Self {
+            dtype: vb.dtype(),
             addition,
             time_width,
             flip_sin_to_cos: config.flip_sin_to_cos,
@@ -201,6 +205,8 @@ impl Unet {
     ) -> Result<Tensor> {
         let batch = latents.dim(0)?;
         let device = latents.device();
+        let latents = &latents.to_dtype(self.dtype)?;
+        let context = &context.to_dtype(self.dtype)?;
         let sinusoid = self.sinusoid(&[timestep], self.time_width, batch, device)?;
         let mut time = self
             .time_linear_2
@@ -208,7 +214,7 @@ impl Unet {
         match (&self.addition, added) {
             (Some((addition, linear_1, linear_2)), Some(added)) => {
                 let sizes = self.sinusoid(&added.size_ids, addition.time_width, batch, device)?;
-                let input = Tensor::cat(&[&added.pooled_text, &sizes], 1)?;
+                let input = Tensor::cat(&[&added.pooled_text.to_dtype(self.dtype)?, &sizes], 1)?;
                 let extra = linear_2.forward(&candle_nn::ops::silu(&linear_1.forward(&input)?)?)?;
                 time = (time + extra)?;
             }
@@ -257,7 +263,9 @@ impl Unet {
                 xs = upsample.forward(&xs.upsample_nearest2d(h, w)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        self.conv_out
+            .forward(&self.norm_out.forward_silu(&xs)?)?
+            .to_dtype(DType::F32)
     }
 
     /// diffusers' sinusoidal `Timesteps` of each value, side by side:
@@ -280,7 +288,7 @@ impl Unet {
         }
         let columns = features.len();
         Tensor::from_vec(features, (1, columns), device)?
-            .to_dtype(DType::F32)?
+            .to_dtype(self.dtype)?
             .repeat((batch, 1))
     }
 }
