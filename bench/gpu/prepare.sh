@@ -38,7 +38,7 @@ if [ ! -f "$CARRY/llama.cpp-b11434.tar.xz" ]; then
     cmp -s "$SDIST/llama.cpp/$f" "$(scripts/llama-source.sh)/$f" || { echo "prepare: $f differs from the crate's" >&2; exit 1; }
   done
   XZ_OPT='-9 -T0' tar -C "$SDIST" -cJf "$CARRY/llama.cpp-b11434.tar.xz" \
-    --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media --exclude=llama.cpp/app llama.cpp
+    --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media llama.cpp
 fi
 ls "$CARRY"/diffusers-*.whl > /dev/null 2>&1 ||
   python3 -m pip download --quiet --no-deps diffusers==0.42.1 -d "$CARRY"

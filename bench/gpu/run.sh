@@ -19,13 +19,20 @@
 #   embeddings  llmlab serve (a GGUF BERT on llama.cpp's CUDA backend) vs
 #            sentence-transformers (fp32, fp16), batches of 64 sentences.
 #
-# Usage: bench/gpu/run.sh STAGE...   (results: JSON and logs in $OUT)
-# Env:   ROUNDS (2), OUT (the device tool's return folder; else $W/out)
+# Usage: bench/gpu/run.sh STAGE...
+# Results (JSON and logs) collect in /tmp/llmlab-gpu/out; when the device
+# tool's return folder ($OUT) is set, they go back as one results.tgz (it
+# returns only so many files).
+# Env:   ROUNDS (2), SHAPES (llama3-8b qwen2.5-0.5b: the GGUF models made),
+#        CHAT_MODELS (rand-qwen2.5-0.5b rand-llama3-8b: the models measured)
 set -uo pipefail
 R=$PWD
 W=/tmp/llmlab-gpu
-OUT=${OUT:-$W/out}
+RETURN_DIR=${OUT:-}
+OUT=$W/out
 ROUNDS=${ROUNDS:-2}
+SHAPES=${SHAPES:-llama3-8b qwen2.5-0.5b}
+CHAT_MODELS=${CHAT_MODELS:-rand-qwen2.5-0.5b rand-llama3-8b}
 mkdir -p "$W/models" "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
 VENV_CUDA=$(python3 -c 'import site, glob; print((glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/lib") + [""])[0])')
@@ -39,8 +46,8 @@ stage_setup() {
     tar xJf bench/gpu/carry/llama.cpp-b11434.tar.xz -C "$W"
   fi
   (
-    for shape in llama3-8b qwen2.5-0.5b; do
-      [ -f "$W/models/rand-$shape-q8_0.gguf" ] ||
+    for shape in $SHAPES; do
+      [ -f "$W/models/rand-$shape-q8_0.gguf" ] || [ -f "$W/models/rand-$shape-q4_k_m.gguf" ] ||
         python3 bench/gpu/random_gguf.py "$shape" "$W/models/rand-$shape-q8_0.gguf" "$W/llama.cpp/gguf-py"
     done
   ) > "$OUT/models.log" 2>&1 &
@@ -62,7 +69,7 @@ stage_setup() {
 }
 
 stage_quantize() {
-  for shape in llama3-8b qwen2.5-0.5b; do
+  for shape in $SHAPES; do
     local q8=$W/models/rand-$shape-q8_0.gguf q4=$W/models/rand-$shape-q4_k_m.gguf
     if [ ! -f "$q4" ]; then
       "$W/build/bin/llama-quantize" --allow-requantize "$q8" "$q4" Q4_K_M "$(nproc)" > "$OUT/quantize-$shape.log" 2>&1 ||
@@ -116,7 +123,7 @@ serve() {
       --host 127.0.0.1 --port "$port" > "$OUT/$name-$id.log" 2>&1 &
   else
     LLMLAB_REGISTRY=$R/bench/gpu/models.yaml LLMLAB_MODELS_DIR=$W/models \
-      "$LLMLAB" serve --host 127.0.0.1 --port "$port" > "$OUT/$name-$id.log" 2>&1 &
+      "$LLMLAB" serve --host 127.0.0.1 --port "$port" --no-preload > "$OUT/$name-$id.log" 2>&1 &
   fi
   SERVED=$!
 }
@@ -128,7 +135,7 @@ stop() {
 }
 
 stage_chat() {
-  for id in rand-qwen2.5-0.5b rand-llama3-8b; do
+  for id in $CHAT_MODELS; do
     for round in $(seq 1 "$ROUNDS"); do
       for name in llama-server llmlab; do
         local port=$((19000 + RANDOM % 500)) pid
@@ -172,6 +179,10 @@ stage_embeddings() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
+send_back() {
+  if [ -n "$RETURN_DIR" ]; then tar czf "$RETURN_DIR/results.tgz" -C "$W" out; fi
+}
+trap send_back EXIT
 for stage in "$@"; do
   log "stage $stage"
   "stage_$stage" || { log "stage $stage failed"; exit 1; }

@@ -112,16 +112,16 @@ impl Models {
         let vae_shape = configs::vae(&config("vae/config.json")?).map_err(|e| format!("vae/config.json: {e}"))?;
         let schedule = configs::noise_schedule(&config("scheduler/scheduler_config.json")?)
             .map_err(|e| format!("scheduler/scheduler_config.json: {e}"))?;
-        // The UNet, nearly all of an image's work, in half precision on a
-        // GPU (tensor cores; as diffusers is run there); the rest in F32.
+        // The UNet, nearly all of an image's work, and the VAE decoder in
+        // half precision on a GPU (tensor cores; as diffusers is run
+        // there); the text encoders and the VAE encoder in F32.
         let unet_dtype = if device.is_cpu() { DType::F32 } else { DType::F16 };
-        let weights_as = |component: &str, file: &str, dtype: DType| -> Result<VarBuilder<'static>, String> {
+        let weights = |component: &str, file: &str| -> Result<VarBuilder<'static>, String> {
             let path = weights_file(folder, component, file)?;
             let tensors =
                 candle_core::safetensors::load(&path, &device).map_err(|e| format!("{component}/{file}: {e}"))?;
-            Ok(VarBuilder::from_tensors(tensors, dtype, &device))
+            Ok(VarBuilder::from_tensors(tensors, DType::F32, &device))
         };
-        let weights = |component: &str, file: &str| weights_as(component, file, DType::F32);
         let tower = |suffix: &str| -> Result<TextTower, String> {
             let component = format!("text_encoder{suffix}");
             let encoder_config = TextEncoderConfig::from_json(&config(&format!("{component}/config.json"))?)
@@ -141,12 +141,15 @@ impl Models {
         let text_2 = if xl { Some(tower("_2")?) } else { None };
         check_conditioning(&unet_config, &text, text_2.as_ref())?;
 
-        let unet = Unet::load(weights_as("unet", "diffusion_pytorch_model", unet_dtype)?, &unet_config)
+        let unet = Unet::load(weights("unet", "diffusion_pytorch_model")?.set_dtype(unet_dtype), &unet_config)
             .map_err(|e| format!("unet/diffusion_pytorch_model.safetensors: {e}"))?;
         let vae_weights = weights("vae", "diffusion_pytorch_model")?;
         let encoder = LatentEncoder::new(&vae_weights, &vae_shape.config)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
-        let vae = VaeDecoder::load(&vae_weights, &vae_shape)
+        // The VAE decoder in half precision too, but SDXL's, whose
+        // activations overflow F16 (diffusers' `force_upcast`).
+        let vae_dtype = if xl { DType::F32 } else { unet_dtype };
+        let vae = VaeDecoder::load(&vae_weights.clone().set_dtype(vae_dtype), &vae_shape)
             .map_err(|e| format!("vae/diffusion_pytorch_model.safetensors: {e}"))?;
         let latent_channels = vae_shape.config.latent_channels;
         // Inpainting UNets also read the mask and the masked picture's

@@ -3,7 +3,7 @@
 //! decoder's full-resolution convolutions cost more than a UNet step, and
 //! candle's were 3.6x slower than PyTorch's there.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::configs::VaeShape;
@@ -93,6 +93,8 @@ pub(crate) struct VaeDecoder {
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// The weights' type; latents are cast to it and pixels back to F32.
+    dtype: DType,
 }
 
 impl VaeDecoder {
@@ -137,6 +139,7 @@ impl VaeDecoder {
             previous = c_out;
         }
         Ok(Self {
+            dtype: vb.dtype(),
             post_quant_conv,
             conv_in: Conv2d::load(vb.pp("conv_in"), latent, bottom, 3, 1, 1)?,
             mid_first: ResnetBlock::load(mid.pp("resnets.0"), resnet(bottom, bottom))?,
@@ -151,9 +154,10 @@ impl VaeDecoder {
     /// Pixels in about [-1, 1] (batch, 3, h * 8, w * 8) from unscaled
     /// latents.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let latents = latents.to_dtype(self.dtype)?;
         let latents = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents)?,
-            None => latents.clone(),
+            Some(conv) => conv.forward(&latents)?,
+            None => latents,
         };
         let mut xs = self.conv_in.forward(&latents)?;
         xs = self.mid_first.forward(&xs, None)?;
@@ -168,7 +172,9 @@ impl VaeDecoder {
                 xs = upsample.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        self.conv_out
+            .forward(&self.norm_out.forward_silu(&xs)?)?
+            .to_dtype(DType::F32)
     }
 }
 
@@ -180,6 +186,42 @@ mod tests {
 
     use super::*;
     use crate::diffusion::layers::largest_difference;
+
+    /// The GPU's half-precision decoder, run here on the CPU: F32 in and
+    /// out, and close to the F32 decoder from the same weights.
+    #[test]
+    fn in_half_precision_it_takes_and_gives_f32_and_stays_close() {
+        let device = Device::Cpu;
+        let config = AutoEncoderKLConfig {
+            block_out_channels: vec![32, 64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 16,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        AutoEncoderKL::new(vb.clone(), 3, 3, config.clone()).unwrap();
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.2, var.shape(), &device).unwrap())
+                .unwrap();
+        }
+        let shape = VaeShape {
+            config,
+            scaling_factor: 0.18215,
+            downscale: 2,
+        };
+        let full = VaeDecoder::load(&vb, &shape).unwrap();
+        let half = VaeDecoder::load(&crate::diffusion::layers::as_loaded(&varmap, DType::F16), &shape).unwrap();
+        let latents = Tensor::randn(0f32, 1.0, (1, 4, 6, 5), &device).unwrap();
+        let expected = full.decode(&latents).unwrap();
+        let got = half.decode(&latents).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let worst = largest_difference(&got, &expected);
+        assert!(worst <= 2e-2 * scale.max(1.0), "{worst} of {scale}");
+    }
 
     #[test]
     fn decodes_what_candles_vae_decodes_from_the_same_weights() {

@@ -7,8 +7,11 @@
 
 use candle_core::{Result, Tensor};
 
-/// Most score elements one band may hold (64 MiB of f32).
+/// Most score elements one band may hold on the CPU (64 MiB of f32).
 const MAX_SCORES: usize = 16 << 20;
+/// The same on a GPU (512 MiB of F16): a 512x512 UNet's first level in
+/// one band, as each band is three kernel launches of its own.
+const MAX_SCORES_GPU: usize = 256 << 20;
 
 /// `q` (batch, queries, heads * head_dim), `k` and `v` (batch, keys,
 /// heads * head_dim) to (batch, queries, heads * head_dim).
@@ -42,7 +45,8 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor
     let q = (split(q, queries)? * scale)?;
     let k_t = split(k, keys)?.transpose(1, 2)?.contiguous()?;
     let v = split(v, keys)?;
-    let band = (MAX_SCORES / (batch * heads * keys).max(1)).clamp(1, queries);
+    let max_scores = if q.device().is_cpu() { MAX_SCORES } else { MAX_SCORES_GPU };
+    let band = (max_scores / (batch * heads * keys).max(1)).clamp(1, queries);
     let mut outputs = Vec::with_capacity(queries.div_ceil(band));
     let mut start = 0;
     while start < queries {

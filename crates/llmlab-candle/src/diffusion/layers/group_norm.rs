@@ -4,8 +4,10 @@
 //! squares, square root, division, scale, shift), each a full pass over the
 //! activations with a fresh allocation, and the SiLU that follows almost
 //! every norm in a UNet is a ninth. On the CPU this does it as one custom
-//! operation, groups in parallel; on other devices it falls back to
-//! candle's operations.
+//! operation, groups in parallel. Elsewhere (a GPU, half precision) each
+//! group is normalised as one row of candle's fused layer norm, then scaled
+//! and shifted per channel: five kernels instead of fifteen, and no F32
+//! copy of F16 activations in memory.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -15,8 +17,9 @@ use rayon::prelude::*;
 pub(crate) struct GroupNorm {
     groups: usize,
     eps: f64,
-    /// candle's own layer, for devices other than the CPU.
-    fallback: candle_nn::GroupNorm,
+    /// (channels, 1, 1), in the weights' type, for devices other than the CPU.
+    weight: Tensor,
+    bias: Tensor,
     scale: Vec<f32>,
     shift: Vec<f32>,
 }
@@ -28,11 +31,14 @@ impl GroupNorm {
         let bias = vb.get(channels, "bias")?;
         let scale = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let shift = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        let fallback = candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?;
+        if channels % groups != 0 {
+            candle_core::bail!("group norm: {channels} channels do not split into {groups} groups");
+        }
         Ok(Self {
             groups,
             eps,
-            fallback,
+            weight: weight.reshape((channels, 1, 1))?,
+            bias: bias.reshape((channels, 1, 1))?,
             scale,
             shift,
         })
@@ -45,14 +51,26 @@ impl GroupNorm {
 
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         if !xs.device().is_cpu() || xs.dtype() != candle_core::DType::F32 {
-            let normed = self.fallback.forward(xs)?;
-            return if silu {
-                candle_nn::ops::silu(&normed)
-            } else {
-                Ok(normed)
-            };
+            return self.run_as_layer_norm(xs, silu);
         }
         xs.contiguous()?.apply_op1_no_bwd(&FusedGroupNorm { norm: self, silu })
+    }
+
+    /// `xs` (batch, channels, spatial...) with each group a row of
+    /// candle's layer norm (which keeps its sums in F32).
+    fn run_as_layer_norm(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        let batch = xs.dim(0)?;
+        let row = xs.elem_count() / (batch * self.groups);
+        let rows = xs.contiguous()?.reshape((batch * self.groups, row))?;
+        let ones = Tensor::ones(row, xs.dtype(), xs.device())?;
+        let zeros = ones.zeros_like()?;
+        let normed = candle_nn::ops::layer_norm(&rows, &ones, &zeros, self.eps as f32)?.reshape(xs.shape())?;
+        let out = normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?;
+        if silu {
+            candle_nn::ops::silu(&out)
+        } else {
+            Ok(out)
+        }
     }
 }
 
@@ -139,8 +157,10 @@ mod tests {
             .unwrap();
         let plain = (ours.forward(&xs).unwrap() - theirs.forward(&xs).unwrap()).unwrap();
         let expected_silu = candle_nn::ops::silu(&theirs.forward(&xs).unwrap()).unwrap();
-        let silu = (ours.forward_silu(&xs).unwrap() - expected_silu).unwrap();
-        for difference in [plain, silu] {
+        let silu = (ours.forward_silu(&xs).unwrap() - &expected_silu).unwrap();
+        // The path of other devices and half precision, here in F32.
+        let as_layer_norm = (ours.run_as_layer_norm(&xs, true).unwrap() - &expected_silu).unwrap();
+        for difference in [plain, silu, as_layer_norm] {
             let worst: f32 = difference.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
             assert!(worst < 1e-4, "{worst}");
         }

@@ -12,6 +12,21 @@ pub(crate) use attention::{attention, causal_attention};
 pub(crate) use conv::Conv2d;
 pub(crate) use group_norm::GroupNorm;
 
+/// Tests: the variables of `varmap` as a loaded model's weights in
+/// `dtype`, converted on `get` as the pipeline's loader does (a `VarMap`
+/// builder hands its variables out as they are).
+#[cfg(test)]
+pub(crate) fn as_loaded(varmap: &candle_nn::VarMap, dtype: candle_core::DType) -> candle_nn::VarBuilder<'static> {
+    let tensors = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    candle_nn::VarBuilder::from_tensors(tensors, dtype, &candle_core::Device::Cpu)
+}
+
 /// Tests: the largest absolute difference between two tensors of one shape.
 #[cfg(test)]
 pub(crate) fn largest_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

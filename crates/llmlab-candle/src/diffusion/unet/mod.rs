@@ -377,6 +377,46 @@ mod tests {
         }
     }
 
+    /// The GPU's half-precision UNet, run here on the CPU: F32 in, F32 out,
+    /// and close to the F32 network from the same weights.
+    #[test]
+    fn in_half_precision_it_takes_and_gives_f32_and_stays_close() {
+        let device = Device::Cpu;
+        let config = UnetConfig::from_json(&json!({
+            "block_out_channels": [32, 64],
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "layers_per_block": 1,
+            "attention_head_dim": 4,
+            "cross_attention_dim": 24,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 16 + 6 * 8,
+        }))
+        .unwrap();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        // Loading makes the variables; they are made random, then both load.
+        Unet::load(vb.clone(), &config).unwrap();
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.2, var.shape(), &device).unwrap()).unwrap();
+        }
+        let full = Unet::load(vb.clone(), &config).unwrap();
+        let half = Unet::load(crate::diffusion::layers::as_loaded(&varmap, DType::F16), &config).unwrap();
+        let latents = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &device).unwrap();
+        let context = Tensor::randn(0f32, 1.0, (2, 5, 24), &device).unwrap();
+        let added = AddedConditions {
+            pooled_text: Tensor::randn(0f32, 1.0, (2, 16), &device).unwrap(),
+            size_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+        };
+        let expected = full.forward(&latents, 321.0, &context, Some(&added)).unwrap();
+        let got = half.forward(&latents, 321.0, &context, Some(&added)).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let worst = largest_difference(&got, &expected);
+        assert!(worst <= 2e-2 * scale.max(1.0), "{worst} of {scale}");
+    }
+
     #[test]
     fn an_odd_latent_size_comes_back_at_its_own_size() {
         let config = UnetConfig::from_json(&json!({
