@@ -11,6 +11,7 @@
 #            sm_90): llama-server, the peer, and the libraries llmlab loads in
 #            place of its CPU ones (one build: the very same kernels on both
 #            sides); write the random-weight GGUF models (Q8_0 blocks).
+#   unpack   (part of setup) llmlab's CUDA build, llama.cpp's CUDA libraries in.
 #   quantize Q8_0 -> Q4_K_M with llama-quantize; SD 1.5-shaped random weights
 #            saved by diffusers; a MiniLM-shaped BERT, converted to GGUF.
 #   chat     llmlab serve vs llama-server, one after the other, ROUNDS rounds,
@@ -35,8 +36,9 @@ SHAPES=${SHAPES:-llama3-8b qwen2.5-0.5b}
 CHAT_MODELS=${CHAT_MODELS:-rand-qwen2.5-0.5b rand-llama3-8b}
 mkdir -p "$W/models" "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
-VENV_CUDA=$(python3 -c 'import site, glob; print((glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/lib") + [""])[0])')
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${VENV_CUDA:+:$VENV_CUDA}
+# CUDA 13 and cuDNN 9 libraries: the toolkit's, then PyTorch's.
+VENV_LIBS=$(python3 -c 'import site, glob; print(":".join(glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/lib") + glob.glob(site.getsitepackages()[0] + "/nvidia/cudnn/lib")))')
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${VENV_LIBS:+:$VENV_LIBS}
 LLMLAB=$W/llmlab-cuda/llmlab
 SERVER=$W/build/bin/llama-server
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
@@ -59,13 +61,19 @@ stage_setup() {
   cmake --build "$W/build" -j "$(nproc)" --target llama-server llama-quantize mtmd > "$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; return 1; }
   log "llama.cpp built"
-  rm -rf "$W/llmlab-cuda" && tar xJf dist/llmlab-cuda.tar.xz -C "$W"
-  # The CUDA build of the same source replaces the CPU libraries cargo built.
-  cp -P "$W"/build/bin/lib*.so* "$W/llmlab-cuda/lib/"
-  ldd "$LLMLAB" | grep -E 'not found|llama|ggml|mtmd|cuda|cublas' | tee -a "$OUT/run.log"
-  "$LLMLAB" --version | tee -a "$OUT/run.log"
+  stage_unpack
   wait "$models"; cat "$OUT/models.log"
   log "setup done"
+}
+
+# llmlab's CUDA build; with llama.cpp built here (setup), its CUDA libraries
+# replace the CPU ones cargo built (without, image models still run on the
+# GPU through candle).
+stage_unpack() {
+  rm -rf "$W/llmlab-cuda" && tar xJf dist/llmlab-cuda.tar.xz -C "$W"
+  if [ -d "$W/build/bin" ]; then cp -P "$W"/build/bin/lib*.so* "$W/llmlab-cuda/lib/"; fi
+  ldd "$LLMLAB" | grep -E 'not found|llama|ggml|mtmd|cuda|cublas|cudnn' | tee -a "$OUT/run.log"
+  "$LLMLAB" --version | tee -a "$OUT/run.log"
 }
 
 stage_quantize() {
