@@ -8,7 +8,7 @@
 # What goes where, and why:
 # - candle (image models) is compiled with CUDA here: nvcc turns its
 #   kernels into PTX and cubins for LLMLAB_CUDA_ARCH, and the CUDA libraries
-#   (cuBLAS, cuRAND, cuDNN 9 for convolutions) are linked dynamically (a
+#   (cuBLAS, cuRAND) are linked dynamically (a
 #   stub libcuda.so stands in for the driver's at link time; the driver
 #   provides the real one at run time).
 # - llama.cpp (chat, embeddings, vision) is linked as shared libraries
@@ -44,11 +44,6 @@ if [ ! -x "$CU/bin/nvcc" ]; then
     nvidia-cuda-cccl==13.0.85 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88 \
     nvidia-cublas==13.1.0.3 nvidia-curand
 fi
-CUDNN=$CACHE/cudnn/nvidia/cudnn
-if [ ! -f "$CUDNN/lib/libcudnn.so.9" ]; then
-  python3 -m pip install --quiet --no-deps --target "$CACHE/cudnn" nvidia-cudnn-cu13==9.28.1.4
-fi
-[ -e "$CUDNN/lib/libcudnn.so" ] || ln -s libcudnn.so.9 "$CUDNN/lib/libcudnn.so"
 # Linkers look for unversioned names; CMake's FindCUDAToolkit for lib64.
 for lib in "$CU"/lib/lib*.so.*; do
   base=${lib##*/}; base=${base%%.so.*}.so
@@ -65,7 +60,7 @@ if [ ! -e "$CU/lib/stubs/libcuda.so" ]; then
   gcc -shared -fPIC -o "$CU/lib/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$CU/lib/stubs/libcuda_stub.c"
 fi
 export PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_PATH=$CU CUDA_TOOLKIT_ROOT_DIR=$CU
-export LIBRARY_PATH=$CU/lib:$CU/lib/stubs:$CUDNN/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+export LIBRARY_PATH=$CU/lib:$CU/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=$ARCH  # candle-kernels: the architecture to compile for (no GPU to ask)
 
 # 2. llmlab. DT_RPATH (not RUNPATH) so that the llama.cpp libraries find

@@ -32,12 +32,13 @@ W=/tmp/llmlab-gpu
 RETURN_DIR=${OUT:-}
 OUT=$W/out
 ROUNDS=${ROUNDS:-2}
-SHAPES=${SHAPES:-llama3-8b qwen2.5-0.5b}
-CHAT_MODELS=${CHAT_MODELS:-rand-qwen2.5-0.5b rand-llama3-8b}
+# (Set but empty: none, e.g. to measure images alone.)
+SHAPES=${SHAPES-llama3-8b qwen2.5-0.5b}
+CHAT_MODELS=${CHAT_MODELS-rand-qwen2.5-0.5b rand-llama3-8b}
 mkdir -p "$W/models" "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
-# CUDA 13 and cuDNN 9 libraries: the toolkit's, then PyTorch's.
-VENV_LIBS=$(python3 -c 'import site, glob; print(":".join(glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/lib") + glob.glob(site.getsitepackages()[0] + "/nvidia/cudnn/lib")))')
+# CUDA 13 libraries: the toolkit's, then PyTorch's.
+VENV_LIBS=$(python3 -c 'import site, glob; print(":".join(glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/lib")))')
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${VENV_LIBS:+:$VENV_LIBS}
 LLMLAB=$W/llmlab-cuda/llmlab
 SERVER=$W/build/bin/llama-server
