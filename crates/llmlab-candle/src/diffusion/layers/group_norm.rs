@@ -6,7 +6,7 @@
 //! every norm in a UNet is a ninth. On the CPU this does it as one custom
 //! operation, groups in parallel. Elsewhere (a GPU, half precision) each
 //! group is normalised as one row of candle's fused layer norm, then scaled
-//! and shifted per channel: five kernels instead of fifteen, and no F32
+//! and shifted per channel: six kernels instead of about fifteen, and no F32
 //! copy of F16 activations in memory.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
