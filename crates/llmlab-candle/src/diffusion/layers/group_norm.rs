@@ -31,7 +31,7 @@ impl GroupNorm {
         let bias = vb.get(channels, "bias")?;
         let scale = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let shift = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        if channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("group norm: {channels} channels do not split into {groups} groups");
         }
         Ok(Self {
