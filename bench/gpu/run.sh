@@ -17,6 +17,8 @@
 #   chat     llmlab serve vs llama-server, one after the other, ROUNDS rounds,
 #            each model: concurrency 1 (decode, TTFT), 8 and 32 (aggregate).
 #   images   llmlab serve vs diffusers (fp16, SDPA), 512x512, 20 steps.
+#   smoke    a build whose CUDA libraries were made on the CPU machine
+#            (scripts/build-cuda.sh --ggml): serve and bench a model here.
 #   embeddings  llmlab serve (a GGUF BERT on llama.cpp's CUDA backend) vs
 #            sentence-transformers (fp32, fp16), batches of 64 sentences.
 #
@@ -172,6 +174,27 @@ stage_images() {
   local rc=$?
   stop "$pid"
   tail -5 "$OUT/images.log"
+  return $rc
+}
+
+# A binary whose llama.cpp CUDA libraries were built on the CPU machine
+# (scripts/build-cuda.sh --ggml): no build here, a Q8_0 model made here,
+# one short benchmark, and the log lines that say where the layers went.
+stage_smoke() {
+  local gguf_py=$W/llama.cpp/gguf-py model=$W/models/rand-qwen2.5-0.5b-q8_0.gguf port=$((19990 + RANDOM % 9)) pid
+  [ -d "$gguf_py" ] || gguf_py=$R/bench/gpu/carry/gguf-py
+  [ -f "$model" ] || python3 bench/gpu/random_gguf.py qwen2.5-0.5b "$model" "$gguf_py" || return 1
+  printf 'models:\n  - {id: smoke, kind: chat, backend: llama, path: %s, context_size: 1024, parallel: 8,\n     guards: {repetition: {enabled: false}, perplexity: {enabled: false}}}\n' "$model" > "$W/smoke.yaml"
+  LLMLAB_REGISTRY=$W/smoke.yaml LLMLAB_MODELS_DIR=$W/models "$LLMLAB" serve --host 127.0.0.1 --port "$port" \
+    > "$OUT/smoke.log" 2>&1 &
+  pid=$!
+  wait_healthy "http://127.0.0.1:$port" "$pid" || { stop "$pid"; return 1; }
+  "$LLMLAB" bench --url "http://127.0.0.1:$port/v1" --model smoke --concurrency 1,8 --requests 16 --warmup 2 \
+    --json --quiet > "$OUT/smoke.json"
+  local rc=$?
+  stop "$pid"
+  grep -E 'CUDA|offload|planned' "$OUT/smoke.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -6
+  cat "$OUT/smoke.json"
   return $rc
 }
 
