@@ -78,7 +78,8 @@ strip "$DIST/llmlab"
 LLAMA_LIBS=$(ls -td "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/lib | head -1)
 cp -P "$LLAMA_LIBS"/lib*.so* "$DIST/lib/"
 
-# 3. Optionally llama.cpp's CUDA libraries from the same source.
+# 3. Optionally llama.cpp's CUDA libraries from the same source, with the
+#    switches llama-cpp-sys-2 uses (its copy has no tools but mtmd).
 if [ "$WITH_GGML" = 1 ]; then
   SRC=$(scripts/llama-source.sh)
   BUILD=$CACHE/ggml-cuda-$ARCH
@@ -86,8 +87,9 @@ if [ "$WITH_GGML" = 1 ]; then
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_CUDA_COMPILER="$CU/bin/nvcc" \
     -DCUDAToolkit_ROOT="$CU" -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF >&2
-  cmake --build "$BUILD" -j "$JOBS" --target llama mtmd >&2
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF >&2
+  cmake --build "$BUILD" -j "$JOBS" --target llama llama-common mtmd >&2
   find "$BUILD/bin" -name 'lib*.so*' -exec cp -P {} "$DIST/lib/" \;
 fi
 
