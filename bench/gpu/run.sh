@@ -12,8 +12,9 @@
 #            place of its CPU ones (one build: the very same kernels on both
 #            sides); write the random-weight GGUF models (Q8_0 blocks).
 #   unpack   (part of setup) llmlab's CUDA build, llama.cpp's CUDA libraries in.
-#   quantize Q8_0 -> Q4_K_M with llama-quantize; SD 1.5-shaped random weights
-#            saved by diffusers; a MiniLM-shaped BERT, converted to GGUF.
+#   quantize Q8_0 -> Q4_K_M with llama-quantize, then sd15 and minilm:
+#   sd15     SD 1.5-shaped random weights saved by diffusers;
+#   minilm   a MiniLM-shaped BERT, converted to GGUF.
 #   chat     llmlab serve vs llama-server, one after the other, ROUNDS rounds,
 #            each model: concurrency 1 (decode, TTFT), 8 and 32 (aggregate).
 #   images   llmlab serve vs diffusers (fp16, SDPA), 512x512, 20 steps.
@@ -75,7 +76,7 @@ stage_setup() {
 stage_unpack() {
   rm -rf "$W/llmlab-cuda" && tar xJf dist/llmlab-cuda.tar.xz -C "$W"
   if [ -d "$W/build/bin" ]; then cp -P "$W"/build/bin/lib*.so* "$W/llmlab-cuda/lib/"; fi
-  ldd "$LLMLAB" | grep -E 'not found|llama|ggml|mtmd|cuda|cublas|cudnn' | tee -a "$OUT/run.log"
+  ldd "$LLMLAB" | grep -E 'not found|llama|ggml|mtmd|cuda|cublas' | tee -a "$OUT/run.log"
   "$LLMLAB" --version | tee -a "$OUT/run.log"
 }
 
@@ -97,12 +98,19 @@ print(json.dumps({"file_bytes": sum(int(t.n_bytes) for t in r.tensors),
                   "bytes_per_token": sum(int(t.n_bytes) for t in r.tensors if t.name != "token_embd.weight")}))
 ' "$q4" > "$OUT/weights-rand-$shape.json"
   done
+  stage_sd15 && stage_minilm
+}
+
+stage_sd15() {
   if [ ! -d "$W/models/rand-sd15" ]; then
     python3 -m pip install --quiet --no-index --no-deps --target "$W/site" bench/gpu/carry/diffusers-*.whl
     PYTHONPATH=$W/site python3 bench/gpu/with_diffusers.py bench/diffusers/make_weights.py \
       "$W/models/rand-sd15" bench/gpu/carry/tokenizer > "$OUT/sd15-weights.log" 2>&1 ||
       { tail -20 "$OUT/sd15-weights.log"; return 1; }
   fi
+}
+
+stage_minilm() {
   if [ ! -f "$W/models/rand-minilm-f16.gguf" ]; then
     # The embedding model: a BERT made by transformers, converted by the
     # llama.cpp source's own converter. Its failure costs only the

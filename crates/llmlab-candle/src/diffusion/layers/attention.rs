@@ -43,7 +43,9 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor
     };
     let scale = 1.0 / (head_dim as f64).sqrt();
     let q = (split(q, queries)? * scale)?;
-    let k_t = split(k, keys)?.transpose(1, 2)?.contiguous()?;
+    // Keys transposed as a view: the matrix product reads either layout,
+    // so no copy.
+    let k_t = split(k, keys)?.transpose(1, 2)?;
     let v = split(v, keys)?;
     let max_scores = if q.device().is_cpu() { MAX_SCORES } else { MAX_SCORES_GPU };
     let band = (max_scores / (batch * heads * keys).max(1)).clamp(1, queries);
