@@ -27,7 +27,16 @@ pub(crate) struct GroupNorm {
     /// The last unit scale and zero shift the layer norm took (row length,
     /// type and the two rows): a layer sees the same size every step, and
     /// two fills a call are two kernel launches saved.
-    unit_rows: Arc<Mutex<Option<(usize, DType, Tensor, Tensor)>>>,
+    unit_rows: Arc<Mutex<Option<UnitRows>>>,
+}
+
+/// Ones and zeros of one row length and type, for candle's layer norm.
+#[derive(Debug)]
+struct UnitRows {
+    len: usize,
+    dtype: DType,
+    ones: Tensor,
+    zeros: Tensor,
 }
 
 impl GroupNorm {
@@ -65,14 +74,19 @@ impl GroupNorm {
 
     fn unit_rows(&self, row: usize, xs: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut cached = self.unit_rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((len, dtype, ones, zeros)) = cached.as_ref() {
-            if *len == row && *dtype == xs.dtype() && ones.device().same_device(xs.device()) {
-                return Ok((ones.clone(), zeros.clone()));
+        if let Some(rows) = cached.as_ref() {
+            if rows.len == row && rows.dtype == xs.dtype() && rows.ones.device().same_device(xs.device()) {
+                return Ok((rows.ones.clone(), rows.zeros.clone()));
             }
         }
         let ones = Tensor::ones(row, xs.dtype(), xs.device())?;
         let zeros = ones.zeros_like()?;
-        *cached = Some((row, xs.dtype(), ones.clone(), zeros.clone()));
+        *cached = Some(UnitRows {
+            len: row,
+            dtype: xs.dtype(),
+            ones: ones.clone(),
+            zeros: zeros.clone(),
+        });
         Ok((ones, zeros))
     }
 
