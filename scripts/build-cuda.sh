@@ -83,7 +83,9 @@ cp -P "$LLAMA_LIBS"/lib*.so* "$DIST/lib/"
 if [ "$WITH_GGML" = 1 ]; then
   SRC=$(scripts/llama-source.sh)
   BUILD=$CACHE/ggml-cuda-$ARCH
-  cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+  # No RUNPATH in these libraries: one would hide the binary's rpath from
+  # them, and libggml.so would not find libggml-cuda.so beside it.
+  cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DCMAKE_SKIP_BUILD_RPATH=ON \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_CUDA_COMPILER="$CU/bin/nvcc" \
     -DCUDAToolkit_ROOT="$CU" -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
