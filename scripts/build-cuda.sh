@@ -3,7 +3,7 @@
 # install): the CUDA 13 toolkit comes from NVIDIA's PyPI wheels.
 #
 #   scripts/build-cuda.sh            llmlab with `--features cuda` -> dist/llmlab-cuda/
-#   scripts/build-cuda.sh --ggml     also llama.cpp's CUDA libraries (about 40 minutes on 2 cores)
+#   scripts/build-cuda.sh --ggml     also llama.cpp's CUDA libraries (20 minutes on 2 idle cores)
 #
 # What goes where, and why:
 # - candle (image models) is compiled with CUDA here: nvcc turns its
