@@ -312,7 +312,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::diffusion::layers::largest_difference;
+    use crate::diffusion::layers::{as_loaded, assert_close, randomise};
 
     /// candle's UNet for the same config: the reference ours must match.
     fn candles_config(config: &UnetConfig) -> UNet2DConditionModelConfig {
@@ -356,24 +356,14 @@ mod tests {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
             let theirs = UNet2DConditionModel::new(vb.clone(), 4, 4, false, candles_config(&config)).unwrap();
-            // Norms start as ones and zeros: every weight random instead,
-            // before ours packs its copies.
-            for var in varmap.all_vars() {
-                let random = Tensor::randn(0f32, 0.2, var.shape(), &device).unwrap();
-                var.set(&random).unwrap();
-            }
+            // Every weight random before ours packs its copies.
+            randomise(&varmap);
             let ours = Unet::load(vb, &config).unwrap();
             let latents = Tensor::randn(0f32, 1.0, (2, 4, size, size), &device).unwrap();
             let context = Tensor::randn(0f32, 1.0, (2, 5, 24), &device).unwrap();
             let expected = theirs.forward(&latents, 321.0, &context).unwrap();
             let got = ours.forward(&latents, 321.0, &context, None).unwrap();
-            assert_eq!(got.dims(), expected.dims());
-            let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let worst = largest_difference(&got, &expected);
-            assert!(
-                worst <= 1e-4 * scale.max(1.0),
-                "linear {linear_projection}: {worst} of {scale}"
-            );
+            assert_close(&got, &expected, 1e-4);
         }
     }
 
@@ -398,11 +388,9 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         // Loading makes the variables; they are made random, then both load.
         Unet::load(vb.clone(), &config).unwrap();
-        for var in varmap.all_vars() {
-            var.set(&Tensor::randn(0f32, 0.2, var.shape(), &device).unwrap()).unwrap();
-        }
-        let full = Unet::load(vb.clone(), &config).unwrap();
-        let half = Unet::load(crate::diffusion::layers::as_loaded(&varmap, DType::F16), &config).unwrap();
+        randomise(&varmap);
+        let full = Unet::load(vb, &config).unwrap();
+        let half = Unet::load(as_loaded(&varmap, DType::F16), &config).unwrap();
         let latents = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &device).unwrap();
         let context = Tensor::randn(0f32, 1.0, (2, 5, 24), &device).unwrap();
         let added = AddedConditions {
@@ -412,9 +400,7 @@ mod tests {
         let expected = full.forward(&latents, 321.0, &context, Some(&added)).unwrap();
         let got = half.forward(&latents, 321.0, &context, Some(&added)).unwrap();
         assert_eq!(got.dtype(), DType::F32);
-        let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        let worst = largest_difference(&got, &expected);
-        assert!(worst <= 2e-2 * scale.max(1.0), "{worst} of {scale}");
+        assert_close(&got, &expected, 2e-2);
     }
 
     #[test]
