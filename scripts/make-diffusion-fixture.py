@@ -398,9 +398,10 @@ def vae_mid(w, p, ch):
     resnet(w, p + ".resnets.1", ch, ch)
 
 
-def vae_weights() -> Weights:
-    c = VAE
-    w = Weights("vae")
+def vae_weights(c: dict = VAE, w: Weights = None) -> Weights:
+    """The AutoencoderKL of config `c` into `w` (default: this fixture's);
+    quant convs only where the config has them (SD3 and Flux have none)."""
+    w = w if w is not None else Weights("vae")
     boc, lpb, lat = c["block_out_channels"], c["layers_per_block"], c["latent_channels"]
     w.conv("encoder.conv_in", c["in_channels"], boc[0], 3)
     out_ch = boc[0]
@@ -413,8 +414,10 @@ def vae_weights() -> Weights:
     vae_mid(w, "encoder.mid_block", boc[-1])
     w.norm("encoder.conv_norm_out", boc[-1])
     w.conv("encoder.conv_out", boc[-1], 2 * lat, 3)
-    w.conv("quant_conv", 2 * lat, 2 * lat, 1)
-    w.conv("post_quant_conv", lat, lat, 1)
+    if c.get("use_quant_conv", True):
+        w.conv("quant_conv", 2 * lat, 2 * lat, 1)
+    if c.get("use_post_quant_conv", True):
+        w.conv("post_quant_conv", lat, lat, 1)
     w.conv("decoder.conv_in", lat, boc[-1], 3)
     vae_mid(w, "decoder.mid_block", boc[-1])
     rev = boc[::-1]

@@ -22,12 +22,13 @@ MODELS_DIR="${LLMLAB_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmlab/models}"
 python3 -c 'import gguf, numpy' 2>/dev/null \
   || python3 -m pip install --quiet -r tests/vision-requirements.txt
 python3 scripts/make-vision-fixtures.py "$MODELS_DIR" --with-qwen2vl
-# Likewise image generation: tiny random SD-1.5- and SDXL-shaped diffusers
-# folders.
+# Likewise image generation: tiny random SD-1.5-, SDXL-, SD3- and Flux-shaped
+# diffusers folders.
 python3 -c 'import safetensors' 2>/dev/null \
   || python3 -m pip install --quiet -r tests/diffusion-requirements.txt
 python3 scripts/make-diffusion-fixture.py "$MODELS_DIR"
 python3 scripts/make-sdxl-fixture.py "$MODELS_DIR"
+python3 scripts/make-flow-fixtures.py "$MODELS_DIR"
 # Test binaries run one after another; inside each, tests that use a real
 # model share one loaded instance.
 cargo test --workspace "$@"

@@ -58,6 +58,11 @@ pub trait ImagePipeline: Send + Sync {
         cancel: &CancellationToken,
         progress: &mut dyn FnMut(crate::ImageProgress),
     ) -> Result<Vec<crate::media::RgbImage>>;
+
+    /// The sampling settings this model uses where a request sets none.
+    fn defaults(&self) -> crate::ImageDefaults {
+        crate::ImageDefaults::default()
+    }
 }
 
 #[derive(Clone)]

@@ -91,6 +91,8 @@ impl Fields<'_> {
 pub(crate) struct VaeShape {
     pub config: AutoEncoderKLConfig,
     pub scaling_factor: f64,
+    /// Subtracted before scaling (SD3, Flux); 0 for older models.
+    pub shift_factor: f64,
     /// Pixels per latent along each side (8 for every SD model).
     pub downscale: usize,
 }
@@ -128,6 +130,7 @@ pub(crate) fn vae(json: &Value) -> ConfigResult<VaeShape> {
             use_post_quant_conv: c.bool("use_post_quant_conv", true)?,
         },
         scaling_factor: c.f64("scaling_factor", 0.18215)?,
+        shift_factor: c.f64("shift_factor", 0.0)?,
     })
 }
 

@@ -6,20 +6,20 @@
 //! back outside the mask after every step; either way the pixels outside
 //! the mask are the input's, exactly.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_transformers::models::stable_diffusion::schedulers::{Scheduler as Stepper, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
 
-use llmlab_core::media::{DecodedImage, RgbImage};
-use llmlab_core::{Error, ImageEdit, ImageProgress, ResolvedImageRequest, Result, Scheduler};
+use llmlab_core::media::RgbImage;
+use llmlab_core::{Error, ImageProgress, ResolvedImageRequest, Result, Scheduler};
 
-use super::models::{Models, TextTower};
+use super::components::TextTower;
+use super::models::Models;
 use super::noise::SeededNoise;
+use super::pictures::{
+    blend, first_step, internal, keep_outside_mask, latent_mask, masked_picture, preview, preview_steps,
+};
 use super::unet::AddedConditions;
-
-fn internal(e: candle_core::Error) -> Error {
-    Error::internal(format!("image generation failed: {e}"))
-}
 
 pub(crate) fn generate(
     models: &Models,
@@ -28,14 +28,14 @@ pub(crate) fn generate(
     progress: &mut dyn FnMut(ImageProgress),
 ) -> Result<Vec<RgbImage>> {
     let (width, height) = (request.width as usize, request.height as usize);
-    let downscale = models.downscale;
+    let downscale = models.vae.downscale;
     if !width.is_multiple_of(downscale) || !height.is_multiple_of(downscale) {
         return Err(Error::invalid_param(
             "size",
             format!("this model needs width and height in multiples of {downscale}"),
         ));
     }
-    let inpainting_unet = models.unet_in_channels != models.latent_channels;
+    let inpainting_unet = models.unet_in_channels != models.vae.latent_channels;
     let mask = request.edit.as_ref().and_then(|edit| edit.mask.clone());
     if inpainting_unet && mask.is_none() {
         return Err(Error::invalid_param(
@@ -44,13 +44,19 @@ pub(crate) fn generate(
         ));
     }
     let n = request.n as usize;
-    let shape = (n, models.latent_channels, height / downscale, width / downscale);
+    let shape = (n, models.vae.latent_channels, height / downscale, width / downscale);
     let guided = request.guidance_scale > 1.0;
     let text = conditioning(models, request, guided)?;
 
     let mut stepper: Box<dyn Stepper> = match request.scheduler {
         Scheduler::Ddim => models.schedule.ddim().build(request.steps as usize),
         Scheduler::EulerAncestral => models.schedule.euler_ancestral().build(request.steps as usize),
+        Scheduler::FlowEuler => {
+            return Err(Error::invalid_param(
+                "scheduler",
+                "flow_euler is for rectified-flow models (SD3, Flux); this model takes ddim or euler_a",
+            ))
+        }
     }
     .map_err(internal)?;
     let timesteps = stepper.timesteps().to_vec();
@@ -63,7 +69,13 @@ pub(crate) fn generate(
         .as_ref()
         .map_or(0, |edit| first_step(timesteps.len(), edit.strength));
     let picture = match &request.edit {
-        Some(edit) => Some(encode(models, &edit.image)?.repeat((n, 1, 1, 1)).map_err(internal)?),
+        Some(edit) => Some(
+            models
+                .vae
+                .encode(&edit.image, &models.device)
+                .and_then(|latents| latents.repeat((n, 1, 1, 1)))
+                .map_err(internal)?,
+        ),
         None => None,
     };
     let mut latents = match &picture {
@@ -82,7 +94,11 @@ pub(crate) fn generate(
     // latents; a plain one gets the picture put back after each step.
     let inpaint_inputs = match (&latent_mask, &request.edit, inpainting_unet) {
         (Some(mask), Some(edit), true) => {
-            let masked = encode_masked(models, edit)?.repeat((n, 1, 1, 1)).map_err(internal)?;
+            let masked = models
+                .vae
+                .encode(&masked_picture(edit), &models.device)
+                .and_then(|latents| latents.repeat((n, 1, 1, 1)))
+                .map_err(internal)?;
             let mask = mask.repeat((n, 1, 1, 1)).map_err(internal)?;
             let extra = Tensor::cat(&[&mask, &masked], 1).map_err(internal)?;
             Some(if guided {
@@ -142,78 +158,13 @@ pub(crate) fn generate(
     if cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
-    let mut images = decode(models, &latents)?;
+    let mut images = models.vae.decode(&latents).map_err(internal)?;
     if let (Some(mask), Some(edit)) = (&mask, &request.edit) {
         for image in &mut images {
             keep_outside_mask(image, &edit.image, mask);
         }
     }
     Ok(images)
-}
-
-/// After which steps the `wanted` previews go out: spread evenly, never
-/// after the last step (the image itself follows it).
-fn preview_steps(steps: u32, wanted: u32) -> Vec<u32> {
-    let mut at: Vec<u32> = (1..=wanted)
-        .map(|i| i * steps / (wanted + 1))
-        .filter(|&s| s >= 1 && s < steps)
-        .collect();
-    at.dedup();
-    at
-}
-
-/// How SD 1.x's four latent channels look in RGB, roughly: a linear map
-/// fitted on decoded images (the factors previewers such as ComfyUI use).
-/// A preview costs no VAE pass.
-const LATENT_TO_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
-
-/// A rough picture of every image of the batch from its latents, at full
-/// size (each latent fills its `downscale` x `downscale` block).
-fn preview(latents: &Tensor, downscale: usize) -> Result<Vec<RgbImage>> {
-    let (n, channels, height, width) = latents.dims4().map_err(internal)?;
-    if channels != LATENT_TO_RGB.len() {
-        return Ok(Vec::new());
-    }
-    let values = latents
-        .to_dtype(DType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(internal)?;
-    let plane = height * width;
-    Ok((0..n)
-        .map(|image| {
-            let (out_w, out_h) = (width * downscale, height * downscale);
-            let mut rgb = Vec::with_capacity(out_w * out_h * 3);
-            for y in 0..out_h {
-                for x in 0..out_w {
-                    let at = (y / downscale) * width + x / downscale;
-                    rgb.extend((0..3).map(|colour| {
-                        let value: f32 = (0..channels)
-                            .map(|c| values[(image * channels + c) * plane + at] * LATENT_TO_RGB[c][colour])
-                            .sum();
-                        ((value + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
-                    }));
-                }
-            }
-            RgbImage {
-                width: out_w as u32,
-                height: out_h as u32,
-                rgb,
-            }
-        })
-        .collect())
-}
-
-/// The first of `steps` steps image-to-image runs: `strength` 1 runs all
-/// of them (from pure noise), 0 none (the picture as it is).
-fn first_step(steps: usize, strength: f32) -> usize {
-    let run = ((steps as f64 * f64::from(strength)).floor() as usize).min(steps);
-    steps - run
 }
 
 /// Text conditioning for every image: `[negative..., prompt...]` with
@@ -283,125 +234,4 @@ fn conditioning(models: &Models, request: &ResolvedImageRequest, guided: bool) -
 struct Conditioning {
     states: Tensor,
     added: Option<AddedConditions>,
-}
-
-/// Pixels (0..255) to the VAE's input range (-1..1), shape (1, 3, H, W).
-fn pixels_to_tensor(rgb: &[u8], width: usize, height: usize, models: &Models) -> Result<Tensor> {
-    Tensor::from_vec(rgb.to_vec(), (height, width, 3), &models.device)
-        .and_then(|t| t.permute((2, 0, 1)))
-        .and_then(|t| t.to_dtype(DType::F32))
-        .and_then(|t| (t / 127.5)? - 1.0)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(internal)
-}
-
-fn encode(models: &Models, image: &DecodedImage) -> Result<Tensor> {
-    let pixels = pixels_to_tensor(&image.rgb, image.width as usize, image.height as usize, models)?;
-    // The mean, not a sample: image-to-image repeats under a seed.
-    let latents = models.encoder.mean(&pixels).map_err(internal)?;
-    (latents * models.scaling_factor).map_err(internal)
-}
-
-/// The picture with the area to repaint blanked (mid grey), encoded: what
-/// an inpainting UNet reads beside the mask.
-fn encode_masked(models: &Models, edit: &ImageEdit) -> Result<Tensor> {
-    let mask = edit.mask.as_deref().unwrap_or(&[]);
-    let rgb: Vec<u8> = edit
-        .image
-        .rgb
-        .chunks_exact(3)
-        .zip(mask.iter().chain(std::iter::repeat(&0)))
-        .flat_map(|(pixel, &repaint)| {
-            if repaint > 0 {
-                [128, 128, 128]
-            } else {
-                [pixel[0], pixel[1], pixel[2]]
-            }
-        })
-        .collect();
-    let masked = DecodedImage {
-        rgb: rgb.into(),
-        ..edit.image.clone()
-    };
-    encode(models, &masked)
-}
-
-/// One value per latent: 1 where any of its pixels is repainted.
-fn latent_mask(
-    mask: &[u8],
-    width: usize,
-    height: usize,
-    downscale: usize,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    let (lw, lh) = (width / downscale, height / downscale);
-    let mut cells = vec![0f32; lw * lh];
-    for (i, &repaint) in mask.iter().enumerate() {
-        if repaint > 0 {
-            let (x, y) = (i % width, i / width);
-            cells[(y / downscale) * lw + x / downscale] = 1.0;
-        }
-    }
-    Tensor::from_vec(cells, (1, 1, lh, lw), device).map_err(internal)
-}
-
-fn blend(generated: &Tensor, known: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let keep = (1.0 - mask)?;
-    generated.broadcast_mul(mask)? + known.broadcast_mul(&keep)?
-}
-
-fn decode(models: &Models, latents: &Tensor) -> Result<Vec<RgbImage>> {
-    let pixels = (latents / models.scaling_factor)
-        .and_then(|l| models.vae.decode(&l))
-        .and_then(|x| ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32))
-        .and_then(|x| (x * 255.0)?.round())
-        .and_then(|x| x.to_dtype(DType::U8))
-        .map_err(internal)?;
-    let (n, _, height, width) = pixels.dims4().map_err(internal)?;
-    (0..n)
-        .map(|i| {
-            let rgb = pixels
-                .get(i)
-                .and_then(|p| p.permute((1, 2, 0)))
-                .and_then(|p| p.flatten_all())
-                .and_then(|p| p.to_vec1::<u8>())
-                .map_err(internal)?;
-            Ok(RgbImage {
-                width: width as u32,
-                height: height as u32,
-                rgb,
-            })
-        })
-        .collect()
-}
-
-/// Pixels the mask keeps come back exactly as they went in.
-fn keep_outside_mask(image: &mut RgbImage, original: &DecodedImage, mask: &[u8]) {
-    for (i, &repaint) in mask.iter().enumerate() {
-        if repaint == 0 {
-            image.rgb[3 * i..3 * i + 3].copy_from_slice(&original.rgb[3 * i..3 * i + 3]);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{first_step, preview_steps};
-
-    #[test]
-    fn previews_spread_over_the_steps_and_never_follow_the_last() {
-        assert_eq!(preview_steps(20, 3), vec![5, 10, 15]);
-        assert_eq!(preview_steps(3, 1), vec![1]);
-        assert_eq!(preview_steps(2, 3), vec![1]);
-        assert_eq!(preview_steps(1, 2), Vec::<u32>::new());
-        assert_eq!(preview_steps(10, 0), Vec::<u32>::new());
-    }
-
-    #[test]
-    fn strength_picks_how_many_steps_run() {
-        assert_eq!(first_step(10, 1.0), 0);
-        assert_eq!(first_step(10, 0.5), 5);
-        assert_eq!(first_step(10, 0.0), 10);
-        assert_eq!(first_step(4, 0.8), 1);
-    }
 }

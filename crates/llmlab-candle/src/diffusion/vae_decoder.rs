@@ -205,6 +205,7 @@ mod tests {
         let shape = VaeShape {
             config,
             scaling_factor: 0.18215,
+            shift_factor: 0.0,
             downscale: 2,
         };
         (varmap, vb, theirs, shape)

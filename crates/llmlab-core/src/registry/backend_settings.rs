@@ -134,6 +134,18 @@ pub enum ImageArchitecture {
     StableDiffusion,
     /// SDXL (and Turbo): two text encoders, pooled text and size conditions.
     StableDiffusionXl,
+    /// SD3 and 3.5: an MMDiT transformer on two CLIP encoders and T5,
+    /// sampled as a rectified flow.
+    #[serde(rename = "stable-diffusion-3")]
+    StableDiffusion3,
+    /// Flux.1 (schnell, dev): a rectified-flow transformer on CLIP's pooled
+    /// text and T5.
+    Flux,
+}
+
+impl ImageArchitecture {
+    /// The names the registry accepts, for error messages.
+    pub const NAMES: &'static str = "stable-diffusion, stable-diffusion-xl, stable-diffusion-3 or flux";
 }
 
 #[cfg(test)]

@@ -416,7 +416,18 @@ mod tests {
             err.contains("architecture") && err.contains("image models only"),
             "{err}"
         );
-        let unknown = image.replace("stable-diffusion-xl", "flux");
+        let flux = image.replace("stable-diffusion-xl", "flux");
+        let registry = Registry::parse(&flux, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap();
+        let candle = registry.require("xl").unwrap().backend.candle().unwrap().clone();
+        assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::Flux));
+        let sd3 = image.replace("stable-diffusion-xl", "stable-diffusion-3");
+        let registry = Registry::parse(&sd3, Path::new("t.yaml"), Path::new("/m"), |_| None).unwrap();
+        let candle = registry.require("xl").unwrap().backend.candle().unwrap().clone();
+        assert_eq!(
+            candle.architecture,
+            Some(crate::registry::ImageArchitecture::StableDiffusion3)
+        );
+        let unknown = image.replace("stable-diffusion-xl", "kandinsky");
         assert!(Registry::parse(&unknown, Path::new("t.yaml"), Path::new("/m"), |_| None).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! letter or digit replaced by `_` (`qwen2.5-coder` -> `QWEN2_5_CODER`).
 
 use super::entry::ModelEntry;
+use super::backend_settings::ImageArchitecture;
 use super::spec::BackendKind;
 use crate::config::ENV_MODEL_PREFIX;
 
@@ -89,7 +90,7 @@ pub(super) fn apply_env_overrides(
         // Whether the model is an image model is the registry check's to say.
         entry.architecture = Some(
             serde_yaml::from_str(value.trim())
-                .map_err(|_| (key, format!("expected stable-diffusion or stable-diffusion-xl, got '{value}'")))?,
+                .map_err(|_| (key, format!("expected {}, got '{value}'", ImageArchitecture::NAMES)))?,
         );
     }
     if let Some((_, file)) = llama_only("chat_template_file")? {

@@ -20,7 +20,7 @@ impl Service {
     pub async fn generate_image(&self, request: ImageRequest, cancel: CancellationToken) -> Result<ImageStream> {
         let spec = self.spec_for(&request.model, Purpose::Image)?;
         let owned = spec.clone();
-        let request = tokio::task::spawn_blocking(move || request.resolve(&owned))
+        let mut request = tokio::task::spawn_blocking(move || request.resolve(&owned))
             .await
             .map_err(|e| Error::internal(format!("reading the request's images failed: {e}")))??;
         let (pipeline, lease, watch) = self.leased_pipeline(spec, request.keep_alive).await?;
@@ -30,6 +30,7 @@ impl Service {
                 spec.id
             )));
         };
+        request.adopt_defaults(&pipeline.defaults());
         let (events, stream) = ImageStream::channel();
         // The model's total deadline holds for images as for text; it is
         // checked between steps, where a generation can stop.

@@ -10,67 +10,7 @@ use crate::media::{decode_image, DecodedImage};
 use crate::registry::ModelSpec;
 use crate::{Error, Result};
 
-/// The schedulers (samplers) a diffusion model can step with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheduler {
-    Ddim,
-    EulerAncestral,
-}
-
-impl Scheduler {
-    pub const NAMES: &'static str = "ddim, euler_a";
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "ddim" => Some(Self::Ddim),
-            "euler_a" | "euler_ancestral" | "euler-ancestral" => Some(Self::EulerAncestral),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ddim => "ddim",
-            Self::EulerAncestral => "euler_a",
-        }
-    }
-}
-
-/// How generated images are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    Jpeg,
-    Webp,
-}
-
-impl OutputFormat {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "png" => Some(Self::Png),
-            "jpeg" | "jpg" => Some(Self::Jpeg),
-            "webp" => Some(Self::Webp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Jpeg => "jpeg",
-            Self::Webp => "webp",
-        }
-    }
-
-    pub fn mime(self) -> &'static str {
-        match self {
-            Self::Png => "image/png",
-            Self::Jpeg => "image/jpeg",
-            Self::Webp => "image/webp",
-        }
-    }
-}
+use super::image_settings::{ChosenSettings, ImageDefaults, OutputFormat, Scheduler};
 
 /// An image request as a door decoded it: every setting optional, images
 /// still encoded. The doors name the fields as OpenAI does.
@@ -129,6 +69,26 @@ pub struct ResolvedImageRequest {
     /// Previews to stream, spread over the steps.
     pub partial_images: u32,
     pub keep_alive: KeepAlive,
+    /// Which of `steps`, `guidance_scale` and `scheduler` the request set;
+    /// the others hold the generic defaults until
+    /// [`ResolvedImageRequest::adopt_defaults`] puts the model's in.
+    pub chosen: ChosenSettings,
+}
+
+impl ResolvedImageRequest {
+    /// The model's own defaults for every sampling setting the request
+    /// left out (the request is resolved before the model is loaded).
+    pub fn adopt_defaults(&mut self, defaults: &ImageDefaults) {
+        if !self.chosen.steps {
+            self.steps = defaults.steps;
+        }
+        if !self.chosen.guidance_scale {
+            self.guidance_scale = defaults.guidance_scale;
+        }
+        if !self.chosen.scheduler {
+            self.scheduler = defaults.scheduler;
+        }
+    }
 }
 
 /// Most previews one request may ask for (as OpenAI).
@@ -155,14 +115,20 @@ impl ImageRequest {
                 format!("'n' must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}"),
             ));
         }
-        let steps = self.steps.unwrap_or(config::DEFAULT_IMAGE_STEPS);
+        let generic = ImageDefaults::default();
+        let chosen = ChosenSettings {
+            steps: self.steps.is_some(),
+            guidance_scale: self.guidance_scale.is_some(),
+            scheduler: self.scheduler.is_some(),
+        };
+        let steps = self.steps.unwrap_or(generic.steps);
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(Error::invalid_param(
                 "steps",
                 format!("'steps' must be between 1 and {MAX_STEPS}, got {steps}"),
             ));
         }
-        let guidance_scale = self.guidance_scale.unwrap_or(config::DEFAULT_GUIDANCE_SCALE);
+        let guidance_scale = self.guidance_scale.unwrap_or(generic.guidance_scale);
         if !(0.0..=30.0).contains(&guidance_scale) {
             return Err(Error::invalid_param(
                 "guidance_scale",
@@ -170,7 +136,7 @@ impl ImageRequest {
             ));
         }
         let scheduler = match &self.scheduler {
-            None => Scheduler::Ddim,
+            None => generic.scheduler,
             Some(name) => Scheduler::parse(name).ok_or_else(|| {
                 Error::invalid_param(
                     "scheduler",
@@ -228,6 +194,7 @@ impl ImageRequest {
             output_format,
             partial_images,
             keep_alive: self.keep_alive.unwrap_or(model.keep_alive),
+            chosen,
         })
     }
 
