@@ -84,7 +84,9 @@ fn sd3_generates_under_a_seed_and_every_text_input_steers_it() {
     let first = first.unwrap();
     assert_eq!(steps, vec![(1, 2), (2, 2)]);
     assert_eq!(first.len(), 2);
-    assert!(first.iter().all(|i| (i.width, i.height, i.rgb.len()) == (64, 64, 64 * 64 * 3)));
+    assert!(first
+        .iter()
+        .all(|i| (i.width, i.height, i.rgb.len()) == (64, 64, 64 * 64 * 3)));
     let single = images(model, request("a castle on a hill", 7));
     assert_eq!(single[0], first[0], "the batch's first image is the single image");
     assert_eq!(single, images(model, request("a castle on a hill", 7)));
@@ -114,7 +116,9 @@ fn flux_generates_under_a_seed_and_reads_its_guidance_as_an_input() {
 
 #[test]
 fn each_family_brings_its_own_defaults() {
-    let (Some(sd3), Some(flux)) = (sd3(), flux()) else { return };
+    let (Some(sd3), Some(flux)) = (sd3(), flux()) else {
+        return;
+    };
     let bare = ImageRequest {
         prompt: "a fox".into(),
         ..ImageRequest::default()
@@ -141,13 +145,18 @@ fn each_family_brings_its_own_defaults() {
 
 #[test]
 fn flow_models_refuse_other_schedulers_odd_sizes_and_a_negative_prompt_for_flux() {
-    let (Some(sd3), Some(flux)) = (sd3(), flux()) else { return };
+    let (Some(sd3), Some(flux)) = (sd3(), flux()) else {
+        return;
+    };
     let ddim = ImageRequest {
         scheduler: Some("ddim".into()),
         ..request("a fox", 1)
     };
     let err = run(sd3, ddim).0.unwrap_err();
-    assert_eq!((err.kind, err.param.as_deref()), (ErrorKind::InvalidRequest, Some("scheduler")));
+    assert_eq!(
+        (err.kind, err.param.as_deref()),
+        (ErrorKind::InvalidRequest, Some("scheduler"))
+    );
     let odd = ImageRequest {
         size: Some("72x64".into()),
         ..request("a fox", 1)
@@ -247,12 +256,16 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn sd3_without_t5_conditions_on_zeros_and_a_mismatched_width_is_refused() {
-    let Some(copy) = copy_of("test-sd3-tiny", "no-t5") else { return };
+    let Some(copy) = copy_of("test-sd3-tiny", "no-t5") else {
+        return;
+    };
     std::fs::remove_dir_all(copy.join("text_encoder_3")).unwrap();
     let model = DiffusionPipeline::load(&diffusion_support::spec_at("sd3", &copy)).expect("loads without T5");
     assert_eq!(images(&model, request("a fox", 1)).len(), 1);
 
-    edit_json(&copy.join("transformer/config.json"), |c| c["pooled_projection_dim"] = 48.into());
+    edit_json(&copy.join("transformer/config.json"), |c| {
+        c["pooled_projection_dim"] = 48.into()
+    });
     let err = DiffusionPipeline::load(&diffusion_support::spec_at("sd3", &copy)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable);
     assert!(err.message.contains("pooled_projection_dim 48"), "{}", err.message);
@@ -261,8 +274,12 @@ fn sd3_without_t5_conditions_on_zeros_and_a_mismatched_width_is_refused() {
 
 #[test]
 fn flux_without_guidance_embeds_is_schnell_shaped_and_a_missing_tensor_is_named() {
-    let Some(copy) = copy_of("test-flux-tiny", "schnell") else { return };
-    edit_json(&copy.join("transformer/config.json"), |c| c["guidance_embeds"] = false.into());
+    let Some(copy) = copy_of("test-flux-tiny", "schnell") else {
+        return;
+    };
+    edit_json(&copy.join("transformer/config.json"), |c| {
+        c["guidance_embeds"] = false.into()
+    });
     let schnell = DiffusionPipeline::load(&diffusion_support::spec_at("schnell", &copy)).unwrap();
     let defaults = schnell.defaults();
     assert_eq!((defaults.steps, defaults.guidance_scale), (4, 0.0));

@@ -132,7 +132,12 @@ impl ClipTokenizer {
 
 /// Cut and pad every encoding to exactly `length` tokens: the text
 /// encoder reads a fixed window.
-pub(crate) fn fit_to_window(tokenizer: &mut Tokenizer, length: usize, pad_id: u32, pad_token: String) -> ConfigResult<()> {
+pub(crate) fn fit_to_window(
+    tokenizer: &mut Tokenizer,
+    length: usize,
+    pad_id: u32,
+    pad_token: String,
+) -> ConfigResult<()> {
     tokenizer
         .with_truncation(Some(TruncationParams {
             direction: TruncationDirection::Right,

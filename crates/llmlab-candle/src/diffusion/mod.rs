@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use llmlab_core::media::RgbImage;
 use llmlab_core::pipeline::ImagePipeline;
-use llmlab_core::registry::ModelSpec;
-use llmlab_core::registry::ImageArchitecture;
+use llmlab_core::registry::{ImageArchitecture, ModelSpec};
 use llmlab_core::{Error, ErrorKind, ImageDefaults, ImageProgress, ResolvedImageRequest, Result};
 
 use components::Folder;
@@ -44,6 +43,7 @@ use flow::FlowModels;
 use models::Models;
 
 /// A loaded model of either family.
+#[allow(clippy::large_enum_variant)] // one per loaded model, never copied
 enum Networks {
     Unet(Models),
     Flow(FlowModels),

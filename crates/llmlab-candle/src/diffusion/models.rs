@@ -51,8 +51,8 @@ impl Models {
             folder.require(&REQUIRED_XL)?;
         }
         let device = folder.device.clone();
-        let unet_config = UnetConfig::from_json(&folder.config("unet/config.json")?)
-            .map_err(|e| format!("unet/config.json: {e}"))?;
+        let unet_config =
+            UnetConfig::from_json(&folder.config("unet/config.json")?).map_err(|e| format!("unet/config.json: {e}"))?;
         let schedule = configs::noise_schedule(&folder.config("scheduler/scheduler_config.json")?)
             .map_err(|e| format!("scheduler/scheduler_config.json: {e}"))?;
         // The UNet, nearly all of an image's work, and the VAE decoder in

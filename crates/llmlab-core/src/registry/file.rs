@@ -199,9 +199,12 @@ models:
         let r = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "stable-diffusion-xl")]).unwrap();
         let candle = r.get("pic").unwrap().backend.candle().unwrap();
         assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::StableDiffusionXl));
-        let err = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "flux")]).unwrap_err();
+        let r = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "flux")]).unwrap();
+        let candle = r.get("pic").unwrap().backend.candle().unwrap();
+        assert_eq!(candle.architecture, Some(crate::registry::ImageArchitecture::Flux));
+        let err = parse_env(text, &[("LLMLAB_MODEL__PIC__ARCHITECTURE", "kandinsky")]).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("LLMLAB_MODEL__PIC__ARCHITECTURE"));
-        assert!(err.to_string().contains("got 'flux'"), "{err}");
+        assert!(err.to_string().contains("got 'kandinsky'"), "{err}");
         // Not on a chat model, whoever writes it.
         assert!(parse_env(GOOD, &[("LLMLAB_MODEL__SMALL__ARCHITECTURE", "stable-diffusion")]).is_err());
 

@@ -3,10 +3,12 @@
 //! diffusers folder. The transformers' weights are renamed for candle
 //! (`rename.rs`); the CLIP towers and the VAE are the ones the UNet
 //! family uses; `sampler.rs` runs a generation, `schedule.rs` spaces its
-//! steps. These models inpaint by blending the picture's latents back
-//! outside the mask; their inpainting variants (more input channels, such
-//! as Flux Fill) are refused by the config checks.
+//! steps; `quantized.rs` reads a Flux transformer from a GGUF file. These
+//! models inpaint by blending the picture's latents back outside the mask;
+//! their inpainting variants (more input channels, such as Flux Fill) are
+//! refused by the config checks.
 
+mod quantized;
 mod rename;
 mod sampler;
 mod schedule;
@@ -36,15 +38,21 @@ const SD3_T5_TOKENS: usize = 256;
 const FLUX_T5_TOKENS: usize = 512;
 
 /// The denoising network and what it reads beside the latents.
+// One per loaded model, never copied: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Transformer {
     /// SD3: guided by running the negative prompt beside the prompt.
     Mmdit(MovableMmdit),
     /// Flux: `guided` models (dev) take the guidance scale as an input
-    /// instead; schnell takes none.
-    Flux { model: Flux, guided: bool },
+    /// instead; schnell takes none. Full-precision or GGUF-quantized.
+    Flux {
+        model: Box<dyn WithForward + Send>,
+        guided: bool,
+    },
 }
 
 /// The text side of a flow model.
+#[allow(clippy::large_enum_variant)] // one per loaded model, as above
 enum TextEncoders {
     /// SD3: CLIP-L and CLIP-G (second-to-last states side by side, pooled
     /// embeddings joined), T5 after them (zeros where the folder has none).
@@ -111,7 +119,13 @@ impl FlowModels {
                     scheduler: Scheduler::FlowEuler,
                 };
                 let text = TextEncoders::Sd3 { clip_l, clip_g, t5 };
-                (text, Transformer::Mmdit(MovableMmdit(model)), dtype, shape.context_embed_size, defaults)
+                (
+                    text,
+                    Transformer::Mmdit(MovableMmdit(model)),
+                    dtype,
+                    shape.context_embed_size,
+                    defaults,
+                )
             }
             ImageArchitecture::Flux => {
                 folder.require(&["text_encoder_2/config.json"])?;
@@ -125,12 +139,7 @@ impl FlowModels {
                         shape.vec_in_dim, shape.context_in_dim, clip.pooled_width, t5.width
                     ));
                 }
-                let weights = folder.tensors("transformer", "diffusion_pytorch_model")?;
-                let weights = rename::flux_for_candle(weights, shape.depth, shape.depth_single_blocks)
-                    .map_err(|e| format!("transformer/diffusion_pytorch_model.safetensors: {e}"))?;
-                let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
-                let model = Flux::new(&shape, VarBuilder::from_tensors(weights, dtype, &device))
-                    .map_err(|e| format!("transformer/diffusion_pytorch_model.safetensors: {e}"))?;
+                let (model, dtype) = load_flux(folder, &shape)?;
                 let guided = shape.guidance_embed;
                 // Flux dev as diffusers runs it; schnell is distilled to
                 // a few unguided steps.
@@ -165,6 +174,28 @@ impl FlowModels {
     pub fn defaults(&self) -> ImageDefaults {
         self.defaults
     }
+}
+
+/// Flux's transformer from `transformer/`: a GGUF file there wins (F32
+/// activations around quantized weights); else the safetensors, F32 on the
+/// CPU, BF16 on a GPU.
+fn load_flux(folder: &Folder, shape: &FluxConfig) -> Result<(Box<dyn WithForward + Send>, DType), String> {
+    if let Some(path) = quantized::gguf_in(folder.path)? {
+        let model = quantized::load_flux(&path, shape, &folder.device)?;
+        return Ok((Box::new(model), DType::F32));
+    }
+    let shown = "transformer/diffusion_pytorch_model.safetensors";
+    let weights = folder.tensors("transformer", "diffusion_pytorch_model")?;
+    let weights = rename::flux_for_candle(weights, shape.depth, shape.depth_single_blocks)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let dtype = if folder.device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let model = Flux::new(shape, VarBuilder::from_tensors(weights, dtype, &folder.device))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    Ok((Box::new(model), dtype))
 }
 
 impl Transformer {

@@ -58,7 +58,10 @@ impl Renamer {
             if suffix == "bias" && !names.iter().any(|name| self.has(name)) {
                 continue;
             }
-            let tensors = names.iter().map(|name| self.take(name)).collect::<Result<Vec<_>, _>>()?;
+            let tensors = names
+                .iter()
+                .map(|name| self.take(name))
+                .collect::<Result<Vec<_>, _>>()?;
             let fused = Tensor::cat(&tensors, 0).map_err(|e| format!("{to}.{suffix}: {e}"))?;
             self.to.insert(format!("{to}.{suffix}"), fused);
         }
@@ -109,8 +112,14 @@ pub(crate) fn sd3_for_candle(tensors: Tensors, layers: usize) -> Result<Tensors,
             &format!("{c}.x_block.attn.qkv"),
         )?;
         r.linear(&format!("{d}.attn.to_out.0"), &format!("{c}.x_block.attn.proj"))?;
-        r.optional(&format!("{d}.attn.norm_q.weight"), &format!("{c}.x_block.attn.ln_q.weight"));
-        r.optional(&format!("{d}.attn.norm_k.weight"), &format!("{c}.x_block.attn.ln_k.weight"));
+        r.optional(
+            &format!("{d}.attn.norm_q.weight"),
+            &format!("{c}.x_block.attn.ln_q.weight"),
+        );
+        r.optional(
+            &format!("{d}.attn.norm_k.weight"),
+            &format!("{c}.x_block.attn.ln_k.weight"),
+        );
         r.linear(&format!("{d}.ff.net.0.proj"), &format!("{c}.x_block.mlp.fc1"))?;
         r.linear(&format!("{d}.ff.net.2"), &format!("{c}.x_block.mlp.fc2"))?;
         if r.has(&format!("{d}.attn2.to_q.weight")) {
@@ -119,8 +128,14 @@ pub(crate) fn sd3_for_candle(tensors: Tensors, layers: usize) -> Result<Tensors,
                 &format!("{c}.x_block.attn2.qkv"),
             )?;
             r.linear(&format!("{d}.attn2.to_out.0"), &format!("{c}.x_block.attn2.proj"))?;
-            r.optional(&format!("{d}.attn2.norm_q.weight"), &format!("{c}.x_block.attn2.ln_q.weight"));
-            r.optional(&format!("{d}.attn2.norm_k.weight"), &format!("{c}.x_block.attn2.ln_k.weight"));
+            r.optional(
+                &format!("{d}.attn2.norm_q.weight"),
+                &format!("{c}.x_block.attn2.ln_q.weight"),
+            );
+            r.optional(
+                &format!("{d}.attn2.norm_k.weight"),
+                &format!("{c}.x_block.attn2.ln_k.weight"),
+            );
         }
         r.fused(
             &qkv(&format!("{d}.attn"), ["add_q_proj", "add_k_proj", "add_v_proj"]),
@@ -147,7 +162,10 @@ pub(crate) fn sd3_for_candle(tensors: Tensors, layers: usize) -> Result<Tensors,
                 &format!("{d}.attn.norm_added_k.weight"),
                 &format!("{c}.context_block.attn.ln_k.weight"),
             );
-            r.linear(&format!("{d}.ff_context.net.0.proj"), &format!("{c}.context_block.mlp.fc1"))?;
+            r.linear(
+                &format!("{d}.ff_context.net.0.proj"),
+                &format!("{c}.context_block.mlp.fc1"),
+            )?;
             r.linear(&format!("{d}.ff_context.net.2"), &format!("{c}.context_block.mlp.fc2"))?;
         }
     }
@@ -174,7 +192,10 @@ pub(crate) fn flux_for_candle(tensors: Tensors, double: usize, single: usize) ->
         let (d, c) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
         r.linear(&format!("{d}.norm1.linear"), &format!("{c}.img_mod.lin"))?;
         r.linear(&format!("{d}.norm1_context.linear"), &format!("{c}.txt_mod.lin"))?;
-        r.fused(&qkv(&format!("{d}.attn"), ["to_q", "to_k", "to_v"]), &format!("{c}.img_attn.qkv"))?;
+        r.fused(
+            &qkv(&format!("{d}.attn"), ["to_q", "to_k", "to_v"]),
+            &format!("{c}.img_attn.qkv"),
+        )?;
         r.fused(
             &qkv(&format!("{d}.attn"), ["add_q_proj", "add_k_proj", "add_v_proj"]),
             &format!("{c}.txt_attn.qkv"),

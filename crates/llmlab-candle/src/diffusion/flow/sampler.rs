@@ -16,8 +16,8 @@ use super::schedule::Ramp;
 use super::{Conditioning, FlowModels, TextEncoders, Transformer};
 use crate::diffusion::components::TextTower;
 use crate::diffusion::noise::SeededNoise;
-use crate::diffusion::text_encoder::Encoded;
 use crate::diffusion::pictures::{blend, first_step, internal, keep_outside_mask, latent_mask, preview_steps};
+use crate::diffusion::text_encoder::Encoded;
 
 pub(crate) fn generate(
     models: &FlowModels,
@@ -62,12 +62,9 @@ pub(crate) fn generate(
     let sigmas = models.schedule.sigmas(request.steps as usize, image_tokens, ramp);
     let steps = sigmas.len() - 1;
     let mut seeded = SeededNoise::new(request.seed);
-    let noise = Tensor::from_vec(seeded.normal(n * shape.1 * latent_h * latent_w), shape, &models.device)
-        .map_err(internal)?;
-    let start = request
-        .edit
-        .as_ref()
-        .map_or(0, |edit| first_step(steps, edit.strength));
+    let noise =
+        Tensor::from_vec(seeded.normal(n * shape.1 * latent_h * latent_w), shape, &models.device).map_err(internal)?;
+    let start = request.edit.as_ref().map_or(0, |edit| first_step(steps, edit.strength));
     let picture = match &request.edit {
         Some(edit) => Some(
             models

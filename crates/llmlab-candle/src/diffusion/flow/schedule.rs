@@ -75,7 +75,11 @@ impl FlowSchedule {
                 let lowest = 1.0 / self.train_steps as f64;
                 // The scheduler's own range is shifted once at creation
                 // unless it shifts dynamically.
-                let lowest = if self.dynamic.is_some() { lowest } else { self.shifted(lowest) };
+                let lowest = if self.dynamic.is_some() {
+                    lowest
+                } else {
+                    self.shifted(lowest)
+                };
                 (1.0, lowest)
             }
         };

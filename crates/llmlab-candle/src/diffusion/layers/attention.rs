@@ -47,7 +47,11 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor
     // so no copy.
     let k_t = split(k, keys)?.transpose(1, 2)?;
     let v = split(v, keys)?;
-    let max_scores = if q.device().is_cpu() { MAX_SCORES } else { MAX_SCORES_GPU };
+    let max_scores = if q.device().is_cpu() {
+        MAX_SCORES
+    } else {
+        MAX_SCORES_GPU
+    };
     let band = (max_scores / (batch * heads * keys).max(1)).clamp(1, queries);
     let mut outputs = Vec::with_capacity(queries.div_ceil(band));
     let mut start = 0;
