@@ -11,6 +11,7 @@
 
 mod batch;
 mod bert;
+mod denormals;
 mod device;
 mod diffusion;
 mod encoder;

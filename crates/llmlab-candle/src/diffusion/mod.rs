@@ -131,6 +131,7 @@ impl ImagePipeline for DiffusionPipeline {
         if cancel.is_cancelled() {
             return Err(Error::cancelled());
         }
+        let _flushing = crate::denormals::flush_while_computing();
         // candle panics on some shapes instead of erring: a panic fails
         // this generation, never the process.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &*models {
