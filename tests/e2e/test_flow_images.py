@@ -10,16 +10,13 @@ the pixels outside the mask.
 """
 import base64
 import json
-import os
-import pathlib
-import tempfile
 import urllib.request
 
 import openai
 import pytest
 
-from conftest import ROOT, Server
-from test_images import models_dir, png, read_png
+from conftest import Server
+from test_images import png, read_png, registry_with_image_models
 
 FIXTURES = {"sd3-tiny": "test-sd3-tiny", "flux-tiny": "test-flux-tiny"}
 # What scripts/make-flow-fixtures.py's folders bring as defaults: SD3's 28
@@ -29,17 +26,8 @@ DEFAULT_STEPS = {"sd3-tiny": 28, "flux-tiny": 28}
 
 @pytest.fixture(scope="module")
 def server():
-    missing = [f for f in FIXTURES.values() if not (models_dir() / f / "model_index.json").is_file()]
-    if missing:
-        message = f"{missing} missing: run scripts/make-flow-fixtures.py"
-        if os.environ.get("LLMLAB_REQUIRE_ALL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = pathlib.Path(tempfile.mkdtemp(prefix="llmlab-flow-")) / "models.yaml"
-    entries = "".join(f"\n  - {{id: {model}, kind: image, backend: candle, path: {folder}}}"
-                      for model, folder in FIXTURES.items())
-    path.write_text((ROOT / "models" / "models.yaml").read_text() + entries + "\n")
-    running = Server("--no-preload", registry=str(path))
+    path = registry_with_image_models(FIXTURES, "scripts/make-flow-fixtures.py")
+    running = Server("--no-preload", registry=path)
     running.wait_healthy()
     yield running
     running.stop()

@@ -78,17 +78,27 @@ def read_png(data: bytes):
     return width, height, rows
 
 
+def registry_with_image_models(folders: dict, script: str) -> str:
+    """The repo's registry plus image models {id: fixture folder}, written
+    to a temporary file; a missing fixture fails under LLMLAB_REQUIRE_ALL,
+    else skips."""
+    missing = [f for f in folders.values() if not (models_dir() / f / "model_index.json").is_file()]
+    if missing:
+        message = f"{missing} missing: run {script}"
+        if os.environ.get("LLMLAB_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    path = pathlib.Path(tempfile.mkdtemp(prefix="llmlab-images-")) / "models.yaml"
+    entries = "".join(f"\n  - {{id: {model}, kind: image, backend: candle, path: {folder}}}"
+                      for model, folder in folders.items())
+    path.write_text((ROOT / "models" / "models.yaml").read_text() + entries + "\n")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def registry():
     """The repo's registry plus the tiny image model."""
-    if not (models_dir() / FIXTURE / "model_index.json").is_file():
-        if os.environ.get("LLMLAB_REQUIRE_ALL") == "1":
-            pytest.fail(f"{FIXTURE} missing: run scripts/make-diffusion-fixture.py")
-        pytest.skip(f"{FIXTURE} missing: run scripts/make-diffusion-fixture.py")
-    path = pathlib.Path(tempfile.mkdtemp(prefix="llmlab-images-")) / "models.yaml"
-    path.write_text((ROOT / "models" / "models.yaml").read_text()
-                    + f"\n  - {{id: {MODEL}, kind: image, backend: candle, path: {FIXTURE}}}\n")
-    return str(path)
+    return registry_with_image_models({MODEL: FIXTURE}, "scripts/make-diffusion-fixture.py")
 
 
 @pytest.fixture(scope="module")

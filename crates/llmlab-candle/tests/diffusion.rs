@@ -7,7 +7,6 @@
 
 mod diffusion_support;
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -59,15 +58,6 @@ fn run(pipeline: &DiffusionPipeline, request: ImageRequest) -> (llmlab_core::Res
     (result, seen)
 }
 
-fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
-    let picture = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 4) as u8 ^ seed, (y * 4) as u8, seed])
-    });
-    let mut out = Cursor::new(Vec::new());
-    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 #[test]
 fn text_to_image_makes_n_images_of_the_size_and_reports_every_step() {
     let Some(model) = pipeline() else { return };
@@ -104,7 +94,7 @@ fn the_same_seed_gives_the_same_pixels_and_another_seed_others() {
 #[test]
 fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it() {
     let Some(model) = pipeline() else { return };
-    let picture = png(64, 64, 9);
+    let picture = diffusion_support::png(64, 64, 9);
     let untouched = ImageRequest {
         image: Some(picture.clone()),
         strength: Some(0.0),
@@ -116,12 +106,9 @@ fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it
     assert!(progress.is_empty(), "{progress:?}");
 
     // Repaint the left half: its alpha is 0.
-    let mask = image::RgbaImage::from_fn(64, 64, |x, _| image::Rgba([0, 0, 0, if x < 32 { 0 } else { 255 }]));
-    let mut mask_png = Cursor::new(Vec::new());
-    mask.write_to(&mut mask_png, image::ImageFormat::Png).unwrap();
     let inpaint = ImageRequest {
         image: Some(picture.clone()),
-        mask: Some(mask_png.into_inner()),
+        mask: Some(diffusion_support::left_half_mask(64)),
         strength: Some(1.0),
         size: None,
         ..request(6)
@@ -129,16 +116,7 @@ fn strength_zero_runs_no_step_and_an_inpainting_mask_keeps_the_pixels_outside_it
     let (images, progress) = run(model, inpaint);
     let out = &images.unwrap()[0];
     assert_eq!(progress.len(), 3);
-    let original = image::load_from_memory(&picture).unwrap().to_rgb8();
-    let mut changed_inside = 0;
-    for (i, (new, old)) in out.rgb.chunks(3).zip(original.as_raw().chunks(3)).enumerate() {
-        if i % 64 >= 32 {
-            assert_eq!(new, old, "pixel {i} outside the mask changed");
-        } else if new != old {
-            changed_inside += 1;
-        }
-    }
-    assert!(changed_inside > 0, "the masked half was repainted");
+    diffusion_support::assert_only_the_left_half_repainted(out, &picture);
 }
 
 #[test]
@@ -171,7 +149,7 @@ fn previews_come_between_the_steps_at_full_size() {
 fn image_to_image_repeats_under_a_seed() {
     let Some(model) = pipeline() else { return };
     let edit = |seed| ImageRequest {
-        image: Some(png(64, 64, 3)),
+        image: Some(diffusion_support::png(64, 64, 3)),
         strength: Some(0.6),
         size: None,
         ..request(seed)

@@ -16,9 +16,7 @@ use llmlab_core::{Error, ImageProgress, ResolvedImageRequest, Result, Scheduler}
 use super::components::TextTower;
 use super::models::Models;
 use super::noise::SeededNoise;
-use super::pictures::{
-    blend, first_step, internal, keep_outside_mask, latent_mask, masked_picture, preview, preview_steps,
-};
+use super::pictures::{blend, first_step, internal, latent_mask, masked_picture, preview, preview_steps};
 use super::unet::AddedConditions;
 
 pub(crate) fn generate(
@@ -69,13 +67,7 @@ pub(crate) fn generate(
         .as_ref()
         .map_or(0, |edit| first_step(timesteps.len(), edit.strength));
     let picture = match &request.edit {
-        Some(edit) => Some(
-            models
-                .vae
-                .encode(&edit.image, &models.device)
-                .and_then(|latents| latents.repeat((n, 1, 1, 1)))
-                .map_err(internal)?,
-        ),
+        Some(edit) => Some(models.vae.encode(&edit.image, n, &models.device).map_err(internal)?),
         None => None,
     };
     let mut latents = match &picture {
@@ -96,8 +88,7 @@ pub(crate) fn generate(
         (Some(mask), Some(edit), true) => {
             let masked = models
                 .vae
-                .encode(&masked_picture(edit), &models.device)
-                .and_then(|latents| latents.repeat((n, 1, 1, 1)))
+                .encode(&masked_picture(edit), n, &models.device)
                 .map_err(internal)?;
             let mask = mask.repeat((n, 1, 1, 1)).map_err(internal)?;
             let extra = Tensor::cat(&[&mask, &masked], 1).map_err(internal)?;
@@ -158,13 +149,10 @@ pub(crate) fn generate(
     if cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
-    let mut images = models.vae.decode(&latents).map_err(internal)?;
-    if let (Some(mask), Some(edit)) = (&mask, &request.edit) {
-        for image in &mut images {
-            keep_outside_mask(image, &edit.image, mask);
-        }
-    }
-    Ok(images)
+    models
+        .vae
+        .decode_final(&latents, request.edit.as_ref())
+        .map_err(internal)
 }
 
 /// Text conditioning for every image: `[negative..., prompt...]` with

@@ -6,9 +6,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use llmlab_core::media::{DecodedImage, RgbImage};
+use llmlab_core::ImageEdit;
 
 use super::configs::VaeShape;
 use super::latent_encoder::LatentEncoder;
+use super::pictures::keep_outside_mask;
 use super::vae_decoder::VaeDecoder;
 
 pub(crate) struct Vae {
@@ -35,13 +37,25 @@ impl Vae {
         })
     }
 
-    /// The picture's latents as the model sees them (1, channels, h, w):
-    /// the encoder's mean, not a sample, so that an edit repeats under a
-    /// seed.
-    pub fn encode(&self, image: &DecodedImage, device: &Device) -> candle_core::Result<Tensor> {
+    /// The picture's latents as the model sees them, once for each of the
+    /// `batch` images (batch, channels, h, w): the encoder's mean, not a
+    /// sample, so that an edit repeats under a seed.
+    pub fn encode(&self, image: &DecodedImage, batch: usize, device: &Device) -> candle_core::Result<Tensor> {
         let pixels = pixels_to_tensor(&image.rgb, image.width as usize, image.height as usize, device)?;
         let latents = self.encoder.mean(&pixels)?;
-        (latents - self.shift_factor)? * self.scaling_factor
+        ((latents - self.shift_factor)? * self.scaling_factor)?.repeat((batch, 1, 1, 1))
+    }
+
+    /// The final latents as pictures; an edit with a mask gets its kept
+    /// pixels back exactly as they went in.
+    pub fn decode_final(&self, latents: &Tensor, edit: Option<&ImageEdit>) -> candle_core::Result<Vec<RgbImage>> {
+        let mut images = self.decode(latents)?;
+        if let Some((edit, mask)) = edit.and_then(|edit| Some((edit, edit.mask.as_deref()?))) {
+            for image in &mut images {
+                keep_outside_mask(image, &edit.image, mask);
+            }
+        }
+        Ok(images)
     }
 
     /// The model's latents back to 8-bit pictures, one per batch item.

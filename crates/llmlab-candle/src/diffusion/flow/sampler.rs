@@ -16,7 +16,7 @@ use super::schedule::Ramp;
 use super::{Conditioning, FlowModels, TextEncoders, Transformer};
 use crate::diffusion::components::TextTower;
 use crate::diffusion::noise::SeededNoise;
-use crate::diffusion::pictures::{blend, first_step, internal, keep_outside_mask, latent_mask, preview_steps};
+use crate::diffusion::pictures::{blend, first_step, internal, latent_mask, preview_steps};
 use crate::diffusion::text_encoder::Encoded;
 
 pub(crate) fn generate(
@@ -66,13 +66,7 @@ pub(crate) fn generate(
         Tensor::from_vec(seeded.normal(n * shape.1 * latent_h * latent_w), shape, &models.device).map_err(internal)?;
     let start = request.edit.as_ref().map_or(0, |edit| first_step(steps, edit.strength));
     let picture = match &request.edit {
-        Some(edit) => Some(
-            models
-                .vae
-                .encode(&edit.image, &models.device)
-                .and_then(|latents| latents.repeat((n, 1, 1, 1)))
-                .map_err(internal)?,
-        ),
+        Some(edit) => Some(models.vae.encode(&edit.image, n, &models.device).map_err(internal)?),
         None => None,
     };
     // The picture at noise level `sigma`: a straight line between them.
@@ -139,13 +133,10 @@ pub(crate) fn generate(
     if cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
-    let mut images = models.vae.decode(&latents).map_err(internal)?;
-    if let (Some(mask), Some(edit)) = (&mask, &request.edit) {
-        for image in &mut images {
-            keep_outside_mask(image, &edit.image, mask);
-        }
-    }
-    Ok(images)
+    models
+        .vae
+        .decode_final(&latents, request.edit.as_ref())
+        .map_err(internal)
 }
 
 /// The prompt (and, guided, the negative prompt before it) for every
