@@ -79,6 +79,9 @@ fn a_full_queue_is_refused_as_overloaded() {
     let _turn = common::serial();
     let mut spec = common::spec(MODEL);
     spec.max_queue = 1;
+    // One slot: with more, the batcher can admit the second request to a
+    // free slot before the third arrives, and nothing waits (seen on CI).
+    spec.backend.llama_mut().unwrap().parallel = 1;
     let model = LlamaChatPipeline::load(&spec).unwrap();
     let long = || CompletionRequest {
         model: MODEL.into(),
