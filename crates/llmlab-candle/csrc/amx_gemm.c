@@ -21,6 +21,13 @@
  *    W[j][kb*32 + 2r], W[j][kb*32 + 2r + 1], which is how tdpbf16ps reads
  *    its second operand.
  *  - output: row-major fp32, m x n, `ldc` floats apart.
+ *
+ * Convolutions (llmlab_amx_pack_conv_columns, llmlab_amx_conv_block) use
+ * the same two layouts the other way round: the kernel, packed once at load
+ * as a (c_out, taps * c_in) matrix, is the row-tile side, and the input's
+ * shifted windows (im2col columns, one per output pixel) are packed straight
+ * from the NCHW picture into pair tiles, so that the output comes out as
+ * (c_out, pixels), the picture's own layout.
  */
 /* The workspace's CFLAGS turn AMX off for llama.cpp (see .cargo/config.toml);
  * a target pragma, unlike -m flags, overrides that for this file alone. */
@@ -233,4 +240,189 @@ void llmlab_amx_gemm(const uint16_t *a_hi, const uint16_t *a_lo, size_t m, size_
         }
     }
     _tile_release();
+}
+
+/* Rounds 16 floats to bf16 (to nearest, ties to even, like bf16_round) and
+ * returns them as 32-bit lanes whose upper halves are the bf16 values. */
+static inline __m512i bf16_round16(__m512 x) {
+    __m512i bits = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    return _mm512_and_si512(rounded, _mm512_set1_epi32((int)0xffff0000u));
+}
+
+/* One pair-tile row from two rows of 16 values (K = 2r and 2r + 1): lane j
+ * holds even[j] in its low half and odd[j] in its high half, which in
+ * memory is the pair (even[j], odd[j]). Splits into hi and lo parts. */
+static inline void store_pair_row(__m512 even, __m512 odd, uint16_t *hi, uint16_t *lo) {
+    __m512i even_hi = bf16_round16(even), odd_hi = bf16_round16(odd);
+    __m512i pairs = _mm512_or_si512(_mm512_srli_epi32(even_hi, 16), odd_hi);
+    _mm512_storeu_si512((void *)hi, pairs);
+    if (lo) {
+        __m512i even_lo = bf16_round16(_mm512_sub_ps(even, _mm512_castsi512_ps(even_hi)));
+        __m512i odd_lo = bf16_round16(_mm512_sub_ps(odd, _mm512_castsi512_ps(odd_hi)));
+        _mm512_storeu_si512((void *)lo, _mm512_or_si512(_mm512_srli_epi32(even_lo, 16), odd_lo));
+    }
+}
+
+/* Where 16 consecutive im2col columns (output pixels) read the picture. */
+struct pixel_group {
+    size_t first, columns; /* the group's first column; all columns */
+    size_t image, oy, ox;  /* of its first column */
+    int one_row;           /* all 16 on one output row of one image */
+};
+
+/* The 16 values of one im2col row (channel c at tap dy, dx) for the
+ * group's pixels: zero outside the picture (padding) and past the last
+ * column. */
+static inline __m512 window_values(const float *x, size_t c_in, size_t h, size_t w, size_t out_h, size_t out_w,
+                                   size_t padding,
+                                   const struct pixel_group *g, size_t c, size_t dy, size_t dx) {
+    long iy = (long)g->oy + (long)dy - (long)padding, ix = (long)g->ox + (long)dx - (long)padding;
+    if (g->one_row) {
+        if (iy < 0 || iy >= (long)h) return _mm512_setzero_ps();
+        const float *row = x + ((g->image * c_in + c) * h + (size_t)iy) * w;
+        if (ix >= 0 && ix + 16 <= (long)w) return _mm512_loadu_ps(row + ix);
+    }
+    /* Slow path: a group that wraps a row or an image, or touches the
+     * padding at the left or right edge. */
+    float values[16];
+    size_t image = g->image, oy = g->oy, ox = g->ox;
+    for (size_t j = 0; j < 16; j++) {
+        values[j] = 0.0f;
+        if (g->first + j < g->columns) {
+            long y = (long)oy + (long)dy - (long)padding, xx = (long)ox + (long)dx - (long)padding;
+            if (y >= 0 && y < (long)h && xx >= 0 && xx < (long)w)
+                values[j] = x[((image * c_in + c) * h + (size_t)y) * w + (size_t)xx];
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            if (++oy == out_h) {
+                oy = 0;
+                image++;
+            }
+        }
+    }
+    return _mm512_loadu_ps(values);
+}
+
+/*
+ * Pair tiles of im2col columns [first, first + count) of a stride-1
+ * convolution over x (batch x c_in x h x w floats, NCHW), columns ordered
+ * (image, output row, output column), K ordered (dy, dx, channel) like the
+ * packed kernel. The output is out_h x out_w per image (h + 2 * padding -
+ * kernel + 1 by w's rule). hi, lo: round_up(count, 32) * k_pad values each
+ * (lo may be NULL), every one written.
+ */
+void llmlab_amx_pack_conv_columns(const float *x, size_t c_in, size_t h, size_t w, size_t kernel, size_t padding,
+                                  size_t first, size_t count, size_t k_pad, uint16_t *hi, uint16_t *lo) {
+    size_t out_h = h + 2 * padding + 1 - kernel, out_w = w + 2 * padding + 1 - kernel, pixels = out_h * out_w;
+    size_t k = kernel * kernel * c_in, k_tiles = k_pad / TILE_K, groups = ((count + 31) / 32) * 2;
+    for (size_t gi = 0; gi < groups; gi++) {
+        struct pixel_group g;
+        g.first = first + gi * TILE_ROWS;
+        g.columns = first + count;
+        g.image = g.first / pixels;
+        g.oy = (g.first % pixels) / out_w;
+        g.ox = (g.first % pixels) % out_w;
+        g.one_row = g.first + 16 <= g.columns && g.ox + 16 <= out_w;
+        int past_end = g.first >= g.columns;
+        /* K walks in order, so its (dy, dx, channel) advance as counters. */
+        size_t c = 0, dy = 0, dx = 0;
+        for (size_t kb = 0; kb < k_tiles; kb++) {
+            uint16_t *tile_hi = hi + (gi * k_tiles + kb) * TILE_VALUES;
+            uint16_t *tile_lo = lo ? lo + (gi * k_tiles + kb) * TILE_VALUES : NULL;
+            for (size_t r = 0; r < TILE_ROWS; r++) {
+                __m512 pair[2];
+                for (size_t p = 0; p < 2; p++) {
+                    size_t kk = kb * TILE_K + 2 * r + p;
+                    if (kk >= k || past_end) {
+                        pair[p] = _mm512_setzero_ps();
+                        continue;
+                    }
+                    pair[p] = window_values(x, c_in, h, w, out_h, out_w, padding, &g, c, dy, dx);
+                    if (++c == c_in) {
+                        c = 0;
+                        if (++dx == kernel) {
+                            dx = 0;
+                            dy++;
+                        }
+                    }
+                }
+                store_pair_row(pair[0], pair[1], tile_hi + r * TILE_K, tile_lo ? tile_lo + r * TILE_K : NULL);
+            }
+        }
+    }
+}
+
+/* Tile products along one K chunk per pass, so that the chunk of A (row
+ * tiles) and of the columns (pair tiles) stay in L2 while every 32 x 32
+ * block of the output is visited; the accumulators go to `acc` between
+ * chunks. 16 tiles = 512 bf16 values of K. */
+#define K_CHUNK_TILES 16
+
+/*
+ * out[r][c] = sum_k A[r][k] * cols[c][k] + row_bias[r] for r < rows,
+ * c < cols: a block of a convolution's output (c_out rows, pixel columns).
+ * a_hi/a_lo: row tiles of the block's first row on (row group stride
+ * k_tiles tiles); w_hi/w_lo: pair tiles of the block's first column on
+ * (same stride); acc: round_up(rows, 32) * round_up(cols, 32) floats of
+ * scratch; out: `ldc` floats per row; row_bias: rows floats or NULL.
+ */
+void llmlab_amx_conv_block(const uint16_t *a_hi, const uint16_t *a_lo, size_t rows, size_t k_tiles,
+                           const uint16_t *w_hi, const uint16_t *w_lo, size_t cols, const float *row_bias,
+                           float *out, size_t ldc, float *acc, int split) {
+    configure_tiles();
+    size_t group_stride = k_tiles * TILE_VALUES;
+    size_t a_group_stride = group_stride, w_group_stride = group_stride;
+    size_t rows_pad = (rows + 31) / 32 * 32, cols_pad = (cols + 31) / 32 * 32;
+    size_t acc_stride = cols_pad * sizeof(float);
+    for (size_t k0 = 0; k0 < k_tiles; k0 += K_CHUNK_TILES) {
+        size_t k1 = k0 + K_CHUNK_TILES < k_tiles ? k0 + K_CHUNK_TILES : k_tiles;
+        for (size_t nb = 0; nb < cols_pad; nb += 32) {
+            size_t w_offset = (nb / TILE_ROWS) * w_group_stride;
+            for (size_t mb = 0; mb < rows_pad; mb += 32) {
+                size_t a_offset = (mb / TILE_ROWS) * a_group_stride;
+                float *c00 = acc + mb * cols_pad + nb, *c10 = c00 + 16 * cols_pad;
+                if (k0 == 0) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                } else {
+                    _tile_loadd(0, c00, acc_stride);
+                    _tile_loadd(1, c00 + 16, acc_stride);
+                    _tile_loadd(2, c10, acc_stride);
+                    _tile_loadd(3, c10 + 16, acc_stride);
+                }
+                for (size_t kb = k0; kb < k1; kb++) {
+                    size_t step = kb * TILE_VALUES;
+                    if (split) {
+                        LOAD_A(a_hi + a_offset + step);
+                        LOAD_W(w_lo + w_offset + step);
+                        PRODUCTS();
+                        LOAD_W(w_hi + w_offset + step);
+                        PRODUCTS();
+                        LOAD_A(a_lo + a_offset + step);
+                        PRODUCTS();
+                    } else {
+                        LOAD_A(a_hi + a_offset + step);
+                        LOAD_W(w_hi + w_offset + step);
+                        PRODUCTS();
+                    }
+                }
+                _tile_stored(0, c00, acc_stride);
+                _tile_stored(1, c00 + 16, acc_stride);
+                _tile_stored(2, c10, acc_stride);
+                _tile_stored(3, c10 + 16, acc_stride);
+            }
+        }
+    }
+    _tile_release();
+    for (size_t r = 0; r < rows; r++) {
+        float bias = row_bias ? row_bias[r] : 0.0f;
+        const float *src = acc + r * cols_pad;
+        float *dst = out + r * ldc;
+        for (size_t c = 0; c < cols; c++) dst[c] = src[c] + bias;
+    }
 }

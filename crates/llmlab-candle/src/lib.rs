@@ -9,12 +9,16 @@
 //! matmul) and pools each window's token states. Vectors leave
 //! unnormalised: the core service normalises, once, for every backend.
 
+#[allow(unsafe_code)]
+mod amx;
 mod batch;
 mod bert;
 mod denormals;
 mod device;
 mod diffusion;
 mod encoder;
+#[allow(unsafe_code)]
+mod gemm_f32;
 mod pooling;
 mod windows;
 

@@ -2,7 +2,7 @@
 //! AMX tiles where the CPU and the OS allow them, candle's matmul (the
 //! `gemm` crate) everywhere else. Both give fp32-level results.
 
-use super::amx::{self, Amx, PackedWeights};
+use crate::amx::{self, Amx, PackedWeights};
 use candle_core::{Device, Tensor};
 
 /// Three bf16 tile products per product keep ~fp32 accuracy (cosine to
@@ -20,9 +20,9 @@ pub(crate) enum MatmulKernel {
 impl MatmulKernel {
     /// AMX when usable and not switched off (`LLMLAB_AMX=0`), else candle.
     pub fn detect() -> Self {
-        match Amx::detect() {
-            Some(amx) if llmlab_core::config::amx_allowed() => Self::Amx(amx),
-            _ => Self::Candle,
+        match Amx::allowed() {
+            Some(amx) => Self::Amx(amx),
+            None => Self::Candle,
         }
     }
 

@@ -6,10 +6,8 @@
 //! sequence and head, so no token attends across sequences and none is
 //! wasted on padding. A token's result does not depend on the rest of the
 //! batch. Products run on AMX tiles where the CPU and the OS allow them
-//! (see `amx.rs`), else on candle's matmul.
+//! (see `crate::amx`), else on candle's matmul.
 
-#[allow(unsafe_code)]
-mod amx;
 mod linear;
 mod ops;
 mod weights;

@@ -1,41 +1,71 @@
-//! 2-D convolutions as one matrix product per band of output rows.
+//! 2-D convolutions with the kernel packed once, at load.
 //!
 //! candle's CPU convolution repacks the whole kernel on every call (for a
 //! 1280-channel 3x3 layer, 59 MB read with a stride of nine floats) and
 //! scatters its output pixel by pixel: at the small spatial sizes of a
 //! UNet's inner levels that costs more than the arithmetic. Here the kernel
-//! is packed once, at load, as a (c_out, kh * kw * c_in) matrix in tap-major
-//! order; a call copies the input's shifted windows into the matching
-//! (kh * kw * c_in, pixels) matrix (im2col) and multiplies, so candle's GEMM
-//! does all of the work in large, contiguous products.
+//! is packed at load as a (c_out, kh * kw * c_in) matrix in tap-major order,
+//! and a stride-1 call runs one of two products:
+//! - on a CPU with AMX tiles, `crate::amx::conv2d`: the picture's windows
+//!   packed straight into bf16 tiles and multiplied in three tile products
+//!   (hi*hi + hi*lo + lo*hi), which keeps ~fp32 accuracy (16 of a float's
+//!   24 significant bits per operand, sums in fp32);
+//! - elsewhere, the input's shifted windows copied into the matching
+//!   (kh * kw * c_in, pixels) matrix (im2col) and candle's GEMM, in large,
+//!   contiguous products.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// Most elements an im2col band may hold (4 MiB of f32). A VAE decoder
-/// layer at 1024x1024 would otherwise need gigabytes at once; and a band
-/// this small stays in the caches and under the allocator's mmap threshold,
-/// so its buffer is reused instead of faulted in afresh: at 64 MiB bands
-/// the SD 1.5 VAE decoder spent a sixth of its time in page faults and
-/// copies, and a 256x256 image took 2.3 s longer.
-const MAX_BAND_ELEMENTS: usize = 1 << 20;
-/// Fewest output pixels a band holds (unless the image has fewer): GEMMs
-/// narrower than this lose more to packing and edges than small bands save.
-/// The UNet's inner levels (16x16 and below at 256x256) stay one product.
-const MIN_BAND_PIXELS: usize = 512;
+use super::im2col;
+use crate::amx::{self, Amx, ConvShape, PackedKernel};
 
-#[derive(Debug, Clone)]
+/// Three tile products per product (~fp32); one would be plain bf16.
+const SPLIT_BF16: bool = true;
+
+#[derive(Clone)]
+enum Weights {
+    /// AMX tiles (stride 1 on a CPU that has them).
+    Tiles {
+        amx: Amx,
+        kernel: Arc<PackedKernel>,
+        bias: Arc<Vec<f32>>,
+    },
+    /// (c_out, kernel * kernel * c_in), row-major, for im2col products
+    /// (stride 1 on other CPUs).
+    Im2col { weight: Arc<Vec<f32>>, bias: Arc<Vec<f32>> },
+    /// The kernel as stored, (c_out, c_in, kernel, kernel), for candle's own
+    /// convolution: the few strided downsamplers, and devices other than the
+    /// CPU (candle's CUDA im2col kernel and cuBLAS).
+    Candle { weight: Tensor, bias: Tensor },
+}
+
+#[derive(Clone)]
 pub(crate) struct Conv2d {
-    /// (c_out, kernel * kernel * c_in); for strided layers and on devices
-    /// other than the CPU, the kernel as stored, (c_out, c_in, kernel,
-    /// kernel), for candle's own convolution.
-    weight: Tensor,
-    /// (1, c_out, 1, 1)
-    bias: Option<Tensor>,
+    weights: Weights,
     kernel: usize,
     stride: usize,
     padding: usize,
     c_out: usize,
+}
+
+impl std::fmt::Debug for Conv2d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = match self.weights {
+            Weights::Tiles { .. } => "amx",
+            Weights::Im2col { .. } => "im2col",
+            Weights::Candle { .. } => "candle",
+        };
+        f.debug_struct("Conv2d")
+            .field("path", &path)
+            .field("kernel", &self.kernel)
+            .field("stride", &self.stride)
+            .field("padding", &self.padding)
+            .field("c_out", &self.c_out)
+            .finish()
+    }
 }
 
 impl Conv2d {
@@ -48,23 +78,54 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        Self::load_on(vb, c_in, c_out, kernel, stride, padding, Amx::allowed())
+    }
+
+    /// [`Conv2d::load`] with tiles or without (`tiles`: `None`).
+    fn load_on(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        tiles: Option<Amx>,
+    ) -> Result<Self> {
         let stored = vb.get((c_out, c_in, kernel, kernel), "weight")?;
-        let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?;
-        // Packed for the CPU's im2col path; other devices have convolutions
-        // of their own (candle's CUDA im2col kernel and cuBLAS).
-        let weight = if stride == 1 && stored.device().is_cpu() {
-            stored
+        let bias = vb.get(c_out, "bias")?;
+        let weights = if stride != 1 || !stored.device().is_cpu() {
+            // Only the UNet's and VAE's few downsamplers stride.
+            Weights::Candle {
+                weight: stored,
+                bias: bias.reshape((1, c_out, 1, 1))?,
+            }
+        } else {
+            // Both CPU products run in f32 whatever the weights' dtype
+            // (candle's f16 GEMM on the CPU is slower and less exact).
+            let tap_major = stored
+                .to_dtype(DType::F32)?
                 .permute((0, 2, 3, 1))?
                 .contiguous()?
-                .reshape((c_out, kernel * kernel * c_in))?
-        } else {
-            // Only the UNet's and VAE's few downsamplers stride; candle's
-            // convolution serves them.
-            stored
+                .reshape((c_out, kernel * kernel * c_in))?;
+            match tiles {
+                Some(amx) => Weights::Tiles {
+                    amx,
+                    kernel: Arc::new(PackedKernel::new(
+                        amx,
+                        &tap_major.flatten_all()?.to_vec1::<f32>()?,
+                        c_out,
+                        kernel * kernel * c_in,
+                    )),
+                    bias: Arc::new(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                },
+                None => Weights::Im2col {
+                    weight: Arc::new(tap_major.flatten_all()?.to_vec1::<f32>()?),
+                    bias: Arc::new(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                },
+            }
         };
         Ok(Self {
-            weight,
-            bias: Some(bias),
+            weights,
             kernel,
             stride,
             padding,
@@ -72,60 +133,50 @@ impl Conv2d {
         })
     }
 
-    fn im2col_product(&self, xs: &Tensor) -> Result<Tensor> {
+    /// A stride-1 product on the CPU, by tiles or by im2col.
+    fn cpu_product(&self, xs: &Tensor) -> Result<Tensor> {
         let (batch, c_in, height, width) = xs.dims4()?;
-        let k = self.kernel;
-        let out_h = height + 2 * self.padding + 1 - k;
-        let out_w = width + 2 * self.padding + 1 - k;
-        let padded = if self.padding > 0 {
-            xs.pad_with_zeros(2, self.padding, self.padding)?
-                .pad_with_zeros(3, self.padding, self.padding)?
-        } else {
-            xs.clone()
+        let shape = ConvShape {
+            batch,
+            c_in,
+            height,
+            width,
+            kernel: self.kernel,
+            padding: self.padding,
         };
-        let weight = self.weight.broadcast_left(batch)?;
-        let per_row = batch * k * k * c_in * out_w;
-        let fewest_rows = MIN_BAND_PIXELS.div_ceil(out_w.max(1));
-        let band = (MAX_BAND_ELEMENTS / per_row.max(1)).max(fewest_rows).clamp(1, out_h);
-        let mut bands = Vec::with_capacity(out_h.div_ceil(band));
-        let mut row = 0;
-        while row < out_h {
-            let rows = band.min(out_h - row);
-            let columns = if k == 1 {
-                padded
-                    .narrow(2, row, rows)?
-                    .contiguous()?
-                    .reshape((batch, c_in, rows * out_w))?
-            } else {
-                let mut taps = Vec::with_capacity(k * k);
-                for dy in 0..k {
-                    for dx in 0..k {
-                        taps.push(padded.narrow(2, row + dy, rows)?.narrow(3, dx, out_w)?.contiguous()?);
-                    }
-                }
-                Tensor::stack(&taps, 1)?.reshape((batch, k * k * c_in, rows * out_w))?
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        let out = {
+            let (storage, layout) = xs.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("packed convolutions run on the CPU only")
             };
-            bands.push(weight.matmul(&columns)?.reshape((batch, self.c_out, rows, out_w))?);
-            row += rows;
-        }
-        if bands.len() == 1 {
-            Ok(bands.remove(0))
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("the input was made contiguous above")
+            };
+            let x = &cpu.as_slice::<f32>()?[start..end];
+            match &self.weights {
+                Weights::Tiles { amx, kernel, bias } => amx::conv2d(*amx, x, shape, kernel, bias, SPLIT_BF16),
+                Weights::Im2col { weight, bias } => im2col::conv2d(x, shape, weight, bias),
+                Weights::Candle { .. } => unreachable!("candle's convolution runs in forward"),
+            }
+        };
+        // The product is (c_out, batch * pixels): a picture's own layout
+        // when there is one, else its images' channels interleaved.
+        let (out_h, out_w) = (shape.out_height(), shape.out_width());
+        let out = Tensor::from_vec(out, (self.c_out, batch, out_h, out_w), &Device::Cpu)?;
+        if batch == 1 {
+            out.reshape((1, self.c_out, out_h, out_w))
         } else {
-            Tensor::cat(&bands, 2)
+            out.transpose(0, 1)?.contiguous()
         }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = if self.weight.rank() == 2 {
-            self.im2col_product(xs)?
-        } else {
-            xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-        };
-        match &self.bias {
-            Some(bias) => out.broadcast_add(bias),
-            None => Ok(out),
+        match &self.weights {
+            Weights::Tiles { .. } | Weights::Im2col { .. } => self.cpu_product(xs)?.to_dtype(xs.dtype()),
+            Weights::Candle { weight, bias } => xs.conv2d(weight, self.padding, self.stride, 1, 1)?.broadcast_add(bias),
         }
     }
 }
@@ -135,9 +186,23 @@ mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
-    use crate::diffusion::layers::largest_difference;
+    use crate::diffusion::layers::{assert_close, largest_difference};
 
-    fn layer(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> (Conv2d, Tensor, Tensor) {
+    /// Each path this machine can run: im2col always, tiles where AMX is.
+    fn paths() -> Vec<Option<Amx>> {
+        let mut paths = vec![None];
+        paths.extend(Amx::detect().map(Some));
+        paths
+    }
+
+    fn layer(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        tiles: Option<Amx>,
+    ) -> (Conv2d, Tensor, Tensor) {
         let device = Device::Cpu;
         let weight = Tensor::randn(0f32, 0.1, (c_out, c_in, kernel, kernel), &device).unwrap();
         let bias = Tensor::randn(0f32, 0.1, c_out, &device).unwrap();
@@ -147,33 +212,58 @@ mod tests {
         ];
         let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &device);
         (
-            Conv2d::load(vb, c_in, c_out, kernel, stride, padding).unwrap(),
+            Conv2d::load_on(vb, c_in, c_out, kernel, stride, padding, tiles).unwrap(),
             weight,
             bias,
         )
     }
 
+    fn candles(xs: &Tensor, weight: &Tensor, bias: &Tensor, padding: usize, stride: usize) -> Tensor {
+        let c_out = bias.dim(0).unwrap();
+        xs.conv2d(weight, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn matches_candles_convolution_for_every_kernel_and_stride() {
-        for (c_in, c_out, kernel, stride, padding, size) in [
-            (3, 5, 3, 1, 1, 9),
-            (4, 6, 1, 1, 0, 7),
-            (6, 4, 3, 2, 1, 8),
-            (2, 3, 3, 1, 0, 6),
-        ] {
-            let (conv, weight, bias) = layer(c_in, c_out, kernel, stride, padding);
-            let xs = Tensor::randn(0f32, 1.0, (2, c_in, size, size + 1), &Device::Cpu).unwrap();
+        for tiles in paths() {
+            for (c_in, c_out, kernel, stride, padding, size) in [
+                (3, 5, 3, 1, 1, 9),
+                (4, 6, 1, 1, 0, 7),
+                (6, 4, 3, 2, 1, 8),
+                (2, 3, 3, 1, 0, 6),
+            ] {
+                let (conv, weight, bias) = layer(c_in, c_out, kernel, stride, padding, tiles);
+                let xs = Tensor::randn(0f32, 1.0, (2, c_in, size, size + 1), &Device::Cpu).unwrap();
+                let ours = conv.forward(&xs).unwrap();
+                let theirs = candles(&xs, &weight, &bias, padding, stride);
+                assert_eq!(ours.dims(), theirs.dims());
+                assert!(
+                    largest_difference(&ours, &theirs) < 1e-4,
+                    "kernel {kernel} stride {stride} tiles {}",
+                    tiles.is_some()
+                );
+            }
+        }
+    }
+
+    /// Sizes that take every edge of the tile path: more output rows than
+    /// one block (128), more columns than one block (256) and than one band,
+    /// a K longer than one chunk (512) and not a multiple of 32, rows of
+    /// pixels that are not multiples of 16, two images.
+    #[test]
+    fn tiles_match_candle_across_blocks_bands_and_images() {
+        let Some(amx) = Amx::detect() else {
+            llmlab_core::config::skip_on_this_machine("this CPU or OS offers no AMX tiles");
+            return;
+        };
+        for (c_in, c_out, height, width, batch) in [(70, 150, 23, 21, 2), (64, 40, 70, 66, 1), (300, 33, 5, 3, 3)] {
+            let (conv, weight, bias) = layer(c_in, c_out, 3, 1, 1, Some(amx));
+            let xs = Tensor::randn(0f32, 1.0, (batch, c_in, height, width), &Device::Cpu).unwrap();
             let ours = conv.forward(&xs).unwrap();
-            let theirs = xs
-                .conv2d(&weight, padding, stride, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
-                .unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            assert!(
-                largest_difference(&ours, &theirs) < 1e-4,
-                "kernel {kernel} stride {stride}"
-            );
+            assert_close(&ours, &candles(&xs, &weight, &bias, 1, 1), 1e-4);
         }
     }
 
@@ -181,14 +271,11 @@ mod tests {
     fn bands_of_rows_give_the_same_result_as_one_product() {
         // So wide that one row of im2col columns (27 x 2^17 elements) is
         // over the limit and holds enough pixels: one row per band, 24 bands.
-        let (conv, weight, bias) = layer(3, 2, 3, 1, 1);
-        let xs = Tensor::randn(0f32, 1.0, (1, 3, 24, 1 << 17), &Device::Cpu).unwrap();
-        let ours = conv.forward(&xs).unwrap();
-        let theirs = xs
-            .conv2d(&weight, 1, 1, 1, 1)
-            .unwrap()
-            .broadcast_add(&bias.reshape((1, 2, 1, 1)).unwrap())
-            .unwrap();
-        assert!(largest_difference(&ours, &theirs) < 1e-4);
+        for tiles in paths() {
+            let (conv, weight, bias) = layer(3, 2, 3, 1, 1, tiles);
+            let xs = Tensor::randn(0f32, 1.0, (1, 3, 24, 1 << 17), &Device::Cpu).unwrap();
+            let ours = conv.forward(&xs).unwrap();
+            assert!(largest_difference(&ours, &candles(&xs, &weight, &bias, 1, 1)) < 1e-4);
+        }
     }
 }

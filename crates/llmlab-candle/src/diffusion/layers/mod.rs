@@ -1,12 +1,14 @@
 //! Building blocks of our own diffusion networks, written for speed on the
 //! CPU where candle's general-purpose versions are slow for these shapes:
-//! convolutions with weights packed once at load (`conv.rs`), group norm
+//! convolutions with weights packed once at load (`conv.rs`, multiplied
+//! on AMX tiles in `crate::amx` or by im2col bands in `im2col.rs`), group norm
 //! fused with its SiLU (`group_norm.rs`), and attention computed in bands
 //! of queries so that its score matrix stays small (`attention.rs`).
 
 mod attention;
 mod conv;
 mod group_norm;
+mod im2col;
 
 pub(crate) use attention::{attention, causal_attention};
 pub(crate) use conv::Conv2d;

@@ -1,7 +1,9 @@
-//! Safe wrappers over the AMX tile kernels in `csrc/amx_gemm.c`.
+//! Safe wrappers over the AMX tile kernels in `csrc/amx_gemm.c`: linear
+//! layers for the BERT encoder (here) and convolutions for the diffusion
+//! networks (`conv.rs`).
 //!
-//! This is the crate's only `unsafe` code (allowed where the module is
-//! declared). It is sound because:
+//! With `denormals.rs`, this is the crate's only `unsafe` code (allowed
+//! where the module is declared). It is sound because:
 //! - a kernel runs only through an [`Amx`] value, which exists only after
 //!   the CPU, the OS and the kernel's permission call all said yes, so no
 //!   tile instruction can fault;
@@ -17,11 +19,15 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+mod conv;
+
+pub(crate) use conv::{conv2d, ConvShape, PackedKernel};
+
 /// Rows and inner dimension go to the kernels in tiles of 32 bf16 columns
 /// and in blocks of two 16-row tiles.
 const BLOCK: usize = 32;
 
-fn round_up(x: usize) -> usize {
+pub(crate) fn round_up(x: usize) -> usize {
     x.div_ceil(BLOCK) * BLOCK
 }
 
@@ -63,6 +69,33 @@ mod ffi {
             ldc: usize,
             split: c_int,
         );
+        pub fn llmlab_amx_pack_conv_columns(
+            x: *const f32,
+            c_in: usize,
+            h: usize,
+            w: usize,
+            kernel: usize,
+            padding: usize,
+            first: usize,
+            count: usize,
+            k_pad: usize,
+            hi: *mut u16,
+            lo: *mut u16,
+        );
+        pub fn llmlab_amx_conv_block(
+            a_hi: *const u16,
+            a_lo: *const u16,
+            rows: usize,
+            k_tiles: usize,
+            w_hi: *const u16,
+            w_lo: *const u16,
+            cols: usize,
+            row_bias: *const f32,
+            out: *mut f32,
+            ldc: usize,
+            acc: *mut f32,
+            split: c_int,
+        );
     }
 }
 
@@ -88,6 +121,12 @@ impl Amx {
             false
         });
         usable.then_some(Self { _checked: () })
+    }
+
+    /// [`Amx::detect`], unless switched off (`LLMLAB_AMX=0`): what every
+    /// layer asks when it is loaded.
+    pub fn allowed() -> Option<Self> {
+        Self::detect().filter(|_| llmlab_core::config::amx_allowed())
     }
 }
 
