@@ -6,13 +6,14 @@
 //! UNet's inner levels that costs more than the arithmetic. Here the kernel
 //! is packed at load as a (c_out, kh * kw * c_in) matrix in tap-major order,
 //! and a stride-1 call runs one of two products:
-//! - on a CPU with AMX tiles, `crate::amx::conv2d`: the picture's windows
+//! - on AMX tiles, `crate::amx::conv2d` (only in tests for now: see
+//!   `Conv2d::load`): the picture's windows
 //!   packed straight into bf16 tiles and multiplied in three tile products
 //!   (hi*hi + hi*lo + lo*hi), which keeps ~fp32 accuracy (16 of a float's
 //!   24 significant bits per operand, sums in fp32);
-//! - elsewhere, the input's shifted windows copied into the matching
-//!   (kh * kw * c_in, pixels) matrix (im2col) and candle's GEMM, in large,
-//!   contiguous products.
+//! - on every CPU today, `im2col.rs`: the input's shifted windows copied
+//!   into the matching (kh * kw * c_in, pixels) matrix band by band and
+//!   candle's GEMM, in large, contiguous products.
 
 use std::sync::Arc;
 
